@@ -3,3 +3,15 @@
 //! See `DESIGN.md` in the project's shared folder for the invariants. The modules mirror its parts.
 
 pub mod fs;
+pub mod layout;
+pub mod parallel;
+pub mod progress;
+pub mod store;
+pub mod cache;
+pub mod catalog;
+pub mod lock;
+pub mod name;
+
+pub use cache::{Cache, CacheError, CacheOptions};
+pub mod cli;
+pub mod units;

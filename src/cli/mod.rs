@@ -1,0 +1,101 @@
+//! The command line: argument definitions, human and JSON output, exit codes.
+//!
+//! Exit codes: 0 success (a stale-but-served artifact is success, with a warning), 1 failure,
+//! 2 usage error (clap's own). With `--json`, exactly one JSON object is printed on stdout, also
+//! for failures (`{"error": "..."}`).
+
+mod commands;
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use output::Output;
+
+/// warmcache: a crash-safe artifact cache for cold starts.
+#[derive(Debug, Parser)]
+#[command(name = "warmcache", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The cache root (default: $WARMCACHE_ROOT, else the platform cache directory).
+    #[arg(long, global = true, env = "WARMCACHE_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors and warnings on stderr; no progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// How long to wait for a lock held by another process (e.g. 30s, 10m).
+    #[arg(long, global = true, env = "WARMCACHE_LOCK_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish a file or a directory as an immutable artifact; prints its path once durable.
+    Import(ImportArgs),
+    /// Print the path of an entry's last good artifact, without building.
+    Path(PathArgs),
+    /// List entries with their artifact, state, sizes and failures.
+    Status(StatusArgs),
+    /// Re-hash every artifact; quarantine damaged ones and clear references to missing ones.
+    Verify,
+}
+
+/// `warmcache import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The file or directory to import.
+    pub source: PathBuf,
+    /// The entry name to record it under (e.g. `plugins/foo`).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `warmcache path`.
+#[derive(Debug, Args)]
+pub struct PathArgs {
+    /// The entry name.
+    pub name: String,
+}
+
+/// `warmcache status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Show only this entry.
+    pub name: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let out = Output::new(cli.global.json, cli.global.quiet, cli.global.verbose);
+    out.init_logging();
+    match commands::dispatch(&cli, &out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            out.error(&err);
+            ExitCode::from(1)
+        }
+    }
+}

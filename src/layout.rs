@@ -1,0 +1,110 @@
+//! Where everything lives under a cache root.
+//!
+//! ```text
+//! ROOT/
+//!   CACHEDIR.TAG                 tells backup tools this is a cache
+//!   v1/                          the layout version: a new layout gets a new directory
+//!     objects/ab/<id>/           one published artifact (immutable, named by its digest)
+//!       manifest.json            what the content is (versioned)
+//!       content                  the file, or the root of the tree
+//!     staging/                   private work areas, same file system as objects/
+//!     quarantine/                damaged artifacts moved aside by `verify`
+//!     trash/                     artifacts being deleted by `gc`
+//!     locks/                     the root lock and per-entry build locks
+//!     catalog.sqlite             entries, failures, leases (SQLite, WAL)
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::fs::{annotate, create_dir_all_durable, write_atomic};
+
+/// The layout version directory name. Bump it (and keep reading nothing from the old one) when
+/// the meaning of anything below it changes incompatibly.
+pub const LAYOUT_VERSION: &str = "v1";
+
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by warmcache.\n\
+# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+/// Paths of one cache root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+    base: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `root` (nothing is created).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        let base = root.join(LAYOUT_VERSION);
+        Self { root, base }
+    }
+
+    /// Creates the directories and the cache tag if missing.
+    pub fn create(&self) -> io::Result<()> {
+        create_dir_all_durable(&self.root)?;
+        let tag = self.root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            write_atomic(&tag, CACHEDIR_TAG.as_bytes())?;
+        }
+        for dir in [
+            self.objects_dir(),
+            self.staging_dir(),
+            self.quarantine_dir(),
+            self.trash_dir(),
+            self.entry_locks_dir(),
+        ] {
+            create_dir_all_durable(&dir).map_err(|e| annotate(e, "create cache directory", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// The cache root as given.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Published artifacts.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.base.join("objects")
+    }
+
+    /// The directory of one artifact (`objects/ab/<id>`); the two-character shard keeps
+    /// directories small.
+    pub fn object_dir(&self, id: &str) -> PathBuf {
+        let shard = id.get(..2).unwrap_or("__");
+        self.objects_dir().join(shard).join(id)
+    }
+
+    /// Private staging locations.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.base.join("staging")
+    }
+
+    /// Damaged artifacts moved aside by `verify`.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.base.join("quarantine")
+    }
+
+    /// Artifacts being deleted by garbage collection.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.base.join("trash")
+    }
+
+    /// The lock every operation holds shared and garbage collection holds exclusive.
+    pub fn root_lock(&self) -> PathBuf {
+        self.base.join("locks").join("root.lock")
+    }
+
+    /// Per-entry build locks.
+    pub fn entry_locks_dir(&self) -> PathBuf {
+        self.base.join("locks").join("entries")
+    }
+
+    /// The SQLite catalog.
+    pub fn catalog(&self) -> PathBuf {
+        self.base.join("catalog.sqlite")
+    }
+}

@@ -1,0 +1,136 @@
+//! Locks between processes sharing one cache root.
+//!
+//! - The root lock: every operation holds it shared for its own length (never for a process's
+//!   lifetime, so a daemon cannot starve garbage collection); garbage collection holds it
+//!   exclusive only for its short critical part.
+//! - Entry locks: one file per entry name; a build holds it exclusive, and whoever gets it
+//!   re-checks the catalog before building (lock, then re-check), so builds run at most once.
+//!
+//! Locks are `std::fs::File::lock*` (flock on Unix, LockFileEx on Windows): the kernel releases
+//! them when a process dies, so a crash never leaves a stale lock. Lock files are created without
+//! truncation and never deleted, because deleting a lock file races with a process that has just
+//! opened it.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Errors of the lock module.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The lock could not be taken within the timeout.
+    #[error(
+        "timed out after {waited:?} waiting for {what} (lock file `{path}`); another warmcache \
+         process holds it. Wait for it to finish, or raise the limit with --lock-timeout or \
+         WARMCACHE_LOCK_TIMEOUT"
+    )]
+    Timeout {
+        /// What the lock protects.
+        what: String,
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("failed to lock `{path}`: {source}")]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// Shared or exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Many holders at once.
+    Shared,
+    /// One holder, no shared holders.
+    Exclusive,
+}
+
+/// A held lock; released on drop (and by the kernel if the process dies).
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, LockError> {
+    // No truncation: another process may hold a lock on this very file.
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| LockError::Io { path: path.to_path_buf(), source })
+}
+
+/// Tries once to take a lock; `Ok(None)` when someone else holds it.
+pub fn try_lock(path: &Path, mode: Mode) -> Result<Option<LockGuard>, LockError> {
+    let file = open_lock_file(path)?;
+    let res = match mode {
+        Mode::Shared => file.try_lock_shared(),
+        Mode::Exclusive => file.try_lock(),
+    };
+    match res {
+        Ok(()) => Ok(Some(LockGuard { _file: file, path: path.to_path_buf() })),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(source)) => Err(LockError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Takes a lock, waiting up to `timeout`. `what` describes the lock for the timeout message.
+///
+/// The standard library has no timed lock, so this polls `try_lock` with a short, growing sleep
+/// (1 ms doubling to 50 ms): cheap while the holder is quick, and bounded.
+pub fn lock(path: &Path, mode: Mode, timeout: Duration, what: &str) -> Result<LockGuard, LockError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(guard) = try_lock(path, mode)? {
+            return Ok(guard);
+        }
+        let waited = start.elapsed();
+        if waited >= timeout {
+            return Err(LockError::Timeout { what: what.to_string(), path: path.to_path_buf(), waited });
+        }
+        std::thread::sleep(pause.min(timeout - waited));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// The lock file of an entry: named by a digest of the entry name, so any name maps to a safe,
+/// fixed-length file name.
+pub fn entry_lock_path(dir: &Path, name: &str) -> PathBuf {
+    let digest = blake3::hash(name.as_bytes()).to_hex();
+    dir.join(format!("{}.lock", &digest[..32]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_excludes_and_times_out_with_a_hint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.lock");
+        let shared = lock(&path, Mode::Shared, Duration::from_secs(1), "the root").unwrap();
+        assert!(try_lock(&path, Mode::Shared).unwrap().is_some());
+        let err = lock(&path, Mode::Exclusive, Duration::from_millis(30), "the root").unwrap_err();
+        assert!(err.to_string().contains("WARMCACHE_LOCK_TIMEOUT"), "{err}");
+        drop(shared);
+        assert!(try_lock(&path, Mode::Exclusive).unwrap().is_some());
+    }
+}

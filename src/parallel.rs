@@ -1,0 +1,63 @@
+//! A minimal work-sharing loop over a slice, for copying and hashing the files of a tree.
+//!
+//! Written by hand because it is twenty lines on `std::thread::scope`: a thread-pool crate would
+//! add a dependency (and global state) for the one loop the store needs.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Below this many items the threads cost more than they save.
+const SERIAL_BELOW: usize = 16;
+
+/// Applies `f` to every item on up to `available_parallelism` threads and returns the results in
+/// item order. Stops handing out work after the first error and returns it.
+pub fn map<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    if items.len() < SERIAL_BELOW || threads == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let chunks: Vec<Result<Vec<(usize, R)>, E>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        match f(item) {
+                            Ok(r) => done.push((i, r)),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    let mut all = Vec::with_capacity(items.len());
+    for chunk in chunks {
+        all.extend(chunk?);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keeps_order_and_reports_errors() {
+        let items: Vec<u32> = (0..1000).collect();
+        let doubled = super::map(&items, |x| Ok::<_, ()>(x * 2)).unwrap();
+        assert_eq!(doubled, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        let err = super::map(&items, |x| if *x == 500 { Err("boom") } else { Ok(*x) });
+        assert_eq!(err, Err("boom"));
+    }
+}

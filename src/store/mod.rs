@@ -1,0 +1,307 @@
+//! The content-addressed store: immutable artifacts (files and trees) named by the digest of
+//! their manifest.
+//!
+//! Publishing follows DESIGN.md: the content is written into a private staging directory, hashed
+//! and made read-only there, made durable (one `syncfs` for a tree), then renamed without replace
+//! into `objects/ab/<id>` and the parent directory fsynced. Losing that rename to another writer
+//! means the same content is already published: ours is discarded.
+
+mod manifest;
+mod tree;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+
+pub use manifest::{ArtifactKind, EntryKind, Manifest, ManifestEntry, MANIFEST_VERSION, is_artifact_id};
+pub use tree::{Progress, hash_file};
+
+use crate::fs::{StagingArea, Staged, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree};
+use crate::layout::Layout;
+
+const MANIFEST_FILE: &str = "manifest.json";
+const CONTENT: &str = "content";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing to import does not exist.
+    #[error("`{path}` does not exist; give the path of a file or directory to import")]
+    SourceMissing {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A file type the store cannot hold.
+    #[error(
+        "`{path}` is a {kind}; artifacts can hold only regular files, directories and symlinks \
+         (remove it from the tree or import a different path)"
+    )]
+    Unsupported {
+        /// The offending path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A path that is not valid UTF-8 cannot be recorded in a manifest.
+    #[error("`{path}` has a name that is not valid UTF-8; rename it to import the tree")]
+    NonUtf8 {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// Disk full while writing into the cache.
+    #[error("no space left while writing `{path}` into the cache; free space or run `warmcache gc`")]
+    DiskFull {
+        /// What was being written.
+        path: PathBuf,
+    },
+    /// The cache root cannot be written.
+    #[error(
+        "cannot write to the cache at `{path}` ({source}); choose a writable --root or WARMCACHE_ROOT"
+    )]
+    ReadOnly {
+        /// The path that could not be written.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Any other I/O error (the message names the path and operation).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl StoreError {
+    /// Classifies an I/O error that happened while writing into the cache.
+    pub(crate) fn writing(err: io::Error, path: &Path) -> Self {
+        match err.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                StoreError::DiskFull { path: path.to_path_buf() }
+            }
+            io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
+                StoreError::ReadOnly { path: path.to_path_buf(), source: err }
+            }
+            _ => StoreError::Io(err),
+        }
+    }
+}
+
+/// A published artifact.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Published {
+    /// The artifact id (BLAKE3 of the manifest).
+    pub id: String,
+    /// The path of the content (a file or a directory).
+    pub path: PathBuf,
+    /// File or tree.
+    pub kind: ArtifactKind,
+    /// Total bytes of its files.
+    pub size: u64,
+    /// Number of regular files.
+    pub files: u64,
+    /// False when identical content was already published (nothing new was stored).
+    pub created: bool,
+}
+
+/// One problem found by [`Store::verify`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damage {
+    /// The path inside the content (empty for the artifact itself).
+    pub path: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The content-addressed store of one cache root.
+#[derive(Debug, Clone)]
+pub struct Store {
+    layout: Layout,
+    staging: StagingArea,
+}
+
+impl Store {
+    /// The store of a (created) layout.
+    pub fn new(layout: &Layout) -> io::Result<Self> {
+        let staging = StagingArea::new(layout.staging_dir())?;
+        Ok(Self { layout: layout.clone(), staging })
+    }
+
+    /// The staging area (same file system as the objects).
+    pub fn staging(&self) -> &StagingArea {
+        &self.staging
+    }
+
+    /// A fresh staging directory for content that will be published with
+    /// [`Store::publish_staged`]; write the content at [`content_path_in`].
+    pub fn stage(&self, purpose: &str) -> Result<Staged, StoreError> {
+        self.staging.create_dir(purpose).map_err(|e| StoreError::writing(e, self.staging.dir()))
+    }
+
+    /// The path of an artifact's content (which may or may not exist).
+    pub fn content_path(&self, id: &str) -> PathBuf {
+        self.layout.object_dir(id).join(CONTENT)
+    }
+
+    /// Whether an artifact's content is there. Opens rather than stats, so the answer describes
+    /// a handle that existed; a reader must still treat a later failure to open as a miss.
+    pub fn is_present(&self, id: &str) -> bool {
+        let path = self.content_path(id);
+        #[cfg(unix)]
+        {
+            std::fs::File::open(path).is_ok()
+        }
+        #[cfg(not(unix))]
+        {
+            std::fs::symlink_metadata(path).is_ok()
+        }
+    }
+
+    /// Copies a file or directory into the cache and publishes it.
+    pub fn import_path(&self, source: &Path, progress: &Progress) -> Result<Published, StoreError> {
+        let meta = match std::fs::symlink_metadata(source) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::SourceMissing { path: source.to_path_buf() });
+            }
+            Err(e) => return Err(annotate(e, "inspect", source).into()),
+        };
+        // Follow a symlink given on the command line (the user named it), never inside a tree.
+        let meta = if meta.file_type().is_symlink() { fs::metadata(source)? } else { meta };
+        let staged = self.stage("import")?;
+        let dest = content_path_in(&staged);
+        let (kind, entries) = if meta.is_dir() {
+            (ArtifactKind::Dir, tree::copy_tree(source, &dest, progress)?)
+        } else if meta.is_file() {
+            (ArtifactKind::File, vec![tree::copy_one_file(source, &dest, progress)?])
+        } else {
+            return Err(StoreError::Unsupported { path: source.to_path_buf(), kind: tree::describe(&meta) });
+        };
+        self.publish(staged, Manifest::new(kind, entries))
+    }
+
+    /// Publishes content already written at [`content_path_in`] of a staging directory (an
+    /// extracted archive, a build output): hashes it, makes it read-only and durable, publishes.
+    pub fn publish_staged(&self, staged: Staged, progress: &Progress) -> Result<Published, StoreError> {
+        let content = content_path_in(&staged);
+        let meta = match std::fs::symlink_metadata(&content) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::SourceMissing { path: content });
+            }
+            Err(e) => return Err(annotate(e, "inspect", &content).into()),
+        };
+        let (kind, entries) = if meta.is_dir() {
+            (ArtifactKind::Dir, tree::hash_tree(&content, progress)?)
+        } else if meta.is_file() {
+            (ArtifactKind::File, vec![tree::hash_one_file(&content, progress)?])
+        } else {
+            return Err(StoreError::Unsupported { path: content, kind: tree::describe(&meta) });
+        };
+        self.publish(staged, Manifest::new(kind, entries))
+    }
+
+    fn publish(&self, mut staged: Staged, manifest: Manifest) -> Result<Published, StoreError> {
+        let id = manifest.id();
+        let stage_dir = staged.path().to_path_buf();
+        let manifest_path = stage_dir.join(MANIFEST_FILE);
+        {
+            let write = || -> io::Result<()> {
+                let mut file = fs::File::create(&manifest_path)?;
+                io::Write::write_all(&mut file, &manifest.to_bytes())?;
+                Ok(())
+            };
+            write().map_err(|e| StoreError::writing(e, &manifest_path))?;
+        }
+        // Content is read-only before it becomes visible, so no reader ever sees it change.
+        let content = stage_dir.join(CONTENT);
+        tree::seal_dirs(&content, &manifest).map_err(|e| StoreError::writing(e, &content))?;
+        match manifest.kind {
+            // One syncfs covers every file and directory of the tree.
+            ArtifactKind::Dir => sync_tree(&stage_dir).map_err(|e| StoreError::writing(e, &stage_dir))?,
+            ArtifactKind::File => {
+                for path in [&content, &manifest_path] {
+                    let file = fs::File::open(path)?;
+                    file.sync_all().map_err(|e| StoreError::writing(annotate(e, "fsync", path), path))?;
+                }
+                fsync_dir(&stage_dir)?;
+            }
+        }
+        let target = self.layout.object_dir(&id);
+        let shard = target.parent().unwrap_or(&target).to_path_buf();
+        create_dir_all_durable(&shard).map_err(|e| StoreError::writing(e, &shard))?;
+        let mut created = rename_noreplace(&stage_dir, &target).map_err(|e| StoreError::writing(e, &target))?;
+        if !created && !self.is_present(&id) {
+            // The name is taken by a broken copy (content deleted by hand): move it aside and
+            // publish ours in its place.
+            self.quarantine(&id)?;
+            created = rename_noreplace(&stage_dir, &target).map_err(|e| StoreError::writing(e, &target))?;
+        }
+        if created {
+            staged.keep();
+            fsync_dir(&shard)?;
+        }
+        drop(staged);
+        Ok(Published {
+            path: target.join(CONTENT),
+            id,
+            kind: manifest.kind,
+            size: manifest.size,
+            files: manifest.files,
+            created,
+        })
+    }
+
+    /// Reads an artifact's manifest; `None` when missing or undecodable (both are misses).
+    pub fn read_manifest(&self, id: &str) -> io::Result<Option<(Manifest, Vec<u8>)>> {
+        let path = self.layout.object_dir(id).join(MANIFEST_FILE);
+        Ok(crate::fs::read_if_exists(&path)?
+            .and_then(|bytes| Manifest::from_bytes(&bytes).map(|manifest| (manifest, bytes))))
+    }
+
+    /// The ids of all published artifacts.
+    pub fn list(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let objects = self.layout.objects_dir();
+        for shard in fs::read_dir(&objects)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let name = entry?.file_name();
+                if let Some(name) = name.to_str().filter(|n| is_artifact_id(n)) {
+                    ids.push(name.to_string());
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Re-hashes an artifact against its manifest and the manifest against the id. An empty
+    /// result means intact.
+    pub fn verify(&self, id: &str) -> io::Result<Vec<Damage>> {
+        let damage = |path: &str, problem: String| Damage { path: path.to_string(), problem };
+        let Some((manifest, bytes)) = self.read_manifest(id)? else {
+            return Ok(vec![damage("", "manifest missing or undecodable".into())]);
+        };
+        if manifest::id_of_bytes(&bytes) != id {
+            return Ok(vec![damage("", "manifest does not match the artifact id".into())]);
+        }
+        tree::verify_content(&self.content_path(id), &manifest)
+    }
+
+    /// Moves an artifact out of `objects/` so it is never served again. Returns where it went.
+    pub fn quarantine(&self, id: &str) -> io::Result<PathBuf> {
+        let from = self.layout.object_dir(id);
+        let to = self.layout.quarantine_dir().join(crate::fs::unique_name(&format!("{id}.")));
+        fs::rename(&from, &to)?;
+        fsync_dir(&self.layout.quarantine_dir())?;
+        crate::fs::fsync_parent(&from)?;
+        Ok(to)
+    }
+}
+
+/// Where content goes inside a staging directory from [`Store::stage`].
+pub fn content_path_in(staged: &Staged) -> PathBuf {
+    staged.path().join(CONTENT)
+}
