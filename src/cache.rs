@@ -210,12 +210,25 @@ impl Cache {
         Ok(lock::lock(&self.layout.root_lock(), Mode::Shared, self.options.lock_timeout, "the cache root lock")?)
     }
 
-    /// Publishes a file or directory as an artifact, optionally under an entry name. Returns only
-    /// once the artifact is complete and durable and the catalog names it.
-    pub fn import(&self, source: &Path, name: Option<&str>, progress: &Progress) -> Result<Imported, CacheError> {
+    /// Checks an import's arguments without touching the cache, so bad input changes nothing
+    /// (not even creating a cache root).
+    pub fn check_import(source: &Path, name: Option<&str>) -> Result<(), CacheError> {
         if let Some(name) = name {
             name::validate(name)?;
         }
+        match std::fs::metadata(source) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::SourceMissing { path: source.to_path_buf() }.into())
+            }
+            Err(e) => Err(crate::fs::annotate(e, "inspect", source).into()),
+        }
+    }
+
+    /// Publishes a file or directory as an artifact, optionally under an entry name. Returns only
+    /// once the artifact is complete and durable and the catalog names it.
+    pub fn import(&self, source: &Path, name: Option<&str>, progress: &Progress) -> Result<Imported, CacheError> {
+        Self::check_import(source, name)?;
         let _op = self.operation()?;
         let published = self.store.import_path(source, progress)?;
         self.record(name, &published, None, "import")?;

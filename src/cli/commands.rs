@@ -37,6 +37,7 @@ fn open(cli: &Cli) -> Result<Cache> {
 }
 
 fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
+    Cache::check_import(&args.source, args.name.as_deref())?;
     let cache = open(cli)?;
     let (progress, bar) = spinner(out, "importing");
     let imported = cache

@@ -17,9 +17,12 @@ use fs_err as fs;
 pub use manifest::{ArtifactKind, EntryKind, Manifest, ManifestEntry, MANIFEST_VERSION, is_artifact_id};
 pub use tree::{Progress, hash_file};
 
-use crate::fs::{StagingArea, Staged, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree};
+use crate::fs::{StagingArea, Staged, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree, sync_tree_each};
 use crate::layout::Layout;
 
+/// Trees with more entries than this are made durable with one `syncfs` instead of one fsync per
+/// file and directory.
+const SYNCFS_ABOVE_ENTRIES: usize = 64;
 const MANIFEST_FILE: &str = "manifest.json";
 const CONTENT: &str = "content";
 
@@ -215,8 +218,14 @@ impl Store {
         let content = stage_dir.join(CONTENT);
         tree::seal_dirs(&content, &manifest).map_err(|e| StoreError::writing(e, &content))?;
         match manifest.kind {
-            // One syncfs covers every file and directory of the tree.
-            ArtifactKind::Dir => sync_tree(&stage_dir).map_err(|e| StoreError::writing(e, &stage_dir))?,
+            // One syncfs covers every file and directory of a large tree; a small one is cheaper to
+            // fsync file by file than to flush everything else dirty on the file system.
+            ArtifactKind::Dir if manifest.entries.len() > SYNCFS_ABOVE_ENTRIES => {
+                sync_tree(&stage_dir).map_err(|e| StoreError::writing(e, &stage_dir))?
+            }
+            ArtifactKind::Dir => {
+                sync_tree_each(&stage_dir).map_err(|e| StoreError::writing(e, &stage_dir))?
+            }
             ArtifactKind::File => {
                 for path in [&content, &manifest_path] {
                     let file = fs::File::open(path)?;
