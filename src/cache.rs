@@ -258,6 +258,7 @@ impl Cache {
             kind: published.kind,
             size: published.size,
             files: published.files,
+            disk_usage: published.disk_usage,
             created_at: now,
             accessed_at: now,
         };

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL,
         size INTEGER NOT NULL,
         files INTEGER NOT NULL,
+        disk_usage INTEGER NOT NULL,
         created_at INTEGER NOT NULL,
         accessed_at INTEGER NOT NULL
     );
@@ -118,6 +119,8 @@ pub struct ArtifactRow {
     pub size: u64,
     /// Number of files.
     pub files: u64,
+    /// Bytes it takes on disk (what size budgets count).
+    pub disk_usage: u64,
     /// When it was first recorded (unix ms).
     pub created_at: i64,
     /// When it was last used (unix ms, updated at most once per [`ACCESS_GRANULARITY_MS`]).
@@ -249,7 +252,7 @@ impl Catalog {
     pub fn artifact(&self, id: &str) -> Result<Option<ArtifactRow>, CatalogError> {
         self.conn
             .query_row(
-                "SELECT id, kind, size, files, created_at, accessed_at FROM artifacts WHERE id = ?1",
+                "SELECT id, kind, size, files, disk_usage, created_at, accessed_at FROM artifacts WHERE id = ?1",
                 [id],
                 decode_artifact,
             )
@@ -262,7 +265,7 @@ impl Catalog {
     pub fn artifacts(&self) -> Result<Vec<ArtifactRow>, CatalogError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, kind, size, files, created_at, accessed_at FROM artifacts ORDER BY id")
+            .prepare("SELECT id, kind, size, files, disk_usage, created_at, accessed_at FROM artifacts ORDER BY id")
             .map_err(self.err("list artifacts"))?;
         let rows = stmt.query_map([], decode_artifact).map_err(self.err("list artifacts"))?;
         let mut out = Vec::new();
@@ -414,9 +417,10 @@ fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> Cat
 
 fn insert_artifact(conn: &Connection, a: &ArtifactRow) -> rusqlite::Result<usize> {
     conn.execute(
-        "INSERT INTO artifacts (id, kind, size, files, created_at, accessed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO artifacts (id, kind, size, files, disk_usage, created_at, accessed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(id) DO UPDATE SET accessed_at = max(accessed_at, excluded.accessed_at)",
-        params![a.id, a.kind.as_str(), a.size as i64, a.files as i64, a.created_at, a.accessed_at],
+        params![a.id, a.kind.as_str(), a.size as i64, a.files as i64, a.disk_usage as i64, a.created_at, a.accessed_at],
     )
 }
 
@@ -442,13 +446,15 @@ fn decode_artifact(r: &Row<'_>) -> rusqlite::Result<Option<ArtifactRow>> {
         let kind: String = r.get(1)?;
         let size: i64 = r.get(2)?;
         let files: i64 = r.get(3)?;
+        let disk_usage: i64 = r.get(4)?;
         Ok(ArtifactKind::parse(&kind).map(|kind| ArtifactRow {
             id: r.get(0).unwrap_or_default(),
             kind,
             size: size.max(0) as u64,
             files: files.max(0) as u64,
-            created_at: r.get(4).unwrap_or(0),
-            accessed_at: r.get(5).unwrap_or(0),
+            disk_usage: disk_usage.max(0) as u64,
+            created_at: r.get(5).unwrap_or(0),
+            accessed_at: r.get(6).unwrap_or(0),
         }))
     };
     Ok(decode().ok().flatten())
@@ -459,7 +465,15 @@ mod tests {
     use super::*;
 
     fn artifact(id: &str) -> ArtifactRow {
-        ArtifactRow { id: id.into(), kind: ArtifactKind::File, size: 3, files: 1, created_at: 1, accessed_at: 1 }
+        ArtifactRow {
+            id: id.into(),
+            kind: ArtifactKind::File,
+            size: 3,
+            files: 1,
+            disk_usage: 4096,
+            created_at: 1,
+            accessed_at: 1,
+        }
     }
 
     #[test]

@@ -526,7 +526,9 @@ impl StagingArea {
                 // A staging location whose lock file is gone: the owner always creates the lock
                 // first and a sweeper removes it last, so nobody owns this one.
                 let lock = self.dir.join(format!("{name_str}{LOCK_SUFFIX}"));
-                if !lock.exists() {
+                // Already removed above through its lock file, earlier in this listing.
+                let still_there = std::fs::symlink_metadata(&path).is_ok();
+                if still_there && !lock.exists() {
                     remove_tree(&path)?;
                     report.removed += 1;
                 }
@@ -568,6 +570,40 @@ impl Drop for Staged {
         let _ = std::fs::remove_file(&self.lock_path);
         drop(self.lock.take());
     }
+}
+
+/// The space a file or tree really takes on disk: allocated blocks, each hard-linked inode counted
+/// once, symlinks and directories included. Never follows symlinks. Elsewhere than Unix, the
+/// apparent size of files.
+pub fn disk_usage(path: &Path) -> io::Result<u64> {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(annotate(e, "inspect", &p)),
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if meta.nlink() <= 1 || meta.is_dir() || seen.insert((meta.dev(), meta.ino())) {
+                total += meta.blocks() * 512;
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut seen;
+            total += meta.len();
+        }
+        if meta.is_dir() {
+            for entry in fs::read_dir(&p)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Walks a directory tree without following symlinks, yielding paths relative to `root` in a

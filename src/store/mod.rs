@@ -101,6 +101,8 @@ pub struct Published {
     pub size: u64,
     /// Number of regular files.
     pub files: u64,
+    /// Space the artifact takes on disk (blocks; hard-linked data once).
+    pub disk_usage: u64,
     /// False when identical content was already published (nothing new was stored).
     pub created: bool,
 }
@@ -249,7 +251,9 @@ impl Store {
             fsync_dir(&shard)?;
         }
         drop(staged);
+        let disk_usage = crate::fs::disk_usage(&target)?;
         Ok(Published {
+            disk_usage,
             path: target.join(CONTENT),
             id,
             kind: manifest.kind,
