@@ -80,7 +80,9 @@ pub struct CacheOptions {
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        Self { lock_timeout: DEFAULT_LOCK_TIMEOUT }
+        Self {
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        }
     }
 }
 
@@ -164,10 +166,21 @@ impl Cache {
     /// processes.
     pub fn open_with(root: &Path, options: CacheOptions) -> Result<Self, CacheError> {
         let layout = Layout::new(root);
-        layout.create().map_err(|source| CacheError::Root { root: root.to_path_buf(), source })?;
-        let store = Store::new(&layout).map_err(|source| CacheError::Root { root: root.to_path_buf(), source })?;
+        layout.create().map_err(|source| CacheError::Root {
+            root: root.to_path_buf(),
+            source,
+        })?;
+        let store = Store::new(&layout).map_err(|source| CacheError::Root {
+            root: root.to_path_buf(),
+            source,
+        })?;
         let catalog = Catalog::open(&layout.catalog())?;
-        let cache = Self { layout, store, catalog: Mutex::new(catalog), options };
+        let cache = Self {
+            layout,
+            store,
+            catalog: Mutex::new(catalog),
+            options,
+        };
         {
             let _op = cache.operation()?;
             let swept = cache.store.staging().sweep()?;
@@ -207,7 +220,12 @@ impl Cache {
 
     /// Holds the root lock shared for the length of one operation.
     pub fn operation(&self) -> Result<LockGuard, CacheError> {
-        Ok(lock::lock(&self.layout.root_lock(), Mode::Shared, self.options.lock_timeout, "the cache root lock")?)
+        Ok(lock::lock(
+            &self.layout.root_lock(),
+            Mode::Shared,
+            self.options.lock_timeout,
+            "the cache root lock",
+        )?)
     }
 
     /// Checks an import's arguments without touching the cache, so bad input changes nothing
@@ -218,16 +236,22 @@ impl Cache {
         }
         match std::fs::metadata(source) {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StoreError::SourceMissing { path: source.to_path_buf() }.into())
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::SourceMissing {
+                path: source.to_path_buf(),
             }
+            .into()),
             Err(e) => Err(crate::fs::annotate(e, "inspect", source).into()),
         }
     }
 
     /// Publishes a file or directory as an artifact, optionally under an entry name. Returns only
     /// once the artifact is complete and durable and the catalog names it.
-    pub fn import(&self, source: &Path, name: Option<&str>, progress: &Progress) -> Result<Imported, CacheError> {
+    pub fn import(
+        &self,
+        source: &Path,
+        name: Option<&str>,
+        progress: &Progress,
+    ) -> Result<Imported, CacheError> {
         Self::check_import(source, name)?;
         let _op = self.operation()?;
         let published = self.store.import_path(source, progress)?;
@@ -276,12 +300,17 @@ impl Cache {
         name::validate(name)?;
         let _op = self.operation()?;
         let mut catalog = self.catalog();
-        let entry = catalog
-            .entry(name)?
-            .ok_or_else(|| CacheError::NoEntry { name: name.to_string(), root: self.root().to_path_buf() })?;
-        let artifact = entry.artifact.clone().ok_or_else(|| CacheError::NoArtifact { name: name.to_string() })?;
+        let entry = catalog.entry(name)?.ok_or_else(|| CacheError::NoEntry {
+            name: name.to_string(),
+            root: self.root().to_path_buf(),
+        })?;
+        let artifact = entry.artifact.clone().ok_or_else(|| CacheError::NoArtifact {
+            name: name.to_string(),
+        })?;
         if !self.store.is_present(&artifact) {
-            return Err(CacheError::NoArtifact { name: name.to_string() });
+            return Err(CacheError::NoArtifact {
+                name: name.to_string(),
+            });
         }
         catalog.touch(&entry, now_ms())?;
         Ok((entry, self.store.content_path(&artifact)))
@@ -307,10 +336,23 @@ impl Cache {
                 Some(id) => catalog.artifact(id)?,
                 None => None,
             };
-            let present = entry.artifact.as_deref().is_some_and(|id| self.store.is_present(id));
-            let path = entry.artifact.as_deref().filter(|_| present).map(|id| self.store.content_path(id));
+            let present = entry
+                .artifact
+                .as_deref()
+                .is_some_and(|id| self.store.is_present(id));
+            let path = entry
+                .artifact
+                .as_deref()
+                .filter(|_| present)
+                .map(|id| self.store.content_path(id));
             let failure = catalog.failure(&entry.name)?;
-            out.push(EntryStatus { entry, artifact_info, present, path, failure });
+            out.push(EntryStatus {
+                entry,
+                artifact_info,
+                present,
+                path,
+                failure,
+            });
         }
         Ok(out)
     }
@@ -331,12 +373,18 @@ impl Cache {
             }
             let quarantined_to = self.store.quarantine(id)?;
             self.catalog().forget_artifact(id)?;
-            report.damaged.push(DamagedArtifact { artifact: id.clone(), problems, quarantined_to });
+            report.damaged.push(DamagedArtifact {
+                artifact: id.clone(),
+                problems,
+                quarantined_to,
+            });
         }
         let mut catalog = self.catalog();
         let mut referenced = std::collections::HashSet::new();
         for entry in catalog.entries()? {
-            let Some(id) = entry.artifact.clone() else { continue };
+            let Some(id) = entry.artifact.clone() else {
+                continue;
+            };
             if self.store.is_present(&id) {
                 referenced.insert(id);
             } else {
@@ -350,8 +398,10 @@ impl Cache {
             }
         }
         let damaged: std::collections::HashSet<_> = report.damaged.iter().map(|d| &d.artifact).collect();
-        report.unreferenced =
-            ids.iter().filter(|id| !referenced.contains(*id) && !damaged.contains(id)).count() as u64;
+        report.unreferenced = ids
+            .iter()
+            .filter(|id| !referenced.contains(*id) && !damaged.contains(id))
+            .count() as u64;
         Ok(report)
     }
 }

@@ -186,31 +186,52 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (creating and migrating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
-        let open_err = |source| CatalogError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| CatalogError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)).map_err(open_err)?;
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+                .map_err(open_err)?;
         }
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         let known = MIGRATIONS.len() as i64;
-        let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+        let current: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
         if current > known {
-            return Err(CatalogError::TooNew { path: path.to_path_buf(), found: current, known });
+            return Err(CatalogError::TooNew {
+                path: path.to_path_buf(),
+                found: current,
+                known,
+            });
         }
         if current < known {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(open_err)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(open_err)?;
             // Re-read inside the write lock: another process may have migrated meanwhile.
-            let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+            let current: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(open_err)?;
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
                 tx.execute_batch(sql).map_err(open_err)?;
-                tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(open_err)?;
+                tx.pragma_update(None, "user_version", (i + 1) as i64)
+                    .map_err(open_err)?;
             }
             tx.commit().map_err(open_err)?;
         }
-        Ok(Self { conn, path: path.to_path_buf() })
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> CatalogError + use<> {
@@ -240,7 +261,9 @@ impl Catalog {
                  FROM entries ORDER BY name",
             )
             .map_err(self.err("list entries"))?;
-        let rows = stmt.query_map([], decode_entry).map_err(self.err("list entries"))?;
+        let rows = stmt
+            .query_map([], decode_entry)
+            .map_err(self.err("list entries"))?;
         let mut out = Vec::new();
         for row in rows {
             out.extend(row.map_err(self.err("list entries"))?);
@@ -267,7 +290,9 @@ impl Catalog {
             .conn
             .prepare("SELECT id, kind, size, files, disk_usage, created_at, accessed_at FROM artifacts ORDER BY id")
             .map_err(self.err("list artifacts"))?;
-        let rows = stmt.query_map([], decode_artifact).map_err(self.err("list artifacts"))?;
+        let rows = stmt
+            .query_map([], decode_artifact)
+            .map_err(self.err("list artifacts"))?;
         let mut out = Vec::new();
         for row in rows {
             out.extend(row.map_err(self.err("list artifacts"))?);
@@ -301,13 +326,16 @@ impl Catalog {
             params![name, artifact.id, fingerprint, source, now],
         )
         .map_err(err("record an entry"))?;
-        tx.execute("DELETE FROM failures WHERE name = ?1", [name]).map_err(err("clear a failure"))?;
+        tx.execute("DELETE FROM failures WHERE name = ?1", [name])
+            .map_err(err("clear a failure"))?;
         tx.commit().map_err(err("commit"))
     }
 
     /// Records an artifact without naming it (an anonymous import).
     pub fn record_artifact(&mut self, artifact: &ArtifactRow) -> Result<(), CatalogError> {
-        insert_artifact(&self.conn, artifact).map(drop).map_err(self.err("record an artifact"))
+        insert_artifact(&self.conn, artifact)
+            .map(drop)
+            .map_err(self.err("record an artifact"))
     }
 
     /// Notes that `name` (and its artifact) was used, at most once per
@@ -318,12 +346,21 @@ impl Catalog {
         }
         let path = self.path.clone();
         let err = || sql_err(&path, "record an access");
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err())?;
-        tx.execute("UPDATE entries SET accessed_at = ?2 WHERE name = ?1", params![entry.name, now])
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err())?;
+        tx.execute(
+            "UPDATE entries SET accessed_at = ?2 WHERE name = ?1",
+            params![entry.name, now],
+        )
+        .map_err(err())?;
         if let Some(artifact) = &entry.artifact {
-            tx.execute("UPDATE artifacts SET accessed_at = ?2 WHERE id = ?1", params![artifact, now])
-                .map_err(err())?;
+            tx.execute(
+                "UPDATE artifacts SET accessed_at = ?2 WHERE id = ?1",
+                params![artifact, now],
+            )
+            .map_err(err())?;
         }
         tx.commit().map_err(err())
     }
@@ -350,7 +387,9 @@ impl Catalog {
             .optional()
             .or_else(|e| match e {
                 // A row with a value of the wrong type is a corrupt row: no failure memory.
-                rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => Ok(None),
+                rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+                    Ok(None)
+                }
                 e => Err(e),
             })
             .map_err(self.err("read a failure"))
@@ -361,7 +400,10 @@ impl Catalog {
     pub fn record_failure(&mut self, name: &str, failure: &FailureRow) -> Result<(), CatalogError> {
         let path = self.path.clone();
         let err = || sql_err(&path, "record a failure");
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err())?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err())?;
         tx.execute(
             "INSERT INTO entries (name, artifact, fingerprint, source, created_at, updated_at, accessed_at)
              VALUES (?1, NULL, NULL, 'build', ?2, ?2, ?2) ON CONFLICT(name) DO NOTHING",
@@ -392,10 +434,17 @@ impl Catalog {
     pub fn forget_artifact(&mut self, id: &str) -> Result<(), CatalogError> {
         let path = self.path.clone();
         let err = || sql_err(&path, "forget an artifact");
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err())?;
-        tx.execute("UPDATE entries SET artifact = NULL, fingerprint = NULL WHERE artifact = ?1", [id])
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err())?;
-        tx.execute("DELETE FROM artifacts WHERE id = ?1", [id]).map_err(err())?;
+        tx.execute(
+            "UPDATE entries SET artifact = NULL, fingerprint = NULL WHERE artifact = ?1",
+            [id],
+        )
+        .map_err(err())?;
+        tx.execute("DELETE FROM artifacts WHERE id = ?1", [id])
+            .map_err(err())?;
         tx.commit().map_err(err())
     }
 
@@ -420,7 +469,15 @@ fn insert_artifact(conn: &Connection, a: &ArtifactRow) -> rusqlite::Result<usize
         "INSERT INTO artifacts (id, kind, size, files, disk_usage, created_at, accessed_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(id) DO UPDATE SET accessed_at = max(accessed_at, excluded.accessed_at)",
-        params![a.id, a.kind.as_str(), a.size as i64, a.files as i64, a.disk_usage as i64, a.created_at, a.accessed_at],
+        params![
+            a.id,
+            a.kind.as_str(),
+            a.size as i64,
+            a.files as i64,
+            a.disk_usage as i64,
+            a.created_at,
+            a.accessed_at
+        ],
     )
 }
 
@@ -481,7 +538,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("c.sqlite");
         let mut c = Catalog::open(&path).unwrap();
-        c.set_last_good("a", &artifact(&"a".repeat(64)), Some("fp"), "build").unwrap();
+        c.set_last_good("a", &artifact(&"a".repeat(64)), Some("fp"), "build")
+            .unwrap();
         drop(c);
         let c = Catalog::open(&path).unwrap();
         let e = c.entry("a").unwrap().unwrap();
@@ -496,17 +554,25 @@ mod tests {
         let c = Catalog::open(&path).unwrap();
         c.conn.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
-        assert!(matches!(Catalog::open(&path), Err(CatalogError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(CatalogError::TooNew { found: 99, .. })
+        ));
     }
 
     #[test]
     fn corrupt_rows_are_misses() {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = Catalog::open(&tmp.path().join("c.sqlite")).unwrap();
-        c.set_last_good("a", &artifact(&"b".repeat(64)), None, "import").unwrap();
-        c.conn.execute("UPDATE entries SET artifact = 'not-an-id'", []).unwrap();
+        c.set_last_good("a", &artifact(&"b".repeat(64)), None, "import")
+            .unwrap();
+        c.conn
+            .execute("UPDATE entries SET artifact = 'not-an-id'", [])
+            .unwrap();
         assert_eq!(c.entry("a").unwrap().unwrap().artifact, None);
-        c.conn.execute("UPDATE entries SET created_at = 'garbage'", []).unwrap();
+        c.conn
+            .execute("UPDATE entries SET created_at = 'garbage'", [])
+            .unwrap();
         assert_eq!(c.entry("a").unwrap(), None);
         c.conn.execute("UPDATE artifacts SET kind = 'weird'", []).unwrap();
         assert_eq!(c.artifact(&"b".repeat(64)).unwrap(), None);

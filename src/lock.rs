@@ -74,7 +74,10 @@ fn open_lock_file(path: &Path) -> Result<File, LockError> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|source| LockError::Io { path: path.to_path_buf(), source })
+        .map_err(|source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Tries once to take a lock; `Ok(None)` when someone else holds it.
@@ -85,9 +88,15 @@ pub fn try_lock(path: &Path, mode: Mode) -> Result<Option<LockGuard>, LockError>
         Mode::Exclusive => file.try_lock(),
     };
     match res {
-        Ok(()) => Ok(Some(LockGuard { _file: file, path: path.to_path_buf() })),
+        Ok(()) => Ok(Some(LockGuard {
+            _file: file,
+            path: path.to_path_buf(),
+        })),
         Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(source)) => Err(LockError::Io { path: path.to_path_buf(), source }),
+        Err(TryLockError::Error(source)) => Err(LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -104,7 +113,11 @@ pub fn lock(path: &Path, mode: Mode, timeout: Duration, what: &str) -> Result<Lo
         }
         let waited = start.elapsed();
         if waited >= timeout {
-            return Err(LockError::Timeout { what: what.to_string(), path: path.to_path_buf(), waited });
+            return Err(LockError::Timeout {
+                what: what.to_string(),
+                path: path.to_path_buf(),
+                waited,
+            });
         }
         std::thread::sleep(pause.min(timeout - waited));
         pause = (pause * 2).min(Duration::from_millis(50));

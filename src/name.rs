@@ -23,7 +23,12 @@ pub const MAX_NAME_LEN: usize = 255;
 
 /// Checks that `name` is a valid entry name.
 pub fn validate(name: &str) -> Result<(), NameError> {
-    let refuse = |reason| Err(NameError { name: name.to_string(), reason });
+    let refuse = |reason| {
+        Err(NameError {
+            name: name.to_string(),
+            reason,
+        })
+    };
     if name.is_empty() {
         return refuse("it is empty");
     }
@@ -61,7 +66,9 @@ mod tests {
         for ok in ["a", "plugins/foo", "models/llama-3.1@q4", "x_y+z:1"] {
             assert!(validate(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../x", "/abs", "a/", "a//b", "a/../b", "a\\b", "a\nb", "a\u{7f}", "a b", "."] {
+        for bad in [
+            "", "../x", "/abs", "a/", "a//b", "a/../b", "a\\b", "a\nb", "a\u{7f}", "a b", ".",
+        ] {
             assert!(validate(bad).is_err(), "{bad:?}");
         }
         assert!(validate(&"x".repeat(256)).is_err());

@@ -14,7 +14,10 @@ pub fn map<T: Sync, R: Send, E: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R, E> + Sync,
 ) -> Result<Vec<R>, E> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
     if items.len() < SERIAL_BELOW || threads == 1 {
         return items.iter().map(&f).collect();
     }
@@ -40,7 +43,10 @@ pub fn map<T: Sync, R: Send, E: Send>(
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
     });
     let mut all = Vec::with_capacity(items.len());
     for chunk in chunks {

@@ -18,7 +18,10 @@ pub struct Progress {
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Progress").field("bytes", &self.bytes()).field("entries", &self.entries()).finish()
+        f.debug_struct("Progress")
+            .field("bytes", &self.bytes())
+            .field("entries", &self.entries())
+            .finish()
     }
 }
 
@@ -30,7 +33,10 @@ impl Progress {
 
     /// Progress that calls `observer(total_bytes, total_entries)` after each advance.
     pub fn new(observer: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
-        Self { observer: Some(Box::new(observer)), ..Self::default() }
+        Self {
+            observer: Some(Box::new(observer)),
+            ..Self::default()
+        }
     }
 
     /// Records more work done.

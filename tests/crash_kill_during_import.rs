@@ -19,10 +19,16 @@ fn sigkill_at_random_moments_leaves_a_consistent_cache() {
 
     // Calibrate: how long does one whole import take here? (The first run also creates the
     // cache and warms the page cache, so time the second.)
-    ok(warmcache(&root).arg("import").arg(&tree).args(["--name", "calibration"]));
+    ok(warmcache(&root)
+        .arg("import")
+        .arg(&tree)
+        .args(["--name", "calibration"]));
     std::fs::write(tree.join("d0/changing.txt"), "calibration").unwrap();
     let start = Instant::now();
-    ok(warmcache(&root).arg("import").arg(&tree).args(["--name", "calibration"]));
+    ok(warmcache(&root)
+        .arg("import")
+        .arg(&tree)
+        .args(["--name", "calibration"]));
     let full = start.elapsed();
     let mut rng = Rng::new(42);
     let mut interrupted = 0;
@@ -51,25 +57,52 @@ fn sigkill_at_random_moments_leaves_a_consistent_cache() {
         // Every visible artifact is complete: a manifest and content that match.
         for id in artifact_ids(&root) {
             let dir = root.join("v1/objects").join(&id[..2]).join(&id);
-            assert!(dir.join("manifest.json").is_file(), "kill {i}: artifact {id} has no manifest");
-            assert!(dir.join("content").exists(), "kill {i}: artifact {id} has no content");
+            assert!(
+                dir.join("manifest.json").is_file(),
+                "kill {i}: artifact {id} has no manifest"
+            );
+            assert!(
+                dir.join("content").exists(),
+                "kill {i}: artifact {id} has no content"
+            );
         }
         let verify = ok_json(warmcache(&root).arg("verify"));
-        assert_eq!(verify["damaged"].as_array().unwrap().len(), 0, "kill {i}: {verify}");
-        assert_eq!(verify["dangling"].as_array().unwrap().len(), 0, "kill {i}: {verify}");
+        assert_eq!(
+            verify["damaged"].as_array().unwrap().len(),
+            0,
+            "kill {i}: {verify}"
+        );
+        assert_eq!(
+            verify["dangling"].as_array().unwrap().len(),
+            0,
+            "kill {i}: {verify}"
+        );
         // The verify run above opened the cache and swept the dead importer's staging.
-        assert_eq!(list(&root.join("v1/staging")), Vec::<String>::new(), "kill {i}: staging not swept");
+        assert_eq!(
+            list(&root.join("v1/staging")),
+            Vec::<String>::new(),
+            "kill {i}: staging not swept"
+        );
         let status = ok_json(warmcache(&root).arg("status"));
         for entry in status["entries"].as_array().unwrap() {
             if !entry["artifact"].is_null() {
-                assert_eq!(entry["present"], true, "kill {i}: catalog names a missing artifact: {entry}");
+                assert_eq!(
+                    entry["present"], true,
+                    "kill {i}: catalog names a missing artifact: {entry}"
+                );
             }
         }
     }
     println!("{interrupted} of {KILLS} imports were killed before finishing (one import takes {full:?})");
-    assert!(interrupted >= KILLS / 3, "too few imports were actually interrupted ({interrupted})");
+    assert!(
+        interrupted >= KILLS / 3,
+        "too few imports were actually interrupted ({interrupted})"
+    );
 
     // After all that, a normal import still works and is intact.
-    let path = ok(warmcache(&root).arg("import").arg(&tree).args(["--name", "final"]));
+    let path = ok(warmcache(&root)
+        .arg("import")
+        .arg(&tree)
+        .args(["--name", "final"]));
     assert_eq!(describe_tree(std::path::Path::new(&path)), describe_tree(&tree));
 }

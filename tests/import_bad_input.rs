@@ -12,16 +12,31 @@ use common::*;
 fn fails_with(cmd: &mut Command, needles: &[&str]) -> String {
     let out = run(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "expected exit 1 from {cmd:?}; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1 from {cmd:?}; stderr: {stderr}"
+    );
     for needle in needles {
-        assert!(stderr.contains(needle), "stderr of {cmd:?} should mention {needle:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "stderr of {cmd:?} should mention {needle:?}: {stderr}"
+        );
     }
     stderr
 }
 
 fn assert_nothing_published(root: &Path) {
-    assert_eq!(artifact_ids(root), Vec::<String>::new(), "no artifact may be published");
-    assert_eq!(list(&root.join("v1/staging")), Vec::<String>::new(), "no staging leftovers");
+    assert_eq!(
+        artifact_ids(root),
+        Vec::<String>::new(),
+        "no artifact may be published"
+    );
+    assert_eq!(
+        list(&root.join("v1/staging")),
+        Vec::<String>::new(),
+        "no staging leftovers"
+    );
 }
 
 #[test]
@@ -29,11 +44,17 @@ fn missing_source_and_bad_names_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cache");
     let missing = tmp.path().join("no-such-dir");
-    fails_with(warmcache(&root).arg("import").arg(&missing), &["no-such-dir", "does not exist"]);
+    fails_with(
+        warmcache(&root).arg("import").arg(&missing),
+        &["no-such-dir", "does not exist"],
+    );
     let file = tmp.path().join("f");
     std::fs::write(&file, b"x").unwrap();
     for bad in ["../x", "/abs", "a\\b", "a\nb", "tab\there", ""] {
-        fails_with(warmcache(&root).arg("import").arg(&file).args(["--name", bad]), &["invalid entry name"]);
+        fails_with(
+            warmcache(&root).arg("import").arg(&file).args(["--name", bad]),
+            &["invalid entry name"],
+        );
     }
     assert!(!root.exists(), "bad input must not even create the cache root");
 }
@@ -43,7 +64,10 @@ fn unreadable_source_is_reported_with_its_path() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cache");
     // Reading /proc/self/mem at offset 0 fails with EIO even for root: a real unreadable file.
-    fails_with(warmcache(&root).args(["import", "/proc/self/mem", "--name", "mem"]), &["/proc/self/mem"]);
+    fails_with(
+        warmcache(&root).args(["import", "/proc/self/mem", "--name", "mem"]),
+        &["/proc/self/mem"],
+    );
     assert_nothing_published(&root);
     let status = ok_json(warmcache(&root).arg("status"));
     assert_eq!(status["entries"].as_array().unwrap().len(), 0);
@@ -67,7 +91,11 @@ fn in_namespace(script: &str, args: &[&Path]) -> String {
         .args(args)
         .output()
         .expect("unshare (util-linux) must be installed");
-    assert!(out.status.success(), "namespace script failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "namespace script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
@@ -84,7 +112,10 @@ fn read_only_root_is_a_clear_error() {
         &[Path::new(env!("CARGO_BIN_EXE_warmcache")), &mnt, &file],
     );
     assert!(out.contains("rc=1"), "{out}");
-    assert!(out.contains("Read-only file system") && out.contains("--root"), "{out}");
+    assert!(
+        out.contains("Read-only file system") && out.contains("--root"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -105,10 +136,22 @@ fn full_disk_is_a_clear_error_and_leaves_nothing_behind() {
         &[Path::new(env!("CARGO_BIN_EXE_warmcache")), &mnt, &big, &small],
     );
     assert!(out.contains("rc=1"), "{out}");
-    assert!(out.contains("no space left") && out.contains("warmcache gc"), "{out}");
-    assert!(out.contains("staging=0"), "staging leftovers after a full disk: {out}");
-    assert!(out.contains("objects=0"), "something was published after a full disk: {out}");
-    assert!(out.contains("small-ok"), "the cache must keep working after a full disk: {out}");
+    assert!(
+        out.contains("no space left") && out.contains("warmcache gc"),
+        "{out}"
+    );
+    assert!(
+        out.contains("staging=0"),
+        "staging leftovers after a full disk: {out}"
+    );
+    assert!(
+        out.contains("objects=0"),
+        "something was published after a full disk: {out}"
+    );
+    assert!(
+        out.contains("small-ok"),
+        "the cache must keep working after a full disk: {out}"
+    );
 }
 
 #[test]
@@ -118,11 +161,15 @@ fn corrupt_catalog_rows_and_vanished_artifacts_are_misses() {
     let file = tmp.path().join("f");
     std::fs::write(&file, b"content").unwrap();
     ok(warmcache(&root).arg("import").arg(&file).args(["--name", "a"]));
-    let b_path = ok(warmcache(&root).arg("import").arg(&tmp.path().join("f")).args(["--name", "b"]));
+    let b_path = ok(warmcache(&root)
+        .arg("import")
+        .arg(&tmp.path().join("f"))
+        .args(["--name", "b"]));
 
     // A row with an artifact id that is not an id.
     let db = rusqlite::Connection::open(root.join("v1/catalog.sqlite")).unwrap();
-    db.execute("UPDATE entries SET artifact = 'garbage' WHERE name = 'a'", []).unwrap();
+    db.execute("UPDATE entries SET artifact = 'garbage' WHERE name = 'a'", [])
+        .unwrap();
     drop(db);
     fails_with(warmcache(&root).args(["path", "a"]), &["`a` has no artifact"]);
     ok(warmcache(&root).arg("status"));
@@ -134,7 +181,10 @@ fn corrupt_catalog_rows_and_vanished_artifacts_are_misses() {
     let verify = ok_json(warmcache(&root).arg("verify"));
     assert_eq!(verify["dangling"], serde_json::json!(["b"]), "{verify}");
     fails_with(warmcache(&root).args(["path", "b"]), &["`b` has no artifact"]);
-    fails_with(warmcache(&root).args(["path", "nope"]), &["no entry named `nope`", "warmcache import"]);
+    fails_with(
+        warmcache(&root).args(["path", "nope"]),
+        &["no entry named `nope`", "warmcache import"],
+    );
 }
 
 #[test]
@@ -145,7 +195,10 @@ fn a_catalog_that_is_not_a_database_is_named() {
     std::fs::write(root.join("v1/catalog.sqlite"), vec![0x55u8; 8192]).unwrap();
     let _ = std::fs::remove_file(root.join("v1/catalog.sqlite-wal"));
     let _ = std::fs::remove_file(root.join("v1/catalog.sqlite-shm"));
-    fails_with(warmcache(&root).arg("status"), &["catalog.sqlite", "move it aside"]);
+    fails_with(
+        warmcache(&root).arg("status"),
+        &["catalog.sqlite", "move it aside"],
+    );
 }
 
 #[test]

@@ -18,7 +18,12 @@ fn open_reader_keeps_correct_bytes() {
     std::fs::write(&source, &bytes).unwrap();
     let expected = blake3::hash(&bytes);
 
-    let imported = ok_json(warmcache(&root).arg("import").arg(&source).args(["--name", "big"]));
+    let imported = ok_json(
+        warmcache(&root)
+            .arg("import")
+            .arg(&source)
+            .args(["--name", "big"]),
+    );
     let path = Path::new(imported["path"].as_str().unwrap()).to_path_buf();
     let artifact = imported["artifact"].as_str().unwrap().to_string();
 
@@ -34,13 +39,22 @@ fn open_reader_keeps_correct_bytes() {
     read_some(&mut reader, 16);
 
     // The same content imported again by another process: nothing changes under the reader.
-    let again = ok_json(warmcache(&root).arg("import").arg(&source).args(["--name", "big-again"]));
+    let again = ok_json(
+        warmcache(&root)
+            .arg("import")
+            .arg(&source)
+            .args(["--name", "big-again"]),
+    );
     assert_eq!(again["artifact"].as_str(), Some(artifact.as_str()));
     assert_eq!(again["created"], false);
     read_some(&mut reader, 16);
 
     // Damage the artifact's manifest so that verify quarantines the whole artifact.
-    let manifest = root.join("v1/objects").join(&artifact[..2]).join(&artifact).join("manifest.json");
+    let manifest = root
+        .join("v1/objects")
+        .join(&artifact[..2])
+        .join(&artifact)
+        .join("manifest.json");
     std::fs::write(&manifest, b"{\"version\": 1, \"tampered\": true}").unwrap();
     let verify = ok_json(warmcache(&root).arg("verify"));
     assert_eq!(verify["damaged"].as_array().unwrap().len(), 1, "{verify}");
@@ -64,7 +78,15 @@ fn open_reader_keeps_correct_bytes() {
     ok(warmcache(&root).arg("status"));
 
     // And importing it again publishes a fresh, intact copy.
-    let fresh = ok_json(warmcache(&root).arg("import").arg(&source).args(["--name", "big"]));
+    let fresh = ok_json(
+        warmcache(&root)
+            .arg("import")
+            .arg(&source)
+            .args(["--name", "big"]),
+    );
     assert_eq!(fresh["created"], true);
-    assert_eq!(blake3::hash(&std::fs::read(fresh["path"].as_str().unwrap()).unwrap()), expected);
+    assert_eq!(
+        blake3::hash(&std::fs::read(fresh["path"].as_str().unwrap()).unwrap()),
+        expected
+    );
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::progress::spinner;
-use super::{Cli, Command, ImportArgs, Output, PathArgs, StatusArgs};
+use super::{Cli, Command, GcArgs, ImportArgs, Output, PathArgs, StatusArgs};
 use crate::cache::{Cache, CacheOptions, DEFAULT_LOCK_TIMEOUT};
 
 /// Runs the command.
@@ -16,6 +16,7 @@ pub fn dispatch(cli: &Cli, out: &Output) -> Result<()> {
         Command::Path(args) => path(cli, out, args),
         Command::Status(args) => status(cli, out, args),
         Command::Verify => verify(cli, out),
+        Command::Gc(args) => gc(cli, out, args),
     }
 }
 
@@ -32,7 +33,9 @@ fn root(cli: &Cli) -> Result<PathBuf> {
 
 fn open(cli: &Cli) -> Result<Cache> {
     let root = root(cli)?;
-    let options = CacheOptions { lock_timeout: cli.global.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT) };
+    let options = CacheOptions {
+        lock_timeout: cli.global.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
+    };
     Ok(Cache::open_with(&root, options)?)
 }
 
@@ -51,9 +54,19 @@ fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
 fn path(cli: &Cli, out: &Output, args: &PathArgs) -> Result<()> {
     let cache = open(cli)?;
     let (entry, path) = cache.path(&args.name)?;
-    out.result(&json!({ "name": entry.name, "path": path, "artifact": entry.artifact }), || {
-        path.display().to_string()
-    });
+    let lease_expires_at = match (args.lease, &entry.artifact) {
+        (Some(duration), Some(artifact)) => {
+            let lease = cache.lease(artifact, duration)?;
+            let expires = lease.expires_at();
+            lease.keep();
+            Some(expires)
+        }
+        _ => None,
+    };
+    out.result(
+        &json!({ "name": entry.name, "path": path, "artifact": entry.artifact, "lease_expires_at": lease_expires_at }),
+        || path.display().to_string(),
+    );
     Ok(())
 }
 
@@ -72,7 +85,12 @@ fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
                 (Some(_), false, None) => "missing".to_string(),
                 (None, _, None) => "empty".to_string(),
             };
-            let artifact = e.entry.artifact.as_deref().map(|a| &a[..12.min(a.len())]).unwrap_or("-");
+            let artifact = e
+                .entry
+                .artifact
+                .as_deref()
+                .map(|a| &a[..12.min(a.len())])
+                .unwrap_or("-");
             let (kind, size) = e
                 .artifact_info
                 .as_ref()
@@ -84,7 +102,10 @@ fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
                 format_time(e.entry.updated_at)
             ));
             if let Some(f) = &e.failure {
-                let retry = f.next_retry_at.map(format_time).unwrap_or_else(|| "when the inputs change".into());
+                let retry = f
+                    .next_retry_at
+                    .map(format_time)
+                    .unwrap_or_else(|| "when the inputs change".into());
                 let last_line = f.error.lines().last().unwrap_or("");
                 text.push_str(&format!("    last error: {last_line}\n    next retry: {retry}\n"));
             }
@@ -103,12 +124,18 @@ fn verify(cli: &Cli, out: &Output) -> Result<()> {
         out.warn(&format!(
             "artifact {} is damaged ({}); moved to {}",
             d.artifact,
-            d.problems.iter().map(|p| format!("{}: {}", p.path, p.problem)).collect::<Vec<_>>().join(", "),
+            d.problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.problem))
+                .collect::<Vec<_>>()
+                .join(", "),
             d.quarantined_to.display()
         ));
     }
     for name in &report.dangling {
-        out.warn(&format!("entry `{name}` named an artifact that is gone; it is now a miss"));
+        out.warn(&format!(
+            "entry `{name}` named an artifact that is gone; it is now a miss"
+        ));
     }
     out.result(&json!(report), || {
         format!(
@@ -119,6 +146,46 @@ fn verify(cli: &Cli, out: &Output) -> Result<()> {
             report.dangling.len(),
             report.unreferenced
         )
+    });
+    Ok(())
+}
+
+fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
+    let cache = open(cli)?;
+    let options = crate::gc::GcOptions {
+        max_size: args.max_size,
+        max_age: args.max_age,
+        dry_run: args.dry_run,
+        evict: args.evict.clone(),
+    };
+    let report = cache.gc(&options)?;
+    if !report.budget_met {
+        out.warn(&format!(
+            "the cache still takes {} after collection, over the budget: the rest is protected by entries or \
+             leases (release entries with `warmcache gc --evict NAME`)",
+            indicatif::HumanBytes(report.size_after)
+        ));
+    }
+    out.result(&json!(report), || {
+        let verb = if report.dry_run { "would remove" } else { "removed" };
+        let mut text = String::new();
+        for r in &report.removed {
+            text.push_str(&format!(
+                "{verb} {} ({}, {:?}, last used {})\n",
+                r.artifact,
+                indicatif::HumanBytes(r.disk_usage),
+                r.reason,
+                format_time(r.accessed_at)
+            ));
+        }
+        text.push_str(&format!(
+            "{verb} {} artifact(s), freed {}; cache now {} ({} protected)",
+            report.removed.len(),
+            indicatif::HumanBytes(report.freed),
+            indicatif::HumanBytes(report.size_after),
+            report.protected
+        ));
+        text
     });
     Ok(())
 }
@@ -137,7 +204,12 @@ fn format_time(ms: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

@@ -57,6 +57,26 @@ pub enum Command {
     Status(StatusArgs),
     /// Re-hash every artifact; quarantine damaged ones and clear references to missing ones.
     Verify,
+    /// Free space: garbage, then least recently used artifacts down to the budgets.
+    Gc(GcArgs),
+}
+
+/// `warmcache gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Collect least recently used artifacts until the cache takes at most this much disk
+    /// (e.g. 10GiB, 500M; default: $WARMCACHE_MAX_SIZE if set).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "WARMCACHE_MAX_SIZE")]
+    pub max_size: Option<u64>,
+    /// Collect artifacts not used for longer than this (e.g. 30d, 12h).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+    /// Report what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Forget this entry first, so its artifact can be collected (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub evict: Vec<String>,
 }
 
 /// `warmcache import`.
@@ -74,6 +94,10 @@ pub struct ImportArgs {
 pub struct PathArgs {
     /// The entry name.
     pub name: String,
+    /// Hold the artifact against garbage collection for this long (e.g. 10m), for callers that
+    /// read the path after this command exits.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
 }
 
 /// `warmcache status`.
@@ -81,6 +105,10 @@ pub struct PathArgs {
 pub struct StatusArgs {
     /// Show only this entry.
     pub name: Option<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -100,7 +100,13 @@ impl Manifest {
             .iter()
             .filter(|e| e.kind == EntryKind::File)
             .fold((0, 0), |(size, files), e| (size + e.size, files + 1));
-        Self { version: MANIFEST_VERSION, kind, size, files, entries }
+        Self {
+            version: MANIFEST_VERSION,
+            kind,
+            size,
+            files,
+            entries,
+        }
     }
 
     /// The canonical bytes: field order is fixed by the struct and entries are sorted, so equal

@@ -14,10 +14,13 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-pub use manifest::{ArtifactKind, EntryKind, Manifest, ManifestEntry, MANIFEST_VERSION, is_artifact_id};
+pub use manifest::{ArtifactKind, EntryKind, MANIFEST_VERSION, Manifest, ManifestEntry, is_artifact_id};
 pub use tree::{Progress, hash_file};
 
-use crate::fs::{StagingArea, Staged, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree, sync_tree_each};
+use crate::fs::{
+    Staged, StagingArea, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree,
+    sync_tree_each,
+};
 use crate::layout::Layout;
 
 /// Trees with more entries than this are made durable with one `syncfs` instead of one fsync per
@@ -59,9 +62,7 @@ pub enum StoreError {
         path: PathBuf,
     },
     /// The cache root cannot be written.
-    #[error(
-        "cannot write to the cache at `{path}` ({source}); choose a writable --root or WARMCACHE_ROOT"
-    )]
+    #[error("cannot write to the cache at `{path}` ({source}); choose a writable --root or WARMCACHE_ROOT")]
     ReadOnly {
         /// The path that could not be written.
         path: PathBuf,
@@ -77,12 +78,13 @@ impl StoreError {
     /// Classifies an I/O error that happened while writing into the cache.
     pub(crate) fn writing(err: io::Error, path: &Path) -> Self {
         match err.kind() {
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                StoreError::DiskFull { path: path.to_path_buf() }
-            }
-            io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
-                StoreError::ReadOnly { path: path.to_path_buf(), source: err }
-            }
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => StoreError::DiskFull {
+                path: path.to_path_buf(),
+            },
+            io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => StoreError::ReadOnly {
+                path: path.to_path_buf(),
+                source: err,
+            },
             _ => StoreError::Io(err),
         }
     }
@@ -127,7 +129,10 @@ impl Store {
     /// The store of a (created) layout.
     pub fn new(layout: &Layout) -> io::Result<Self> {
         let staging = StagingArea::new(layout.staging_dir())?;
-        Ok(Self { layout: layout.clone(), staging })
+        Ok(Self {
+            layout: layout.clone(),
+            staging,
+        })
     }
 
     /// The staging area (same file system as the objects).
@@ -138,7 +143,9 @@ impl Store {
     /// A fresh staging directory for content that will be published with
     /// [`Store::publish_staged`]; write the content at [`content_path_in`].
     pub fn stage(&self, purpose: &str) -> Result<Staged, StoreError> {
-        self.staging.create_dir(purpose).map_err(|e| StoreError::writing(e, self.staging.dir()))
+        self.staging
+            .create_dir(purpose)
+            .map_err(|e| StoreError::writing(e, self.staging.dir()))
     }
 
     /// The path of an artifact's content (which may or may not exist).
@@ -165,20 +172,32 @@ impl Store {
         let meta = match std::fs::symlink_metadata(source) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::SourceMissing { path: source.to_path_buf() });
+                return Err(StoreError::SourceMissing {
+                    path: source.to_path_buf(),
+                });
             }
             Err(e) => return Err(annotate(e, "inspect", source).into()),
         };
         // Follow a symlink given on the command line (the user named it), never inside a tree.
-        let meta = if meta.file_type().is_symlink() { fs::metadata(source)? } else { meta };
+        let meta = if meta.file_type().is_symlink() {
+            fs::metadata(source)?
+        } else {
+            meta
+        };
         let staged = self.stage("import")?;
         let dest = content_path_in(&staged);
         let (kind, entries) = if meta.is_dir() {
             (ArtifactKind::Dir, tree::copy_tree(source, &dest, progress)?)
         } else if meta.is_file() {
-            (ArtifactKind::File, vec![tree::copy_one_file(source, &dest, progress)?])
+            (
+                ArtifactKind::File,
+                vec![tree::copy_one_file(source, &dest, progress)?],
+            )
         } else {
-            return Err(StoreError::Unsupported { path: source.to_path_buf(), kind: tree::describe(&meta) });
+            return Err(StoreError::Unsupported {
+                path: source.to_path_buf(),
+                kind: tree::describe(&meta),
+            });
         };
         self.publish(staged, Manifest::new(kind, entries))
     }
@@ -199,7 +218,10 @@ impl Store {
         } else if meta.is_file() {
             (ArtifactKind::File, vec![tree::hash_one_file(&content, progress)?])
         } else {
-            return Err(StoreError::Unsupported { path: content, kind: tree::describe(&meta) });
+            return Err(StoreError::Unsupported {
+                path: content,
+                kind: tree::describe(&meta),
+            });
         };
         self.publish(staged, Manifest::new(kind, entries))
     }
@@ -231,7 +253,8 @@ impl Store {
             ArtifactKind::File => {
                 for path in [&content, &manifest_path] {
                     let file = fs::File::open(path)?;
-                    file.sync_all().map_err(|e| StoreError::writing(annotate(e, "fsync", path), path))?;
+                    file.sync_all()
+                        .map_err(|e| StoreError::writing(annotate(e, "fsync", path), path))?;
                 }
                 fsync_dir(&stage_dir)?;
             }
@@ -239,7 +262,8 @@ impl Store {
         let target = self.layout.object_dir(&id);
         let shard = target.parent().unwrap_or(&target).to_path_buf();
         create_dir_all_durable(&shard).map_err(|e| StoreError::writing(e, &shard))?;
-        let mut created = rename_noreplace(&stage_dir, &target).map_err(|e| StoreError::writing(e, &target))?;
+        let mut created =
+            rename_noreplace(&stage_dir, &target).map_err(|e| StoreError::writing(e, &target))?;
         if !created && !self.is_present(&id) {
             // The name is taken by a broken copy (content deleted by hand): move it aside and
             // publish ours in its place.
@@ -293,7 +317,10 @@ impl Store {
     /// Re-hashes an artifact against its manifest and the manifest against the id. An empty
     /// result means intact.
     pub fn verify(&self, id: &str) -> io::Result<Vec<Damage>> {
-        let damage = |path: &str, problem: String| Damage { path: path.to_string(), problem };
+        let damage = |path: &str, problem: String| Damage {
+            path: path.to_string(),
+            problem,
+        };
         let Some((manifest, bytes)) = self.read_manifest(id)? else {
             return Ok(vec![damage("", "manifest missing or undecodable".into())]);
         };
@@ -306,7 +333,10 @@ impl Store {
     /// Moves an artifact out of `objects/` so it is never served again. Returns where it went.
     pub fn quarantine(&self, id: &str) -> io::Result<PathBuf> {
         let from = self.layout.object_dir(id);
-        let to = self.layout.quarantine_dir().join(crate::fs::unique_name(&format!("{id}.")));
+        let to = self
+            .layout
+            .quarantine_dir()
+            .join(crate::fs::unique_name(&format!("{id}.")));
         fs::rename(&from, &to)?;
         fsync_dir(&self.layout.quarantine_dir())?;
         crate::fs::fsync_parent(&from)?;

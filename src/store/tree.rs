@@ -46,12 +46,25 @@ fn describe_type(file_type: std::fs::FileType) -> &'static str {
 }
 
 fn rel_string(root: &Path, rel: &Path) -> Result<String, StoreError> {
-    let s = rel.to_str().ok_or_else(|| StoreError::NonUtf8 { path: root.join(rel) })?;
-    Ok(if std::path::MAIN_SEPARATOR == '/' { s.to_string() } else { s.replace(std::path::MAIN_SEPARATOR, "/") })
+    let s = rel
+        .to_str()
+        .ok_or_else(|| StoreError::NonUtf8 { path: root.join(rel) })?;
+    Ok(if std::path::MAIN_SEPARATOR == '/' {
+        s.to_string()
+    } else {
+        s.replace(std::path::MAIN_SEPARATOR, "/")
+    })
 }
 
 fn file_entry(path: String, exec: bool, size: u64, digest: String) -> ManifestEntry {
-    ManifestEntry { path, kind: EntryKind::File, exec, size, digest: Some(digest), target: None }
+    ManifestEntry {
+        path,
+        kind: EntryKind::File,
+        exec,
+        size,
+        digest: Some(digest),
+        target: None,
+    }
 }
 
 /// Hashes a whole file (BLAKE3, hex) from an open handle.
@@ -96,7 +109,9 @@ fn copy_and_hash(src: &Path, dst: &Path, progress: &Progress) -> Result<(bool, u
     if let Ok(modified) = meta.modified() {
         let _ = to.file().set_modified(modified);
     }
-    to.file().set_permissions(published_file_permissions(exec)).map_err(|e| StoreError::writing(e, dst))?;
+    to.file()
+        .set_permissions(published_file_permissions(exec))
+        .map_err(|e| StoreError::writing(e, dst))?;
     progress.advance(size, 1);
     Ok((exec, size, hasher.finalize().to_hex().to_string()))
 }
@@ -107,13 +122,18 @@ fn hash_in_place(path: &Path, progress: &Progress) -> Result<(bool, u64, String)
     let meta = file.metadata().map_err(|e| annotate(e, "inspect", path))?;
     let exec = is_executable(&meta);
     let (size, digest) = hash_file(&file, path)?;
-    file.set_permissions(published_file_permissions(exec)).map_err(|e| StoreError::writing(e, path))?;
+    file.set_permissions(published_file_permissions(exec))
+        .map_err(|e| StoreError::writing(e, path))?;
     progress.advance(size, 1);
     Ok((exec, size, digest))
 }
 
 /// Copies one file into the store.
-pub(crate) fn copy_one_file(src: &Path, dst: &Path, progress: &Progress) -> Result<ManifestEntry, StoreError> {
+pub(crate) fn copy_one_file(
+    src: &Path,
+    dst: &Path,
+    progress: &Progress,
+) -> Result<ManifestEntry, StoreError> {
     let (exec, size, digest) = copy_and_hash(src, dst, progress)?;
     Ok(file_entry(String::new(), exec, size, digest))
 }
@@ -126,7 +146,11 @@ pub(crate) fn hash_one_file(path: &Path, progress: &Progress) -> Result<Manifest
 
 /// Copies the tree at `src` to the new directory `dst` (files on several threads), returning
 /// its manifest entries. Symlinks are copied verbatim, never followed.
-pub(crate) fn copy_tree(src: &Path, dst: &Path, progress: &Progress) -> Result<Vec<ManifestEntry>, StoreError> {
+pub(crate) fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    progress: &Progress,
+) -> Result<Vec<ManifestEntry>, StoreError> {
     fs::create_dir(dst).map_err(|e| StoreError::writing(e, dst))?;
     process_tree(src, Some(dst), progress)
 }
@@ -136,7 +160,11 @@ pub(crate) fn hash_tree(root: &Path, progress: &Progress) -> Result<Vec<Manifest
     process_tree(root, None, progress)
 }
 
-fn process_tree(src: &Path, dst: Option<&Path>, progress: &Progress) -> Result<Vec<ManifestEntry>, StoreError> {
+fn process_tree(
+    src: &Path,
+    dst: Option<&Path>,
+    progress: &Progress,
+) -> Result<Vec<ManifestEntry>, StoreError> {
     let mut entries = Vec::new();
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for (rel, file_type) in walk_sorted(src)? {
@@ -157,9 +185,12 @@ fn process_tree(src: &Path, dst: Option<&Path>, progress: &Progress) -> Result<V
             });
         } else if file_type.is_symlink() {
             let target = fs::read_link(&from)?;
-            let target_str = target.to_str().ok_or_else(|| StoreError::NonUtf8 { path: from.clone() })?;
+            let target_str = target
+                .to_str()
+                .ok_or_else(|| StoreError::NonUtf8 { path: from.clone() })?;
             if let Some(dst) = dst {
-                crate::fs::symlink(&target, &dst.join(&rel)).map_err(|e| StoreError::writing(e, &dst.join(&rel)))?;
+                crate::fs::symlink(&target, &dst.join(&rel))
+                    .map_err(|e| StoreError::writing(e, &dst.join(&rel)))?;
             }
             entries.push(ManifestEntry {
                 path: rel_str,
@@ -172,7 +203,10 @@ fn process_tree(src: &Path, dst: Option<&Path>, progress: &Progress) -> Result<V
         } else if file_type.is_file() {
             files.push((rel_str, rel));
         } else {
-            return Err(StoreError::Unsupported { path: from, kind: describe_type(file_type) });
+            return Err(StoreError::Unsupported {
+                path: from,
+                kind: describe_type(file_type),
+            });
         }
     }
     let hashed = crate::parallel::map(&files, |(_, rel)| match dst {
@@ -200,7 +234,10 @@ pub(crate) fn seal_dirs(content: &Path, manifest: &Manifest) -> io::Result<()> {
 
 /// Compares content on disk with its manifest: missing, extra or changed entries.
 pub(crate) fn verify_content(content: &Path, manifest: &Manifest) -> io::Result<Vec<Damage>> {
-    let damage = |path: &str, problem: &str| Damage { path: path.to_string(), problem: problem.to_string() };
+    let damage = |path: &str, problem: &str| Damage {
+        path: path.to_string(),
+        problem: problem.to_string(),
+    };
     let root_meta = match std::fs::symlink_metadata(content) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![damage("", "content is missing")]),
@@ -234,12 +271,15 @@ pub(crate) fn verify_content(content: &Path, manifest: &Manifest) -> io::Result<
                 };
                 let path = content.join(&expected.path);
                 match expected.kind {
-                    EntryKind::Dir if !file_type.is_dir() => problems.push(damage(&expected.path, "not a directory")),
+                    EntryKind::Dir if !file_type.is_dir() => {
+                        problems.push(damage(&expected.path, "not a directory"))
+                    }
                     EntryKind::Symlink if !file_type.is_symlink() => {
                         problems.push(damage(&expected.path, "not a symlink"))
                     }
                     EntryKind::Symlink => {
-                        let target = std::fs::read_link(&path).map_err(|e| annotate(e, "read link", &path))?;
+                        let target =
+                            std::fs::read_link(&path).map_err(|e| annotate(e, "read link", &path))?;
                         if target.to_str() != expected.target.as_deref() {
                             problems.push(damage(&expected.path, "symlink target changed"));
                         }
@@ -254,7 +294,9 @@ pub(crate) fn verify_content(content: &Path, manifest: &Manifest) -> io::Result<
             for extra in actual.keys() {
                 problems.push(damage(extra, "not in the manifest"));
             }
-            let hashed = crate::parallel::map(&to_hash, |(path, expected)| check_file(path, &expected.path, expected))?;
+            let hashed = crate::parallel::map(&to_hash, |(path, expected)| {
+                check_file(path, &expected.path, expected)
+            })?;
             problems.extend(hashed.into_iter().flatten());
             Ok(problems)
         }
@@ -262,7 +304,12 @@ pub(crate) fn verify_content(content: &Path, manifest: &Manifest) -> io::Result<
 }
 
 fn check_file(path: &Path, rel: &str, expected: &ManifestEntry) -> io::Result<Option<Damage>> {
-    let damage = |problem: &str| Some(Damage { path: rel.to_string(), problem: problem.to_string() });
+    let damage = |problem: &str| {
+        Some(Damage {
+            path: rel.to_string(),
+            problem: problem.to_string(),
+        })
+    };
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(damage("missing")),

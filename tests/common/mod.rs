@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 pub fn warmcache(root: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warmcache"));
     cmd.arg("--root").arg(root);
-    cmd.env_remove("WARMCACHE_ROOT").env_remove("WARMCACHE_REMOTE").env_remove("RUST_LOG");
+    cmd.env_remove("WARMCACHE_ROOT")
+        .env_remove("WARMCACHE_REMOTE")
+        .env_remove("RUST_LOG");
     cmd
 }
 
@@ -117,8 +119,9 @@ pub fn describe_tree(root: &Path) -> BTreeMap<String, String> {
 pub fn list(dir: &Path) -> Vec<String> {
     match std::fs::read_dir(dir) {
         Ok(entries) => {
-            let mut names: Vec<String> =
-                entries.map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+            let mut names: Vec<String> = entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect();
             names.sort();
             names
         }
