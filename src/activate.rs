@@ -346,13 +346,13 @@ pub fn activate(artifact: &Path, dest: &Path, opts: &ActivateOptions) -> Result<
     // What is left under the staging name (the old version after an exchange) or beside it (the
     // old tree after two renames) is garbage now; if removal fails the next activation sweeps it.
     staging.remove_now();
-    if swap == SwapMethod::TwoRenames {
-        if let Err(e) = remove_tree(&prev) {
-            tracing::warn!(
-                "could not remove the previous version of `{}`: {e}",
-                dest.display()
-            );
-        }
+    if swap == SwapMethod::TwoRenames
+        && let Err(e) = remove_tree(&prev)
+    {
+        tracing::warn!(
+            "could not remove the previous version of `{}`: {e}",
+            dest.display()
+        );
     }
     Ok(Activation {
         dest: dest.to_path_buf(),
@@ -621,25 +621,25 @@ fn sweep_leftovers(parent: &Path) {
             continue;
         }
         let path = entry.path();
-        if leftover.prev {
-            if let Some(label) = &leftover.label {
-                let dest = parent.join(label);
-                if matches!(std::fs::symlink_metadata(&dest), Err(e) if e.kind() == io::ErrorKind::NotFound) {
-                    match crate::fs::rename_noreplace(&path, &dest) {
-                        Ok(true) => {
-                            tracing::warn!(
-                                "restored `{}`, which a crashed activation had moved aside",
-                                dest.display()
-                            );
-                            let _ = fsync_dir(parent);
-                            continue;
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!("could not restore `{}`: {e}", dest.display());
-                            continue;
-                        }
-                    }
+        // A previous version moved aside, and nothing took its place since: put it back.
+        if leftover.prev
+            && let Some(label) = &leftover.label
+            && let dest = parent.join(label)
+            && matches!(std::fs::symlink_metadata(&dest), Err(e) if e.kind() == io::ErrorKind::NotFound)
+        {
+            match crate::fs::rename_noreplace(&path, &dest) {
+                Ok(true) => {
+                    tracing::warn!(
+                        "restored `{}`, which a crashed activation had moved aside",
+                        dest.display()
+                    );
+                    let _ = fsync_dir(parent);
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("could not restore `{}`: {e}", dest.display());
+                    continue;
                 }
             }
         }
