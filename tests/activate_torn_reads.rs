@@ -1,6 +1,6 @@
 //! Readers never see a torn activation (DESIGN.md, problem 3).
 //!
-//! Several reader processes hash DEST in a tight loop while the test replaces it, over and over,
+//! Several reader processes checksum DEST in a tight loop while the test replaces it, over and over,
 //! with one of two large binaries. With `activate` every hash a reader sees is one of the two. The
 //! same harness with a naive in-place copy (truncate DEST, write the bytes) must see torn states:
 //! that proves the harness is able to catch them.
@@ -32,15 +32,14 @@ fn pseudo_random(seed: u64) -> Vec<u8> {
     out
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
+/// What a reader records for one read of `path`: `cksum`'s CRC-32 and size. Any mix of the two
+/// sources matches one of theirs with odds of about 2^-32; `cksum` is used rather than
+/// `sha256sum` because it is several times faster, so the readers sample many more moments.
+fn checksum(path: &Path) -> String {
+    let out = Command::new("cksum").arg(path).output().unwrap();
     assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 /// Two published (read-only) binaries in a temp "cache" and an "app" directory for DEST.
@@ -66,7 +65,7 @@ fn setup() -> Setup {
         perms.set_readonly(true);
         std::fs::set_permissions(path, perms).unwrap();
     }
-    let hashes = [sha256(&sources[0]), sha256(&sources[1])];
+    let hashes = [checksum(&sources[0]), checksum(&sources[1])];
     assert_ne!(hashes[0], hashes[1]);
     Setup {
         dest: app.join("tool"),
@@ -77,8 +76,8 @@ fn setup() -> Setup {
     }
 }
 
-/// Reader processes hashing DEST until a stop file appears. Each writes one line per read: the
-/// hash, or `missing` when DEST could not be read.
+/// Reader processes checksumming DEST until a stop file appears. Each writes one line per read:
+/// the CRC and size, or `missing` when DEST could not be read.
 struct Readers {
     children: Vec<Child>,
     outputs: Vec<PathBuf>,
@@ -92,7 +91,7 @@ impl Readers {
         let script = r#"
             end=$(( $(date +%s) + $2 ))
             while [ ! -e "$1.stop" ] && [ ! -e "$3" ] && [ "$(date +%s)" -lt "$end" ]; do
-                sum=$(sha256sum "$4" 2>/dev/null) && echo "${sum%% *}" || echo missing
+                sum=$(cksum 2>/dev/null < "$4") && echo "$sum" || echo missing
             done >> "$1"
         "#;
         let mut children = Vec::new();
@@ -234,7 +233,7 @@ fn readers_never_see_a_torn_activation() {
             };
             activate(&s.sources[which], dest, &opts).unwrap();
         },
-        |t| t.good[0] >= 20 && t.good[1] >= 20,
+        |t| t.good[0] >= 60 && t.good[1] >= 60,
     );
     assert!(t.iterations >= 30);
     assert_eq!(t.torn, 0, "readers saw torn or missing states");
