@@ -1,9 +1,13 @@
 //! warmcache: a crash-safe artifact cache for cold starts.
 //!
-//! See `DESIGN.md` in the project's shared folder for the invariants. The modules mirror its parts.
+//! See `DESIGN.md` in the project's shared folder for the invariants. The modules mirror its parts:
+//! [`fs`] primitives, the content-addressed [`store`], the [`catalog`], [`lock`]s, [`activate`],
+//! garbage collection ([`gc`]) and the command line ([`cli`]); [`cache`] ties one root together.
 
+pub mod activate;
 pub mod cache;
 pub mod catalog;
+pub mod cli;
 pub mod fs;
 pub mod gc;
 pub mod layout;
@@ -12,7 +16,6 @@ pub mod name;
 pub mod parallel;
 pub mod progress;
 pub mod store;
+pub mod units;
 
 pub use cache::{Cache, CacheError, CacheOptions};
-pub mod cli;
-pub mod units;
