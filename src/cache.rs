@@ -316,6 +316,18 @@ impl Cache {
         Ok((entry, self.store.content_path(&artifact)))
     }
 
+    /// Resolves an artifact id, or an entry name, to the artifact id and its content path.
+    pub fn resolve(&self, source: &str) -> Result<(String, PathBuf), CacheError> {
+        if crate::store::is_artifact_id(source) {
+            let _op = self.operation()?;
+            if self.store.is_present(source) {
+                return Ok((source.to_string(), self.store.content_path(source)));
+            }
+        }
+        let (entry, path) = self.path(source)?;
+        Ok((entry.artifact.unwrap_or_default(), path))
+    }
+
     /// Entries with their state; all of them, or the one named.
     pub fn status(&self, name: Option<&str>) -> Result<Vec<EntryStatus>, CacheError> {
         let _op = self.operation()?;

@@ -25,7 +25,11 @@ fn deleted_artifact_is_rebuilt() {
         ]);
         cmd
     };
-    let runs = || std::fs::read_to_string(&counter).map(|s| s.lines().count()).unwrap_or(0);
+    let runs = || {
+        std::fs::read_to_string(&counter)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
     let first = ok_json(&mut ensure());
     assert_eq!(first["status"], "built");
     let hit = ok_json(&mut ensure());
@@ -37,6 +41,12 @@ fn deleted_artifact_is_rebuilt() {
     let rebuilt = ok_json(&mut ensure());
     assert_eq!(rebuilt["status"], "built", "{rebuilt}");
     assert_eq!(runs(), 2);
-    assert_eq!(std::fs::read_to_string(content.join("bin/model")).unwrap(), "input");
-    assert_eq!(ok(warmcache(&root).args(["path", "models/m"])), first["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(content.join("bin/model")).unwrap(),
+        "input"
+    );
+    assert_eq!(
+        ok(warmcache(&root).args(["path", "models/m"])),
+        first["path"].as_str().unwrap()
+    );
 }

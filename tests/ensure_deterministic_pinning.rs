@@ -27,7 +27,11 @@ fn validation_failure_waits_for_new_inputs() {
         ]);
         cmd
     };
-    let runs = || std::fs::read_to_string(&counter).map(|s| s.lines().count()).unwrap_or(0);
+    let runs = || {
+        std::fs::read_to_string(&counter)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
 
     let out = run(ensure().arg("--json"));
     assert_eq!(out.status.code(), Some(1));
@@ -41,7 +45,11 @@ fn validation_failure_waits_for_new_inputs() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("until its inputs change"), "{stderr}");
     }
-    assert_eq!(runs(), 1, "a deterministic failure must not be retried with unchanged inputs");
+    assert_eq!(
+        runs(),
+        1,
+        "a deterministic failure must not be retried with unchanged inputs"
+    );
     // Nothing was published from the failed build.
     assert_eq!(artifact_ids(&root), Vec::<String>::new());
 
@@ -62,8 +70,15 @@ fn listed_exit_codes_are_deterministic_and_others_transient() {
         "[entry.a]\nbuild = \"exit 3\"\ndeterministic_exit_codes = [3]\n\n[entry.b]\nbuild = \"exit 4\"\ndeterministic_exit_codes = [3]\n\n[entry.c]\nbuild = \"echo 'ETIMEDOUT talking to registry'; exit 1\"\nother_exit = \"deterministic\"\ntransient_patterns = [\"ETIMEDOUT\"]\n\n[entry.d]\nbuild = \"sleep 30\"\ntimeout = \"300ms\"\n",
     )
     .unwrap();
-    for (name, kind) in [("a", "deterministic"), ("b", "transient"), ("c", "transient"), ("d", "transient")] {
-        let out = run(warmcache(&root).current_dir(&project).args(["--json", "ensure", name]));
+    for (name, kind) in [
+        ("a", "deterministic"),
+        ("b", "transient"),
+        ("c", "transient"),
+        ("d", "transient"),
+    ] {
+        let out = run(warmcache(&root)
+            .current_dir(&project)
+            .args(["--json", "ensure", name]));
         assert_eq!(out.status.code(), Some(1));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["failure"]["kind"], kind, "entry {name}: {v}");

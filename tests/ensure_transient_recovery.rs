@@ -32,16 +32,26 @@ backoff_cap = "4s"
     .unwrap();
     let ensure = || {
         let mut cmd = warmcache(&root);
-        cmd.current_dir(&project).env("COUNTER", &counter).env("OFFLINE", &offline).args(["ensure", "types/bundle"]);
+        cmd.current_dir(&project)
+            .env("COUNTER", &counter)
+            .env("OFFLINE", &offline)
+            .args(["ensure", "types/bundle"]);
         cmd
     };
-    let runs = || std::fs::read_to_string(&counter).map(|s| s.lines().count()).unwrap_or(0);
+    let runs = || {
+        std::fs::read_to_string(&counter)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
 
     let out = run(ensure().arg("--json"));
     assert_eq!(out.status.code(), Some(1), "no artifact to serve: a failure");
     let failed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(failed["failure"]["kind"], "transient", "{failed}");
-    assert!(failed["error"].as_str().unwrap().contains("network unreachable"), "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("network unreachable"),
+        "{failed}"
+    );
     let retry_at = failed["failure"]["next_retry_at"].as_i64().unwrap();
     assert_eq!(runs(), 1);
 
@@ -77,12 +87,18 @@ fn backoff_grows_between_attempts() {
     .unwrap();
     let mut delays = Vec::new();
     for _ in 0..3 {
-        let out = run(warmcache(&root).current_dir(&project).args(["--json", "ensure", "flaky", "--refresh"]));
+        let out =
+            run(warmcache(&root)
+                .current_dir(&project)
+                .args(["--json", "ensure", "flaky", "--refresh"]));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let f = &v["failure"];
         delays.push(f["next_retry_at"].as_i64().unwrap() - warmcache::catalog::now_ms());
         assert_eq!(f["attempts"].as_u64().unwrap() as usize, delays.len());
     }
     // 1 s, 2 s, 4 s nominal, each shortened by at most a quarter by jitter.
-    assert!(delays[0] <= 1000 && delays[1] > 1000 && delays[2] > 2000, "{delays:?}");
+    assert!(
+        delays[0] <= 1000 && delays[1] > 1000 && delays[2] > 2000,
+        "{delays:?}"
+    );
 }

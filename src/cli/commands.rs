@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::progress::spinner;
-use super::{Cli, Command, GcArgs, ImportArgs, Output, PathArgs, StatusArgs};
+use super::{ActivateArgs, Cli, Command, GcArgs, ImportArgs, Output, PathArgs, StatusArgs};
 use crate::cache::{Cache, CacheOptions, DEFAULT_LOCK_TIMEOUT};
 
 /// Runs the command.
@@ -17,6 +17,7 @@ pub fn dispatch(cli: &Cli, out: &Output) -> Result<()> {
         Command::Status(args) => status(cli, out, args),
         Command::Verify => verify(cli, out),
         Command::Gc(args) => gc(cli, out, args),
+        Command::Activate(args) => activate(cli, out, args),
     }
 }
 
@@ -147,6 +148,23 @@ fn verify(cli: &Cli, out: &Output) -> Result<()> {
             report.unreferenced
         )
     });
+    Ok(())
+}
+
+fn activate(cli: &Cli, out: &Output, args: &ActivateArgs) -> Result<()> {
+    let cache = open(cli)?;
+    let (artifact, source) = cache.resolve(&args.source)?;
+    // Hold the artifact against garbage collection while it is copied out.
+    let _lease = cache.lease(&artifact, std::time::Duration::from_secs(3600))?;
+    let options = crate::activate::ActivateOptions {
+        link: args.link,
+        hooks: args.hooks.clone(),
+    };
+    let activation = crate::activate::activate(&source, &args.dest, &options)?;
+    out.result(
+        &json!({ "artifact": artifact, "source": source, "activation": activation }),
+        || activation.dest.display().to_string(),
+    );
     Ok(())
 }
 

@@ -59,6 +59,25 @@ pub enum Command {
     Verify,
     /// Free space: garbage, then least recently used artifacts down to the budgets.
     Gc(GcArgs),
+    /// Atomically place an artifact (an entry NAME or an artifact id) at DEST outside the cache.
+    Activate(ActivateArgs),
+}
+
+/// `warmcache activate`.
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// An entry name or an artifact id.
+    pub source: String,
+    /// Where to place it (a file or directory path; its parent must exist).
+    pub dest: PathBuf,
+    /// A command run by `sh -c` on the staging copy before it replaces DEST (its path is in
+    /// $WARMCACHE_STAGING), e.g. code signing; repeatable, run in order.
+    #[arg(long = "hook", value_name = "CMD")]
+    pub hooks: Vec<String>,
+    /// How files are placed: auto (reflink, else hardlink, else copy; a private copy when hooks
+    /// are given), reflink, hardlink, copy or symlink.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_link_mode)]
+    pub link: crate::fs::LinkMode,
 }
 
 /// `warmcache gc`.
@@ -105,6 +124,20 @@ pub struct PathArgs {
 pub struct StatusArgs {
     /// Show only this entry.
     pub name: Option<String>,
+}
+
+fn parse_link_mode(s: &str) -> Result<crate::fs::LinkMode, String> {
+    use crate::fs::LinkMode;
+    [
+        LinkMode::Auto,
+        LinkMode::Reflink,
+        LinkMode::Hardlink,
+        LinkMode::Copy,
+        LinkMode::Symlink,
+    ]
+    .into_iter()
+    .find(|m| m.as_str() == s)
+    .ok_or_else(|| format!("unknown link mode `{s}`; use auto, reflink, hardlink, copy or symlink"))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
