@@ -3,3 +3,4 @@
 //! See `DESIGN.md` in the project's shared folder for the invariants. The modules mirror its parts.
 
 pub mod fs;
+pub mod remote;
