@@ -116,7 +116,7 @@ pub enum RemoteError {
     #[error(
         "{target}: not contacting the remote for another {}s after {failures} consecutive failures \
          (last: {last_error})",
-        remaining.as_secs_f64().ceil()
+        .remaining.as_secs_f64().ceil()
     )]
     CoolingDown {
         target: String,

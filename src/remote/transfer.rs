@@ -254,7 +254,7 @@ impl Remote {
         let target = self.describe(key);
         let deadline = self.deadline();
         let store = &self.inner.store;
-        let found = self.run("head", &target, deadline, async {
+        self.run("head", &target, deadline, async {
             match store.head(&path).await {
                 Ok(meta) => Ok(Some(ObjectMeta {
                     key: key.to_owned(),
@@ -268,8 +268,7 @@ impl Remote {
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(RemoteError::from_store(e, &target, "head")),
             }
-        });
-        found
+        })
     }
 
     /// A small object (a pointer or a manifest) in memory, or `None` when missing. Refuses
