@@ -65,8 +65,8 @@ impl RemoteWriter {
     }
 
     fn write_inner(&mut self, bytes: Bytes) -> Result<()> {
-        let settings = self.remote.settings().clone();
-        let part_size = settings.part_size.max(1);
+        let part_size = self.remote.settings().part_size.max(1);
+        let parallelism = self.remote.settings().parallelism.max(1);
         if self.multipart.is_none() {
             self.pending.extend_from_slice(&bytes);
             if self.pending.len() < part_size {
@@ -97,7 +97,6 @@ impl RemoteWriter {
             return Ok(());
         };
         let target = self.target.clone();
-        let parallelism = settings.parallelism.max(1);
         self.remote.run("upload", &self.target, self.deadline, async {
             multipart
                 .wait_for_capacity(parallelism)
