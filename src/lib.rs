@@ -15,6 +15,7 @@ pub mod lock;
 pub mod name;
 pub mod parallel;
 pub mod progress;
+pub mod remote;
 pub mod store;
 pub mod units;
 

@@ -1,0 +1,28 @@
+//! The remote tier's transport: S3-compatible object storage through `object_store`.
+//!
+//! DESIGN.md, "Remote is advisory": with a remote configured and unreachable, slow or corrupt,
+//! every command still does its local job within its timeout. This module supplies the pieces
+//! that make that possible; snapshots, restores and artifact sharing are composed on top.
+//!
+//! - [`RemoteUrl`]: `s3://bucket/prefix` as a user types it.
+//! - [`RemoteSettings`]: timeouts (connect, per request, stall, overall), retries, the outage
+//!   breaker, part sizes; endpoint and credentials follow the AWS environment conventions.
+//! - [`Remote`]: a synchronous client for one bucket. Every operation is bounded in time and
+//!   returns a [`RemoteError`] that names the object and what happened. Downloads are ranged
+//!   and parallel, bounded in memory, and verified against a BLAKE3 digest when one is given;
+//!   uploads never overwrite; [`Remote::put_if`] is the compare-and-swap for pointer objects.
+//! - The outage breaker: after [`RemoteSettings::breaker_threshold`] consecutive outage
+//!   failures, calls fail fast with [`RemoteError::CoolingDown`] for the cool-down period.
+
+mod breaker;
+mod error;
+mod settings;
+mod transfer;
+mod upload;
+mod url;
+
+pub use error::RemoteError;
+pub use settings::{RemoteSettings, S3Overrides};
+pub use transfer::{CondPut, GetReport, NoProgress, ObjectMeta, ObjectVersion, Progress, PutOutcome, Remote};
+pub use upload::RemoteWriter;
+pub use url::{RemoteUrl, UrlError};

@@ -1,0 +1,3 @@
+//! Shared helpers for black-box tests.
+
+pub mod s3_server;
