@@ -2,4 +2,7 @@
 //!
 //! See `DESIGN.md` in the project's shared folder for the invariants. The modules mirror its parts.
 
+pub mod build;
+pub mod config;
 pub mod fs;
+pub mod units;
