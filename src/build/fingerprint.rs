@@ -74,6 +74,8 @@ pub struct Fingerprint {
     pub hashed: usize,
     /// Whether the stat cache changed and is worth persisting.
     pub cache_changed: bool,
+    /// How many directories were listed (the walk skips those no glob can match in).
+    pub dirs_walked: usize,
 }
 
 /// Per-path stat data and content digests from earlier fingerprints of one recipe. Serializable so
@@ -208,6 +210,7 @@ struct Walk<'a> {
     hashed: usize,
     changed: bool,
     seen: usize,
+    dirs_walked: usize,
     inputs: Vec<Input>,
 }
 
@@ -269,6 +272,7 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
         hashed: 0,
         changed: false,
         seen: 0,
+        dirs_walked: 0,
         inputs: Vec::new(),
     };
     if !recipe.inputs.is_empty() {
@@ -304,6 +308,7 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
         unmatched_globs,
         hashed: walk.hashed,
         cache_changed: walk.changed,
+        dirs_walked: walk.dirs_walked,
     })
 }
 
@@ -322,6 +327,7 @@ impl Walk<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !segments.is_empty() => return Ok(()),
             Err(e) => return Err(annotate(e, "read directory", abs)),
         };
+        self.dirs_walked += 1;
         for entry in entries {
             let entry = entry.map_err(|e| annotate(e, "read directory", abs))?;
             let file_name = entry.file_name();
@@ -802,25 +808,35 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path();
         write(base, "src/a.rs", "a");
-        write(base, "target/x.rs", "x");
+        write(base, "src/one/two/b.rs", "b");
+        write(base, "target/debug/deps/x.rs", "x");
+        let walked = |globs: &[&str]| {
+            let f = fp(&recipe(base, globs), &mut StatCache::new());
+            (f.inputs, f.dirs_walked)
+        };
+        // base and src/ only: `*.rs` cannot match deeper than src/.
+        assert_eq!(walked(&["src/*.rs"]), (1, 2));
+        // base, src, src/one, src/one/two; never target/.
+        assert_eq!(walked(&["src/**/*.rs"]), (2, 4));
+        assert_eq!(walked(&["src/one/two/b.rs"]), (1, 4));
+        assert_eq!(walked(&["*.toml"]), (0, 1));
+        // Unbounded from the base: everything is listed, nothing is skipped.
+        assert_eq!(walked(&["**/*.rs"]), (3, 7));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            // An unreadable directory outside the globs' prefixes must not even be opened.
-            std::fs::set_permissions(base.join("target"), std::fs::Permissions::from_mode(0o000)).unwrap();
-            let readable = std::fs::read_dir(base.join("target")).is_ok(); // true as root
-            let result = fingerprint(&recipe(base, &["src/**/*.rs"]), &mut StatCache::new());
-            std::fs::set_permissions(base.join("target"), std::fs::Permissions::from_mode(0o755)).unwrap();
-            assert_eq!(result.unwrap().inputs, 1);
+            // A directory a glob reaches into but that cannot be read is an error, not a skip.
+            let locked = base.join("target/debug");
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+            let readable = std::fs::read_dir(&locked).is_ok(); // root reads anyway
+            let result = fingerprint(&recipe(base, &["**/*.rs"]), &mut StatCache::new());
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
             if !readable {
-                // Whereas a glob that reaches into it reports the error instead of skipping it.
-                std::fs::set_permissions(base.join("target"), std::fs::Permissions::from_mode(0o000))
-                    .unwrap();
-                let err = fingerprint(&recipe(base, &["**/*.rs"]), &mut StatCache::new());
-                std::fs::set_permissions(base.join("target"), std::fs::Permissions::from_mode(0o755))
-                    .unwrap();
-                let err = err.unwrap_err().to_string();
-                assert!(err.contains("target") && err.contains("entry `test`"), "{err}");
+                let err = result.unwrap_err().to_string();
+                assert!(
+                    err.contains("target/debug") && err.contains("entry `test`"),
+                    "{err}"
+                );
             }
         }
     }
