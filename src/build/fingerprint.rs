@@ -661,71 +661,43 @@ mod tests {
     fn every_recipe_field_is_covered() {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "in.txt", "x");
-        let base = recipe(tmp.path(), &["in.txt"]);
+        let base = Recipe {
+            validate: Some("check".into()),
+            keys: vec!["k".into()],
+            cwd: Some("c".into()),
+            ..recipe(tmp.path(), &["in.txt"])
+        };
         let digest = |r: &Recipe| fp(r, &mut StatCache::new()).digest;
         let d0 = digest(&base);
+        let with = |f: &dyn Fn(&mut Recipe)| {
+            let mut r = base.clone();
+            f(&mut r);
+            r
+        };
         let variants: Vec<(&str, Recipe)> = vec![
-            (
-                "build",
-                Recipe {
-                    build: "make2".into(),
-                    ..base.clone()
-                },
-            ),
-            (
-                "validate",
-                Recipe {
-                    validate: Some("true".into()),
-                    ..base.clone()
-                },
-            ),
-            (
-                "empty validate",
-                Recipe {
-                    validate: Some(String::new()),
-                    ..base.clone()
-                },
-            ),
-            (
-                "keys",
-                Recipe {
-                    keys: vec!["rustc 1.95".into()],
-                    ..base.clone()
-                },
-            ),
+            ("build", with(&|r| r.build = "make2".into())),
+            ("validate", with(&|r| r.validate = Some("check2".into()))),
+            ("no validate", with(&|r| r.validate = None)),
+            ("empty validate", with(&|r| r.validate = Some(String::new()))),
+            ("keys", with(&|r| r.keys = vec!["k2".into()])),
+            ("no keys", with(&|r| r.keys.clear())),
             (
                 "output",
-                Recipe {
-                    output: super::super::recipe::OutputKind::Dir,
-                    ..base.clone()
-                },
+                with(&|r| r.output = super::super::recipe::OutputKind::Dir),
             ),
-            (
-                "cwd",
-                Recipe {
-                    cwd: Some("sub".into()),
-                    ..base.clone()
-                },
-            ),
+            ("cwd", with(&|r| r.cwd = Some("d".into()))),
+            ("no cwd", with(&|r| r.cwd = None)),
+            ("inputs", with(&|r| r.inputs.clear())),
         ];
         for (what, r) in &variants {
             assert_ne!(digest(r), d0, "{what} must change the fingerprint");
         }
         // Length prefixes: moving a boundary between two keys changes the digest.
-        let ab = Recipe {
-            keys: vec!["ab".into(), "c".into()],
-            ..base.clone()
-        };
-        let a_bc = Recipe {
-            keys: vec!["a".into(), "bc".into()],
-            ..base.clone()
-        };
+        let ab = with(&|r| r.keys = vec!["ab".into(), "c".into()]);
+        let a_bc = with(&|r| r.keys = vec!["a".into(), "bc".into()]);
         assert_ne!(digest(&ab), digest(&a_bc));
         // Key order does not matter.
-        let ca = Recipe {
-            keys: vec!["c".into(), "ab".into()],
-            ..base.clone()
-        };
+        let ca = with(&|r| r.keys = vec!["c".into(), "ab".into()]);
         assert_eq!(digest(&ab), digest(&ca));
         // Executable bit.
         #[cfg(unix)]
