@@ -6,11 +6,13 @@
 //! thousands of times; each call opens its own lock handle because `flock` locks belong to an
 //! open file, not a thread.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::catalog::{ArtifactRow, Catalog, CatalogError, EntryRow, FailureRow, now_ms};
+use crate::build::{FailureRecord, StatCache};
+use crate::catalog::{ArtifactRow, Catalog, CatalogError, EntryRow, now_ms};
 use crate::layout::Layout;
 use crate::lock::{self, LockError, LockGuard, Mode};
 use crate::name::{self, NameError};
@@ -118,7 +120,7 @@ pub struct EntryStatus {
     /// The content path, when present.
     pub path: Option<PathBuf>,
     /// The recorded failure, if any.
-    pub failure: Option<FailureRow>,
+    pub failure: Option<FailureRecord>,
 }
 
 /// What `verify` found.
@@ -154,6 +156,9 @@ pub struct Cache {
     store: Store,
     catalog: Mutex<Catalog>,
     options: CacheOptions,
+    /// Per-entry stat caches of input files, kept in memory so that a long-running process
+    /// re-fingerprints only what changed.
+    stat_caches: Mutex<HashMap<String, StatCache>>,
 }
 
 impl Cache {
@@ -180,6 +185,7 @@ impl Cache {
             store,
             catalog: Mutex::new(catalog),
             options,
+            stat_caches: Mutex::new(HashMap::new()),
         };
         {
             let _op = cache.operation()?;
@@ -216,6 +222,11 @@ impl Cache {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll
         // back), so a poisoned mutex is still usable.
         self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The in-memory stat caches, by entry name.
+    pub(crate) fn stat_caches(&self) -> MutexGuard<'_, HashMap<String, StatCache>> {
+        self.stat_caches.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Holds the root lock shared for the length of one operation.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
+use crate::build::{FailureKind, FailureRecord};
 use crate::store::ArtifactKind;
 
 /// How long a writer waits for another process's transaction before giving up.
@@ -46,7 +47,8 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         fingerprint TEXT NOT NULL,
         kind TEXT NOT NULL,
-        error TEXT NOT NULL,
+        exit TEXT NOT NULL,
+        error_tail TEXT NOT NULL,
         attempts INTEGER NOT NULL,
         first_failed_at INTEGER NOT NULL,
         last_failed_at INTEGER NOT NULL,
@@ -144,25 +146,6 @@ pub struct EntryRow {
     pub updated_at: i64,
     /// When it was last used (unix ms).
     pub accessed_at: i64,
-}
-
-/// A recorded build failure.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FailureRow {
-    /// The fingerprint the failed build was attempted from.
-    pub fingerprint: String,
-    /// `transient` or `deterministic`.
-    pub kind: String,
-    /// The tail of the builder's output and the reason.
-    pub error: String,
-    /// Consecutive failures with this fingerprint.
-    pub attempts: u32,
-    /// First failure with this fingerprint (unix ms).
-    pub first_failed_at: i64,
-    /// Latest failure (unix ms).
-    pub last_failed_at: i64,
-    /// When a transient failure may be retried (unix ms); none for deterministic ones.
-    pub next_retry_at: Option<i64>,
 }
 
 /// Access times are written at most this often per entry, so cache hits stay read-only.
@@ -366,38 +349,44 @@ impl Catalog {
     }
 
     /// The failure recorded for `name`, if any.
-    pub fn failure(&self, name: &str) -> Result<Option<FailureRow>, CatalogError> {
+    pub fn failure(&self, name: &str) -> Result<Option<FailureRecord>, CatalogError> {
         self.conn
             .query_row(
-                "SELECT fingerprint, kind, error, attempts, first_failed_at, last_failed_at, next_retry_at
+                "SELECT fingerprint, kind, exit, error_tail, attempts, first_failed_at, last_failed_at,
+                        next_retry_at
                  FROM failures WHERE name = ?1",
                 [name],
                 |r| {
-                    Ok(FailureRow {
-                        fingerprint: r.get(0)?,
-                        kind: r.get(1)?,
-                        error: r.get(2)?,
-                        attempts: r.get(3)?,
-                        first_failed_at: r.get(4)?,
-                        last_failed_at: r.get(5)?,
-                        next_retry_at: r.get(6)?,
-                    })
+                    // A row with values of the wrong shape is a corrupt row: no failure memory
+                    // (the next `ensure` builds), never an error.
+                    let decode = || -> rusqlite::Result<Option<FailureRecord>> {
+                        let kind = match r.get::<_, String>(1)?.as_str() {
+                            "transient" => FailureKind::Transient,
+                            "deterministic" => FailureKind::Deterministic,
+                            _ => return Ok(None),
+                        };
+                        Ok(Some(FailureRecord {
+                            fingerprint: r.get(0)?,
+                            kind,
+                            exit: r.get(2)?,
+                            error_tail: r.get(3)?,
+                            attempts: r.get(4)?,
+                            first_failed_at: r.get(5)?,
+                            last_failed_at: r.get(6)?,
+                            next_retry_at: r.get(7)?,
+                        }))
+                    };
+                    Ok(decode().ok().flatten())
                 },
             )
             .optional()
-            .or_else(|e| match e {
-                // A row with a value of the wrong type is a corrupt row: no failure memory.
-                rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
-                    Ok(None)
-                }
-                e => Err(e),
-            })
+            .map(Option::flatten)
             .map_err(self.err("read a failure"))
     }
 
     /// Records a failure for `name` (creating the entry if it has none yet). Never touches the
     /// entry's last good artifact or fingerprint.
-    pub fn record_failure(&mut self, name: &str, failure: &FailureRow) -> Result<(), CatalogError> {
+    pub fn record_failure(&mut self, name: &str, failure: &FailureRecord) -> Result<(), CatalogError> {
         let path = self.path.clone();
         let err = || sql_err(&path, "record a failure");
         let tx = self
@@ -412,13 +401,15 @@ impl Catalog {
         .map_err(err())?;
         tx.execute(
             "INSERT OR REPLACE INTO failures
-             (name, fingerprint, kind, error, attempts, first_failed_at, last_failed_at, next_retry_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             (name, fingerprint, kind, exit, error_tail, attempts, first_failed_at, last_failed_at,
+              next_retry_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 name,
                 failure.fingerprint,
-                failure.kind,
-                failure.error,
+                failure.kind.as_str(),
+                failure.exit,
+                failure.error_tail,
                 failure.attempts,
                 failure.first_failed_at,
                 failure.last_failed_at,
@@ -584,10 +575,11 @@ mod tests {
         let mut c = Catalog::open(&tmp.path().join("c.sqlite")).unwrap();
         let good = artifact(&"c".repeat(64));
         c.set_last_good("e", &good, Some("old"), "build").unwrap();
-        let failure = FailureRow {
+        let failure = FailureRecord {
             fingerprint: "new".into(),
-            kind: "transient".into(),
-            error: "boom".into(),
+            kind: FailureKind::Transient,
+            exit: "build command exited with code 1".into(),
+            error_tail: "boom".into(),
             attempts: 1,
             first_failed_at: 5,
             last_failed_at: 5,

@@ -5,9 +5,11 @@
 //! garbage collection ([`gc`]) and the command line ([`cli`]); [`cache`] ties one root together.
 
 pub mod activate;
+pub mod build;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod fs;
 pub mod gc;
 pub mod layout;

@@ -12,7 +12,7 @@ fn validation_failure_waits_for_new_inputs() {
     let project = tmp.path().join("project");
     std::fs::create_dir_all(project.join("src")).unwrap();
     let counter = tmp.path().join("runs");
-    std::fs::write(project.join("src/plugin.txt"), "broken").unwrap();
+    std::fs::write(project.join("src/plugin.txt"), "corrupt").unwrap();
     let ensure = || {
         let mut cmd = warmcache(&root);
         cmd.current_dir(&project).env("COUNTER", &counter).args([
@@ -23,7 +23,7 @@ fn validation_failure_waits_for_new_inputs() {
             "--build",
             "echo run >> \"$COUNTER\"; cp src/plugin.txt \"$WARMCACHE_OUT\"",
             "--validate",
-            "grep -q ok \"$WARMCACHE_OUT\" || { echo 'validation: plugin manifest invalid'; exit 1; }",
+            "grep -q MANIFEST-OK \"$WARMCACHE_OUT\" || { echo 'validation: plugin manifest invalid'; exit 1; }",
         ]);
         cmd
     };
@@ -53,7 +53,7 @@ fn validation_failure_waits_for_new_inputs() {
     // Nothing was published from the failed build.
     assert_eq!(artifact_ids(&root), Vec::<String>::new());
 
-    std::fs::write(project.join("src/plugin.txt"), "ok now").unwrap();
+    std::fs::write(project.join("src/plugin.txt"), "MANIFEST-OK").unwrap();
     let built = ok_json(&mut ensure());
     assert_eq!(built["status"], "built");
     assert_eq!(runs(), 2);

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use rusqlite::OptionalExtension;
 
-use super::failure::{FailureKind, FailureRecord, LastGood, StalePolicy, decide, random_jitter, record_failure};
+use super::failure::{
+    FailureKind, FailureRecord, LastGood, StalePolicy, decide, random_jitter, record_failure,
+};
 use super::fingerprint::{FingerprintError, StatCache, fingerprint};
 use super::recipe::Recipe;
 use super::runner::{DEFAULT_TAIL_BYTES, run};
@@ -80,7 +82,12 @@ impl From<&FailureRecord> for FailureReport {
         } else {
             format!("{}\n{}", f.exit, f.error_tail.trim_end())
         };
-        Self { kind: f.kind, error, attempts: f.attempts, next_retry_at: f.next_retry_at }
+        Self {
+            kind: f.kind,
+            error,
+            attempts: f.attempts,
+            next_retry_at: f.next_retry_at,
+        }
     }
 }
 
@@ -153,14 +160,21 @@ impl EnsureError {
 
 fn retry_hint(failure: &FailureRecord) -> String {
     let tail = failure.error_tail.trim_end();
-    let tail = if tail.is_empty() { String::new() } else { format!("\n--- output (tail) ---\n{tail}") };
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\n--- output (tail) ---\n{tail}")
+    };
     let when = match (failure.kind, failure.next_retry_at) {
         (FailureKind::Deterministic, _) => {
             "; it will not be retried until its inputs change (or with --refresh)".to_string()
         }
         (FailureKind::Transient, Some(at)) => {
             let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
-            format!("; it will be retried in {} (or now with --refresh)", crate::units::format_duration(wait))
+            format!(
+                "; it will be retried in {} (or now with --refresh)",
+                crate::units::format_duration(wait)
+            )
         }
         (FailureKind::Transient, None) => "; it will be retried on the next call".to_string(),
     };
@@ -183,7 +197,11 @@ impl Cache {
         let fp = self.fingerprint(recipe)?;
         let unmatched = fp.unmatched_globs.clone();
         let fp = fp.digest;
-        let result = |status, artifact: &str, state: &EntryState, failure: Option<&FailureRecord>, why: Option<String>| {
+        let result = |status,
+                      artifact: &str,
+                      state: &EntryState,
+                      failure: Option<&FailureRecord>,
+                      why: Option<String>| {
             Ensured {
                 name: recipe.name.clone(),
                 path: self.store().content_path(artifact),
@@ -201,18 +219,43 @@ impl Cache {
         {
             let _op = self.operation()?;
             let state = self.entry_state(&recipe.name)?;
-            match decide(&fp, state.last_good.as_ref(), state.present, state.failure.as_ref(), now_ms(), options.refresh, recipe.stale) {
+            match decide(
+                &fp,
+                state.last_good.as_ref(),
+                state.present,
+                state.failure.as_ref(),
+                now_ms(),
+                options.refresh,
+                recipe.stale,
+            ) {
                 Decision::Hit => {
-                    let artifact = state.last_good.as_ref().map(|g| g.artifact.clone()).unwrap_or_default();
+                    let artifact = state
+                        .last_good
+                        .as_ref()
+                        .map(|g| g.artifact.clone())
+                        .unwrap_or_default();
                     self.touch_entry(&recipe.name)?;
-                    return Ok(result(EnsureStatus::Hit, &artifact, &state, state.failure.as_ref(), None));
+                    return Ok(result(
+                        EnsureStatus::Hit,
+                        &artifact,
+                        &state,
+                        state.failure.as_ref(),
+                        None,
+                    ));
                 }
                 Decision::Blocked { failure, stale } => {
                     return match stale {
-                        Some(good) => {
-                            Ok(result(EnsureStatus::Stale, &good.artifact, &state, Some(&failure), Some(blocked_reason(&failure))))
-                        }
-                        None => Err(EnsureError::Blocked { name: recipe.name.clone(), failure }),
+                        Some(good) => Ok(result(
+                            EnsureStatus::Stale,
+                            &good.artifact,
+                            &state,
+                            Some(&failure),
+                            Some(blocked_reason(&failure)),
+                        )),
+                        None => Err(EnsureError::Blocked {
+                            name: recipe.name.clone(),
+                            failure,
+                        }),
                     };
                 }
                 Decision::Build(_) => {}
@@ -227,13 +270,23 @@ impl Cache {
                 if options.wait == WaitPolicy::TakeStale {
                     let _op = self.operation()?;
                     let state = self.entry_state(&recipe.name)?;
-                    if let (Some(good), true, StalePolicy::IfError) = (&state.last_good, state.present, recipe.stale) {
-                        let why = "a build from the current inputs is under way in another process".to_string();
-                        return Ok(result(EnsureStatus::Stale, &good.artifact, &state, state.failure.as_ref(), Some(why)));
+                    if let (Some(good), true, StalePolicy::IfError) =
+                        (&state.last_good, state.present, recipe.stale)
+                    {
+                        let why =
+                            "a build from the current inputs is under way in another process".to_string();
+                        return Ok(result(
+                            EnsureStatus::Stale,
+                            &good.artifact,
+                            &state,
+                            state.failure.as_ref(),
+                            Some(why),
+                        ));
                     }
                 }
                 let what = format!("the build of `{}` in another process", recipe.name);
-                lock::lock(&lock_path, Mode::Exclusive, self.options().lock_timeout, &what).map_err(CacheError::from)?
+                lock::lock(&lock_path, Mode::Exclusive, self.options().lock_timeout, &what)
+                    .map_err(CacheError::from)?
             }
         };
 
@@ -247,17 +300,36 @@ impl Cache {
                 && state.present
                 && state.updated_at >= call_started;
             let refresh_now = options.refresh && !fresh;
-            match decide(&fp, state.last_good.as_ref(), state.present, state.failure.as_ref(), now_ms(), refresh_now, recipe.stale) {
+            match decide(
+                &fp,
+                state.last_good.as_ref(),
+                state.present,
+                state.failure.as_ref(),
+                now_ms(),
+                refresh_now,
+                recipe.stale,
+            ) {
                 Decision::Hit => {
-                    let artifact = state.last_good.as_ref().map(|g| g.artifact.clone()).unwrap_or_default();
+                    let artifact = state
+                        .last_good
+                        .as_ref()
+                        .map(|g| g.artifact.clone())
+                        .unwrap_or_default();
                     return Ok(result(EnsureStatus::Hit, &artifact, &state, None, None));
                 }
                 Decision::Blocked { failure, stale } => {
                     return match stale {
-                        Some(good) => {
-                            Ok(result(EnsureStatus::Stale, &good.artifact, &state, Some(&failure), Some(blocked_reason(&failure))))
-                        }
-                        None => Err(EnsureError::Blocked { name: recipe.name.clone(), failure }),
+                        Some(good) => Ok(result(
+                            EnsureStatus::Stale,
+                            &good.artifact,
+                            &state,
+                            Some(&failure),
+                            Some(blocked_reason(&failure)),
+                        )),
+                        None => Err(EnsureError::Blocked {
+                            name: recipe.name.clone(),
+                            failure,
+                        }),
                     };
                 }
                 Decision::Build(reason) => {
@@ -273,7 +345,10 @@ impl Cache {
         match outcome.failure {
             None => {
                 let _op = self.operation()?;
-                let published = self.store().publish_staged(staged, &Progress::none()).map_err(CacheError::from)?;
+                let published = self
+                    .store()
+                    .publish_staged(staged, &Progress::none())
+                    .map_err(CacheError::from)?;
                 self.record(Some(&recipe.name), &published, Some(&fp), "build")?;
                 let state = self.entry_state(&recipe.name)?;
                 Ok(result(EnsureStatus::Built, &published.id, &state, None, None))
@@ -292,7 +367,9 @@ impl Cache {
                 );
                 {
                     let _op = self.operation()?;
-                    self.catalog().record_failure(&recipe.name, &record).map_err(CacheError::from)?;
+                    self.catalog()
+                        .record_failure(&recipe.name, &record)
+                        .map_err(CacheError::from)?;
                 }
                 match (&state.last_good, state.present, recipe.stale) {
                     (Some(good), true, StalePolicy::IfError) => Ok(result(
@@ -300,9 +377,15 @@ impl Cache {
                         &good.artifact,
                         &state,
                         Some(&record),
-                        Some(format!("building from the current inputs failed: {}", record.exit)),
+                        Some(format!(
+                            "building from the current inputs failed: {}",
+                            record.exit
+                        )),
                     )),
-                    _ => Err(EnsureError::BuildFailed { name: recipe.name.clone(), failure: record }),
+                    _ => Err(EnsureError::BuildFailed {
+                        name: recipe.name.clone(),
+                        failure: record,
+                    }),
                 }
             }
         }
@@ -316,15 +399,25 @@ impl Cache {
         let (last_good, updated_at) = match entry {
             Some(e) => {
                 let good = match (e.artifact, e.fingerprint) {
-                    (Some(artifact), Some(fingerprint)) => Some(LastGood { artifact, fingerprint }),
+                    (Some(artifact), Some(fingerprint)) => Some(LastGood {
+                        artifact,
+                        fingerprint,
+                    }),
                     _ => None,
                 };
                 (good, e.updated_at)
             }
             None => (None, 0),
         };
-        let present = last_good.as_ref().is_some_and(|g| self.store().is_present(&g.artifact));
-        Ok(EntryState { last_good, present, failure, updated_at })
+        let present = last_good
+            .as_ref()
+            .is_some_and(|g| self.store().is_present(&g.artifact));
+        Ok(EntryState {
+            last_good,
+            present,
+            failure,
+            updated_at,
+        })
     }
 
     fn touch_entry(&self, name: &str) -> Result<(), CacheError> {
@@ -360,11 +453,19 @@ impl Cache {
         let path = catalog.path().to_path_buf();
         let bytes: Option<Vec<u8>> = catalog
             .connection()
-            .query_row("SELECT data FROM stat_caches WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT data FROM stat_caches WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()
-            .map_err(|source| CatalogError::Sql { path, op: "read a stat cache", source })?;
+            .map_err(|source| CatalogError::Sql {
+                path,
+                op: "read a stat cache",
+                source,
+            })?;
         // An undecodable stat cache only costs re-hashing.
-        Ok(bytes.map(|b| StatCache::from_bytes(&b)).unwrap_or_else(StatCache::new))
+        Ok(bytes
+            .map(|b| StatCache::from_bytes(&b))
+            .unwrap_or_else(StatCache::new))
     }
 
     fn save_stat_cache(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
@@ -372,8 +473,15 @@ impl Cache {
         let path = catalog.path().to_path_buf();
         catalog
             .connection()
-            .execute("INSERT OR REPLACE INTO stat_caches (name, data) VALUES (?1, ?2)", rusqlite::params![name, bytes])
-            .map_err(|source| CatalogError::Sql { path, op: "write a stat cache", source })?;
+            .execute(
+                "INSERT OR REPLACE INTO stat_caches (name, data) VALUES (?1, ?2)",
+                rusqlite::params![name, bytes],
+            )
+            .map_err(|source| CatalogError::Sql {
+                path,
+                op: "write a stat cache",
+                source,
+            })?;
         Ok(())
     }
 }
@@ -381,9 +489,15 @@ impl Cache {
 fn blocked_reason(failure: &FailureRecord) -> String {
     match failure.kind {
         FailureKind::Deterministic => {
-            format!("the current inputs failed to build deterministically ({}); not retried until they change", failure.exit)
+            format!(
+                "the current inputs failed to build deterministically ({}); not retried until they change",
+                failure.exit
+            )
         }
-        FailureKind::Transient => format!("the current inputs failed to build ({}); waiting to retry", failure.exit),
+        FailureKind::Transient => format!(
+            "the current inputs failed to build ({}); waiting to retry",
+            failure.exit
+        ),
     }
 }
 

@@ -6,12 +6,13 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::progress::spinner;
-use super::{ActivateArgs, Cli, Command, GcArgs, ImportArgs, Output, PathArgs, StatusArgs};
+use super::{ActivateArgs, Cli, Command, EnsureArgs, GcArgs, ImportArgs, Output, PathArgs, StatusArgs};
 use crate::cache::{Cache, CacheOptions, DEFAULT_LOCK_TIMEOUT};
 
 /// Runs the command.
 pub fn dispatch(cli: &Cli, out: &Output) -> Result<()> {
     match &cli.command {
+        Command::Ensure(args) => ensure(cli, out, args),
         Command::Import(args) => import(cli, out, args),
         Command::Path(args) => path(cli, out, args),
         Command::Status(args) => status(cli, out, args),
@@ -38,6 +39,116 @@ fn open(cli: &Cli) -> Result<Cache> {
         lock_timeout: cli.global.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
     };
     Ok(Cache::open_with(&root, options)?)
+}
+
+/// The recipe for `ensure`: `[entry.NAME]` of the nearest `warmcache.toml`, with the flags
+/// overriding its fields; or the flags alone, relative to the working directory.
+fn recipe(args: &EnsureArgs) -> Result<crate::build::Recipe> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let config = match crate::config::find_config(&cwd) {
+        Some(path) => Some(crate::config::Config::load(&path)?),
+        None => None,
+    };
+    let (mut entry, base) = match config
+        .as_ref()
+        .and_then(|c| c.entries.get(&args.name).map(|e| (e, c)))
+    {
+        Some((entry, config)) => (entry.clone(), config.dir.clone()),
+        None => (crate::config::EntryConfig::default(), cwd.clone()),
+    };
+    if !args.inputs.is_empty() {
+        entry.inputs = args.inputs.clone();
+    }
+    if !args.keys.is_empty() {
+        entry.keys = args.keys.clone();
+    }
+    if !args.env.is_empty() {
+        entry.env = args.env.clone();
+    }
+    entry.build = args.build.clone().or(entry.build);
+    entry.output = args.output.or(entry.output);
+    entry.validate = args.validate.clone().or(entry.validate);
+    entry.timeout = args.timeout.or(entry.timeout);
+    entry.stale = args.stale.or(entry.stale);
+    match crate::build::Recipe::new(&args.name, &entry, &base) {
+        Ok(recipe) => Ok(recipe),
+        Err(crate::build::RecipeError::MissingBuild { name }) if config.is_none() => Err(anyhow::anyhow!(
+            "entry `{name}` has no recipe: no warmcache.toml was found upwards from `{}` and no --build \
+             was given; add `[entry.\"{name}\"]` with `build = \"...\"` to a warmcache.toml, or pass --build CMD",
+            cwd.display()
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
+    let recipe = recipe(args)?;
+    let cache = open(cli)?;
+    let options = crate::build::EnsureOptions {
+        refresh: args.refresh,
+        wait: if args.no_wait {
+            crate::build::WaitPolicy::TakeStale
+        } else {
+            crate::build::WaitPolicy::Wait
+        },
+    };
+    let ensured = cache.ensure(&recipe, &options)?;
+    for glob in &ensured.unmatched_globs {
+        out.warn(&format!(
+            "input glob `{glob}` of `{}` matched no files",
+            ensured.name
+        ));
+    }
+    if ensured.status == crate::build::EnsureStatus::Stale {
+        out.warn(&stale_warning(&ensured));
+    }
+    let lease_expires_at = match args.lease {
+        Some(duration) => {
+            let lease = cache.lease(&ensured.artifact, duration)?;
+            let expires = lease.expires_at();
+            lease.keep();
+            Some(expires)
+        }
+        None => None,
+    };
+    let mut value = json!(ensured);
+    if let (Some(obj), Some(expires)) = (value.as_object_mut(), lease_expires_at) {
+        obj.insert("lease_expires_at".into(), json!(expires));
+    }
+    out.result(&value, || ensured.path.display().to_string());
+    Ok(())
+}
+
+/// The warning printed whenever a stale artifact is served: its age, why, the last error and the
+/// next retry.
+fn stale_warning(e: &crate::build::Ensured) -> String {
+    let age = std::time::Duration::from_millis((crate::catalog::now_ms() - e.updated_at).max(0) as u64);
+    let mut text = format!(
+        "serving a stale `{}` (built {} ago from older inputs): {}",
+        e.name,
+        crate::units::format_duration(age),
+        e.stale_reason
+            .as_deref()
+            .unwrap_or("the current inputs could not be built")
+    );
+    if let Some(f) = &e.failure {
+        let retry = match f.next_retry_at {
+            Some(at) => format!(
+                "next retry in {}",
+                crate::units::format_duration(std::time::Duration::from_millis(
+                    (at - crate::catalog::now_ms()).max(0) as u64
+                ))
+            ),
+            None => "no retry until the inputs change (or --refresh)".to_string(),
+        };
+        text.push_str(&format!(
+            "\n  last error ({}, attempt {}): {}\n  {retry}",
+            f.kind.as_str(),
+            f.attempts,
+            f.error.replace('\n', "\n    ")
+        ));
+    }
+    text
 }
 
 fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
@@ -81,7 +192,7 @@ fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
         let mut text = String::new();
         for e in &entries {
             let state = match (&e.entry.artifact, e.present, &e.failure) {
-                (_, _, Some(f)) => format!("failing ({}, {} attempt(s))", f.kind, f.attempts),
+                (_, _, Some(f)) => format!("failing ({}, {} attempt(s))", f.kind.as_str(), f.attempts),
                 (Some(_), true, None) => "ok".to_string(),
                 (Some(_), false, None) => "missing".to_string(),
                 (None, _, None) => "empty".to_string(),
@@ -107,8 +218,16 @@ fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
                     .next_retry_at
                     .map(format_time)
                     .unwrap_or_else(|| "when the inputs change".into());
-                let last_line = f.error.lines().last().unwrap_or("");
-                text.push_str(&format!("    last error: {last_line}\n    next retry: {retry}\n"));
+                let last_line = f
+                    .error_tail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                text.push_str(&format!(
+                    "    last error: {} {last_line}\n    next retry: {retry}\n",
+                    f.exit
+                ));
             }
         }
         text.trim_end().to_string()

@@ -49,6 +49,8 @@ pub struct GlobalArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Return an artifact built from the current inputs, building it on a miss; prints its path.
+    Ensure(EnsureArgs),
     /// Publish a file or a directory as an immutable artifact; prints its path once durable.
     Import(ImportArgs),
     /// Print the path of an entry's last good artifact, without building.
@@ -98,6 +100,49 @@ pub struct GcArgs {
     pub evict: Vec<String>,
 }
 
+/// `warmcache ensure`. Recipe flags override the fields of `[entry.NAME]` in the nearest
+/// `warmcache.toml`; without such an entry they are the whole recipe, relative to the working
+/// directory.
+#[derive(Debug, Args)]
+pub struct EnsureArgs {
+    /// The entry name (e.g. `bundles/ext`).
+    pub name: String,
+    /// An input file glob, relative to the recipe's directory (repeatable).
+    #[arg(long = "input", value_name = "GLOB")]
+    pub inputs: Vec<String>,
+    /// The build command, run by `sh -c`; it writes its output to $WARMCACHE_OUT.
+    #[arg(long, value_name = "CMD")]
+    pub build: Option<String>,
+    /// What the build writes at $WARMCACHE_OUT: `file` (default) or `dir`.
+    #[arg(long, value_name = "KIND")]
+    pub output: Option<crate::build::OutputKind>,
+    /// A validation command run on the output ($WARMCACHE_OUT); failing it is deterministic.
+    #[arg(long, value_name = "CMD")]
+    pub validate: Option<String>,
+    /// An extra key string that joins the fingerprint, e.g. a toolchain version (repeatable).
+    #[arg(long = "key", value_name = "STR")]
+    pub keys: Vec<String>,
+    /// An environment variable whose value joins the fingerprint (repeatable).
+    #[arg(long = "env", value_name = "VAR")]
+    pub env: Vec<String>,
+    /// Time limit for the build and for the validation (e.g. 10m).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Serve the last good artifact when building fails (`if-error`, the default) or not (`never`).
+    #[arg(long, value_name = "POLICY", value_parser = parse_stale)]
+    pub stale: Option<crate::build::StalePolicy>,
+    /// Build now, whatever the failure memory says.
+    #[arg(long)]
+    pub refresh: bool,
+    /// If another process is building this entry, take the last good artifact (marked stale)
+    /// instead of waiting for that build.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Hold the artifact against garbage collection for this long after returning.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
+}
+
 /// `warmcache import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -124,6 +169,14 @@ pub struct PathArgs {
 pub struct StatusArgs {
     /// Show only this entry.
     pub name: Option<String>,
+}
+
+fn parse_stale(s: &str) -> Result<crate::build::StalePolicy, String> {
+    match s {
+        "if-error" => Ok(crate::build::StalePolicy::IfError),
+        "never" => Ok(crate::build::StalePolicy::Never),
+        _ => Err(format!("unknown stale policy `{s}`; use `if-error` or `never`")),
+    }
 }
 
 fn parse_link_mode(s: &str) -> Result<crate::fs::LinkMode, String> {
@@ -155,7 +208,15 @@ pub fn run(cli: Cli) -> ExitCode {
     match commands::dispatch(&cli, &out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            out.error(&err);
+            // A build failure carries its failure record into the JSON error object.
+            let failure = err
+                .downcast_ref::<crate::build::EnsureError>()
+                .and_then(|e| e.failure())
+                .map(crate::build::FailureReport::from);
+            out.error(
+                &err,
+                failure.map(|f| serde_json::json!({ "status": "failed", "failure": f })),
+            );
             ExitCode::from(1)
         }
     }

@@ -62,10 +62,14 @@ impl Output {
 
     /// Reports a failed command: the whole error chain on stderr, and `{"error": ...}` on stdout
     /// with `--json`.
-    pub fn error(&self, err: &anyhow::Error) {
+    pub fn error(&self, err: &anyhow::Error, extra: Option<serde_json::Value>) {
         eprintln!("error: {err:#}");
         if self.json {
-            println!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+            let mut value = serde_json::json!({ "error": format!("{err:#}") });
+            if let (Some(obj), Some(serde_json::Value::Object(extra))) = (value.as_object_mut(), extra) {
+                obj.extend(extra);
+            }
+            println!("{value}");
         }
     }
 }

@@ -1,0 +1,651 @@
+//! Running a recipe's builder and validation: `sh -c` in its own process group, output captured
+//! into a bounded tail, a timeout that kills the whole group, and a check of the output's kind.
+//!
+//! The caller chooses `out_path` inside a private staging location; nothing here publishes.
+//! The commands see:
+//! - `WARMCACHE_OUT`: where to write the output (a file or a directory, per the recipe);
+//! - `WARMCACHE_NAME`: the entry name;
+//! - `WARMCACHE_TMP`: a private scratch directory (the staging directory), removed with it;
+//! - the rest of this process's environment; stdin is /dev/null; the working directory is the
+//!   recipe's [`Recipe::work_dir`].
+//!
+//! When a command ends, whatever it left running in its process group is killed: a background
+//! process still writing into the output after publication would break immutability.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::failure::{FailureCause, FailureKind, Step, Termination};
+use super::recipe::{OutputKind, Recipe};
+
+/// Default size of the captured output tail.
+pub const DEFAULT_TAIL_BYTES: usize = 64 * 1024;
+
+/// After a timeout, how long the group gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+/// After a command ends, how long to wait for its output pipe to close. Only a process that left
+/// the group (setsid) and kept the pipe open can make this wait; its output is then abandoned.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// How a build went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// None when the build (and validation, if any) succeeded and the output has the right kind.
+    pub failure: Option<RunFailure>,
+    /// The last bytes of the output (stdout and stderr interleaved) of the last command run: the
+    /// validation command's if it ran, else the build command's. Invalid UTF-8 is replaced.
+    pub tail: String,
+    /// Wall time of the build and validation together.
+    pub elapsed: Duration,
+}
+
+/// A failed build, classified by the recipe's failure policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFailure {
+    pub kind: FailureKind,
+    pub cause: FailureCause,
+}
+
+impl RunOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Runs `recipe`'s build command with `$WARMCACHE_OUT` = `out_path`, checks the output, then runs
+/// the validation command if there is one. Each command gets the recipe's full timeout.
+/// `staging_dir` is offered to the commands as `$WARMCACHE_TMP`. Never fails: every problem,
+/// including being unable to start `sh`, is a classified [`RunFailure`].
+pub fn run(recipe: &Recipe, out_path: &Path, staging_dir: &Path, tail_bytes: usize) -> RunOutcome {
+    let start = Instant::now();
+    let finish = |cause: Option<FailureCause>, tail: String| {
+        let failure = cause.map(|cause| RunFailure {
+            kind: recipe.failure_policy.classify(&cause, &tail),
+            cause,
+        });
+        RunOutcome {
+            failure,
+            tail,
+            elapsed: start.elapsed(),
+        }
+    };
+
+    let (result, tail) = run_command(recipe, &recipe.build, out_path, staging_dir, tail_bytes);
+    if let Err(termination) = result {
+        let cause = FailureCause::Step {
+            step: Step::Build,
+            termination,
+        };
+        return finish(Some(cause), tail);
+    }
+    if let Err(message) = check_output(out_path, recipe.output) {
+        return finish(Some(FailureCause::BadOutput { message }), tail);
+    }
+    let Some(validate) = &recipe.validate else {
+        return finish(None, tail);
+    };
+    let (result, tail) = run_command(recipe, validate, out_path, staging_dir, tail_bytes);
+    match result {
+        Ok(()) => finish(None, tail),
+        Err(termination) => finish(
+            Some(FailureCause::Step {
+                step: Step::Validate,
+                termination,
+            }),
+            tail,
+        ),
+    }
+}
+
+/// Checks that the builder left the right kind of thing at `out_path` (symlinks are refused: the
+/// artifact would depend on what they point to).
+fn check_output(out_path: &Path, kind: OutputKind) -> Result<(), String> {
+    let wanted = match kind {
+        OutputKind::File => "a file",
+        OutputKind::Dir => "a directory",
+    };
+    let meta = match std::fs::symlink_metadata(out_path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "the build command succeeded but wrote nothing at $WARMCACHE_OUT (`{}`); it must \
+                 create {wanted} there",
+                out_path.display()
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot inspect the build output at `{}`: {e}",
+                out_path.display()
+            ));
+        }
+    };
+    let found = if meta.is_file() {
+        OutputKind::File
+    } else if meta.is_dir() {
+        OutputKind::Dir
+    } else {
+        return Err(format!(
+            "the build command left {} at $WARMCACHE_OUT (`{}`), but the output must be {wanted} \
+             (write the content itself, not a link to it)",
+            if meta.file_type().is_symlink() {
+                "a symlink"
+            } else {
+                "a special file"
+            },
+            out_path.display()
+        ));
+    };
+    if found != kind {
+        return Err(format!(
+            "the build command wrote a {} at $WARMCACHE_OUT (`{}`), but the recipe's output kind is \
+             `{}`; set `output = \"{}\"` (or `--output {}`) if that is what it builds",
+            if found == OutputKind::Dir {
+                "directory"
+            } else {
+                "file"
+            },
+            out_path.display(),
+            kind.as_str(),
+            found.as_str(),
+            found.as_str(),
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps the last `cap` bytes written to it.
+struct Tail {
+    buf: VecDeque<u8>,
+    cap: usize,
+    dropped: u64,
+}
+
+impl Tail {
+    fn new(cap: usize) -> Self {
+        Self {
+            buf: VecDeque::with_capacity(cap.min(DEFAULT_TAIL_BYTES)),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        let keep = &data[data.len().saturating_sub(self.cap)..];
+        self.dropped += (data.len() - keep.len()) as u64;
+        self.buf.extend(keep);
+        let excess = self.buf.len().saturating_sub(self.cap);
+        if excess > 0 {
+            self.buf.drain(..excess);
+            self.dropped += excess as u64;
+        }
+    }
+
+    fn render(&self) -> String {
+        let (a, b) = self.buf.as_slices();
+        let mut bytes = Vec::with_capacity(a.len() + b.len());
+        bytes.extend_from_slice(a);
+        bytes.extend_from_slice(b);
+        let text = String::from_utf8_lossy(&bytes);
+        if self.dropped > 0 {
+            format!(
+                "[... {} earlier bytes of output omitted ...]\n{text}",
+                self.dropped
+            )
+        } else {
+            text.into_owned()
+        }
+    }
+}
+
+/// Runs one command; returns how it ended (Ok for exit 0) and its output tail.
+fn run_command(
+    recipe: &Recipe,
+    command: &str,
+    out_path: &Path,
+    staging_dir: &Path,
+    tail_bytes: usize,
+) -> (Result<(), Termination>, String) {
+    let spawn_failed = |e: std::io::Error| Termination::SpawnFailed {
+        errno: e.raw_os_error(),
+        message: e.to_string(),
+    };
+    // One pipe for stdout and stderr keeps their interleaving and needs one reader.
+    let (mut reader, writer) = match std::io::pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => return (Err(spawn_failed(e)), String::new()),
+    };
+    let writer2 = match writer.try_clone() {
+        Ok(w) => w,
+        Err(e) => return (Err(spawn_failed(e)), String::new()),
+    };
+    let work_dir = recipe.work_dir();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(&work_dir)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .env("WARMCACHE_OUT", out_path)
+        .env("WARMCACHE_NAME", &recipe.name)
+        .env("WARMCACHE_TMP", staging_dir);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let spawned = cmd.spawn();
+    // The Command holds our copies of the pipe's write end; the reader sees EOF only once they
+    // are closed.
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let termination = Termination::SpawnFailed {
+                errno: e.raw_os_error(),
+                message: format!("`sh -c` in `{}`: {e}", work_dir.display()),
+            };
+            return (Err(termination), String::new());
+        }
+    };
+    let pid = child.id();
+
+    let tail = Arc::new(Mutex::new(Tail::new(tail_bytes)));
+    let (read_done_tx, read_done_rx) = mpsc::channel::<()>();
+    let reader_tail = Arc::clone(&tail);
+    std::thread::spawn(move || {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Ok(mut t) = reader_tail.lock() {
+                        t.push(&chunk[..n]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = read_done_tx.send(());
+    });
+    let (exit_tx, exit_rx) = mpsc::channel::<std::io::Result<ExitStatus>>();
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(child.wait());
+    });
+
+    let mut timed_out = None;
+    let status = match recipe.timeout {
+        None => exit_rx.recv().ok(),
+        Some(limit) => match exit_rx.recv_timeout(limit) {
+            Ok(status) => Some(status),
+            Err(_) => {
+                timed_out = Some(limit);
+                kill_group(pid, Signal::Term);
+                match exit_rx.recv_timeout(TERM_GRACE) {
+                    Ok(status) => Some(status),
+                    Err(_) => {
+                        kill_group(pid, Signal::Kill);
+                        exit_rx.recv().ok()
+                    }
+                }
+            }
+        },
+    };
+    // Whatever the command left behind in its group goes with it.
+    kill_group(pid, Signal::Kill);
+    let _ = read_done_rx.recv_timeout(PIPE_GRACE);
+    let text = match tail.lock() {
+        Ok(t) => t.render(),
+        Err(poisoned) => poisoned.into_inner().render(),
+    };
+
+    let result = if let Some(limit) = timed_out {
+        Err(Termination::TimedOut(limit))
+    } else {
+        match status {
+            Some(Ok(status)) => exit_result(status),
+            Some(Err(e)) => Err(spawn_failed(e)),
+            None => Err(Termination::SpawnFailed {
+                errno: None,
+                message: "lost track of the build process".into(),
+            }),
+        }
+    };
+    (result, text)
+}
+
+fn exit_result(status: ExitStatus) -> Result<(), Termination> {
+    if status.success() {
+        return Ok(());
+    }
+    if let Some(code) = status.code() {
+        return Err(Termination::Exited(code));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return Err(Termination::Signaled(sig));
+        }
+    }
+    Err(Termination::Exited(-1))
+}
+
+enum Signal {
+    Term,
+    Kill,
+}
+
+/// Signals the process group led by `pid` (the command's `sh`); a group that is already gone is
+/// fine.
+fn kill_group(pid: u32, signal: Signal) {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Pid, Signal as Sig, kill_process_group};
+        let sig = match signal {
+            Signal::Term => Sig::TERM,
+            Signal::Kill => Sig::KILL,
+        };
+        if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+            let _ = kill_process_group(pid, sig);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (pid, signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EntryConfig;
+
+    fn recipe(base: &Path, entry: EntryConfig) -> Recipe {
+        Recipe::new("t/entry", &entry, base).unwrap()
+    }
+
+    fn build(cmd: &str) -> EntryConfig {
+        EntryConfig {
+            build: Some(cmd.into()),
+            ..EntryConfig::default()
+        }
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("staging")).unwrap();
+            std::fs::create_dir(dir.path().join("base")).unwrap();
+            Self { dir }
+        }
+        fn base(&self) -> std::path::PathBuf {
+            self.dir.path().join("base")
+        }
+        fn out(&self) -> std::path::PathBuf {
+            self.dir.path().join("staging/out")
+        }
+        fn run(&self, entry: EntryConfig) -> RunOutcome {
+            let r = recipe(&self.base(), entry);
+            run(
+                &r,
+                &self.out(),
+                &self.dir.path().join("staging"),
+                DEFAULT_TAIL_BYTES,
+            )
+        }
+    }
+
+    #[test]
+    fn a_successful_build_sees_its_environment() {
+        let s = Setup::new();
+        let o = s.run(build(
+            "test \"$PWD\" = \"$(pwd -P)\" && read x || echo stdin-is-empty; \
+             printf '%s|%s|%s' \"$WARMCACHE_NAME\" \"$(pwd)\" \"$WARMCACHE_TMP\" > \"$WARMCACHE_OUT\"; \
+             echo to-stdout; echo to-stderr >&2",
+        ));
+        assert!(o.succeeded(), "{o:?}");
+        let written = std::fs::read_to_string(s.out()).unwrap();
+        let expected = format!(
+            "t/entry|{}|{}",
+            s.base().display(),
+            s.dir.path().join("staging").display()
+        );
+        assert_eq!(written, expected);
+        assert!(
+            o.tail.contains("stdin-is-empty\nto-stdout\nto-stderr\n"),
+            "{:?}",
+            o.tail
+        );
+    }
+
+    #[test]
+    fn failing_builds_are_classified() {
+        let s = Setup::new();
+        let o = s.run(build("echo compiling; exit 3"));
+        let f = o.failure.unwrap();
+        assert_eq!(f.cause.to_string(), "build command exited with code 3");
+        assert_eq!(f.kind, FailureKind::Transient);
+        assert_eq!(o.tail, "compiling\n");
+        let o = s.run(EntryConfig {
+            deterministic_exit_codes: vec![3],
+            ..build("exit 3")
+        });
+        assert_eq!(o.failure.unwrap().kind, FailureKind::Deterministic);
+        let o = s.run(build("echo 'write: No space left on device' >&2; exit 1"));
+        assert_eq!(o.failure.unwrap().kind, FailureKind::Transient);
+        let o = s.run(build("exit 75"));
+        assert_eq!(o.failure.unwrap().kind, FailureKind::Transient);
+        let o = s.run(build("kill -9 $$"));
+        let f = o.failure.unwrap();
+        assert_eq!(f.kind, FailureKind::Transient);
+        assert!(f.cause.to_string().contains("signal 9"), "{}", f.cause);
+    }
+
+    #[test]
+    fn missing_or_wrong_output_is_deterministic() {
+        let s = Setup::new();
+        let o = s.run(build("true"));
+        let f = o.failure.unwrap();
+        assert_eq!(f.kind, FailureKind::Deterministic);
+        assert!(
+            f.cause.to_string().contains("wrote nothing at $WARMCACHE_OUT"),
+            "{}",
+            f.cause
+        );
+        let o = s.run(build("mkdir \"$WARMCACHE_OUT\""));
+        let f = o.failure.unwrap();
+        assert_eq!(f.kind, FailureKind::Deterministic);
+        assert!(f.cause.to_string().contains("output = \"dir\""), "{}", f.cause);
+        std::fs::remove_dir(s.out()).unwrap();
+        let o = s.run(EntryConfig {
+            output: Some(OutputKind::Dir),
+            ..build("mkdir \"$WARMCACHE_OUT\" && touch \"$WARMCACHE_OUT/x\"")
+        });
+        assert!(o.succeeded(), "{o:?}");
+        std::fs::remove_dir_all(s.out()).unwrap();
+        let o = s.run(build("ln -s /etc/hostname \"$WARMCACHE_OUT\""));
+        assert!(o.failure.unwrap().cause.to_string().contains("a symlink"));
+    }
+
+    #[test]
+    fn validation_failure_is_deterministic_and_its_output_is_kept() {
+        let s = Setup::new();
+        let o = s.run(EntryConfig {
+            validate: Some("echo \"checking $WARMCACHE_OUT\"; grep -q good \"$WARMCACHE_OUT\"".into()),
+            ..build("echo bad > \"$WARMCACHE_OUT\"")
+        });
+        let f = o.failure.unwrap();
+        assert_eq!(f.kind, FailureKind::Deterministic);
+        assert_eq!(f.cause.to_string(), "validation command exited with code 1");
+        assert_eq!(o.tail, format!("checking {}\n", s.out().display()));
+        std::fs::remove_file(s.out()).unwrap();
+        let o = s.run(EntryConfig {
+            validate: Some("grep -q good \"$WARMCACHE_OUT\"".into()),
+            ..build("echo good > \"$WARMCACHE_OUT\"")
+        });
+        assert!(o.succeeded(), "{o:?}");
+    }
+
+    #[test]
+    fn a_missing_working_directory_is_a_spawn_failure() {
+        let s = Setup::new();
+        let o = s.run(EntryConfig {
+            cwd: Some("does/not/exist".into()),
+            ..build("true")
+        });
+        let f = o.failure.unwrap();
+        assert_eq!(f.kind, FailureKind::Transient);
+        assert!(
+            f.cause.to_string().starts_with("could not start build command"),
+            "{}",
+            f.cause
+        );
+        assert!(f.cause.to_string().contains("does/not/exist"), "{}", f.cause);
+    }
+
+    /// Peak resident memory of this process, from /proc (Linux).
+    fn peak_rss_bytes() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    #[test]
+    fn a_builder_printing_hundreds_of_megabytes_keeps_only_the_tail() {
+        let s = Setup::new();
+        let before = peak_rss_bytes();
+        let o = s.run(build(
+            "yes | head -c 200M; echo THE-END; echo x > \"$WARMCACHE_OUT\"",
+        ));
+        assert!(o.succeeded(), "{:?}", o.failure);
+        assert!(o.tail.len() <= DEFAULT_TAIL_BYTES + 100, "{}", o.tail.len());
+        assert!(o.tail.ends_with("y\nTHE-END\n"));
+        assert!(o.tail.starts_with("[... 209"), "{}", &o.tail[..60]);
+        if let (Some(before), Some(after)) = (before, peak_rss_bytes()) {
+            let grew = after.saturating_sub(before);
+            eprintln!("peak RSS grew by {} KiB while capturing 200 MiB", grew / 1024);
+            assert!(grew < 64 << 20, "capturing output grew memory by {grew} bytes");
+        }
+    }
+
+    #[test]
+    fn the_tail_buffer_is_bounded() {
+        let mut t = Tail::new(8);
+        t.push(b"0123");
+        t.push(b"456789");
+        assert_eq!(
+            t.render(),
+            "[... 2 earlier bytes of output omitted ...]\n23456789"
+        );
+        t.push(b"abcdefghijkl");
+        assert_eq!(
+            t.render(),
+            "[... 14 earlier bytes of output omitted ...]\nefghijkl"
+        );
+        assert!(t.buf.len() <= 8);
+        let mut none = Tail::new(0);
+        none.push(b"abc");
+        assert_eq!(none.render(), "[... 3 earlier bytes of output omitted ...]\n");
+    }
+
+    fn alive(pid: i32) -> bool {
+        // A zombie waiting for init to reap it is as good as gone.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
+            Err(_) => false,
+        }
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_process_group() {
+        let s = Setup::new();
+        let pid_file = s.dir.path().join("grandchild.pid");
+        let o = s.run(EntryConfig {
+            timeout: Some(Duration::from_millis(500)),
+            ..build(&format!(
+                "sh -c 'sleep 300 & echo $! > {}; wait' ; echo never",
+                pid_file.display()
+            ))
+        });
+        let f = o.failure.unwrap();
+        assert_eq!(f.kind, FailureKind::Transient);
+        assert!(matches!(
+            f.cause,
+            FailureCause::Step {
+                step: Step::Build,
+                termination: Termination::TimedOut(_)
+            }
+        ));
+        let grandchild: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The kill is synchronous, reaping by init is not: give it a moment (not a timing bound).
+        let mut gone = false;
+        for _ in 0..100 {
+            if !alive(grandchild) {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !gone {
+            kill_group(grandchild as u32, Signal::Kill);
+            let _ = std::process::Command::new("kill")
+                .arg("-9")
+                .arg(grandchild.to_string())
+                .status();
+        }
+        assert!(gone, "grandchild {grandchild} survived the timeout");
+    }
+
+    #[test]
+    fn background_leftovers_of_a_successful_build_are_killed() {
+        let s = Setup::new();
+        let pid_file = s.dir.path().join("bg.pid");
+        let o = s.run(build(&format!(
+            "sleep 300 > /dev/null 2>&1 & echo $! > {}; echo x > \"$WARMCACHE_OUT\"",
+            pid_file.display()
+        )));
+        assert!(o.succeeded(), "{o:?}");
+        let bg: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut gone = false;
+        for _ in 0..100 {
+            if !alive(bg) {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !gone {
+            let _ = std::process::Command::new("kill")
+                .arg("-9")
+                .arg(bg.to_string())
+                .status();
+        }
+        assert!(gone, "background process {bg} outlived its build");
+    }
+}
