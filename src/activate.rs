@@ -20,14 +20,14 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 
 use fs_err as fs;
 
 pub use crate::fs::LinkMode;
 use crate::fs::{annotate, copy_file, fsync_dir, remove_tree, sync_tree, unique_name};
+use crate::shell::Termination;
 
 /// How to activate: the link mode and the hooks to run on the staging copy.
 #[derive(Debug, Clone)]
@@ -870,81 +870,37 @@ fn run_hook(
     artifact: &Path,
     cwd: &Path,
 ) -> Result<(), ActivateError> {
-    let spawn_err = |err| ActivateError::HookSpawn {
-        hook: hook.to_string(),
-        dest: dest.to_path_buf(),
-        err,
-    };
-    // One pipe for stdout and stderr, so the tail shows them interleaved as they happened.
-    let (mut reader, writer) = io::pipe().map_err(spawn_err)?;
-    let mut child = {
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(hook)
-            .env("WARMCACHE_STAGING", staging)
-            .env("WARMCACHE_DEST", dest)
-            .env("WARMCACHE_SOURCE", artifact)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(writer.try_clone().map_err(spawn_err)?)
-            .stderr(writer);
-        // The command (and its copies of the pipe's write end) is dropped at the end of this
-        // block, so reading sees end-of-file when the hook exits.
-        command
-            .spawn()
-            .map_err(|e| spawn_err(annotate(e, "spawn `sh -c` for", Path::new(hook))))?
-    };
-    let mut tail = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > 2 * HOOK_OUTPUT_TAIL {
-                    tail.drain(..tail.len() - HOOK_OUTPUT_TAIL);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+    let env = [
+        ("WARMCACHE_STAGING", staging.as_os_str()),
+        ("WARMCACHE_DEST", dest.as_os_str()),
+        ("WARMCACHE_SOURCE", artifact.as_os_str()),
+    ];
+    let (result, output) = crate::shell::run(hook, cwd, &env, None, HOOK_OUTPUT_TAIL);
+    match result {
+        Ok(()) => {
+            tracing::debug!("hook `{hook}` succeeded: {output}");
+            Ok(())
         }
+        Err(Termination::SpawnFailed { message, .. }) => Err(ActivateError::HookSpawn {
+            hook: hook.to_string(),
+            dest: dest.to_path_buf(),
+            err: io::Error::other(message),
+        }),
+        Err(termination) => Err(ActivateError::HookFailed {
+            hook: hook.to_string(),
+            dest: dest.to_path_buf(),
+            status: termination.to_string(),
+            output,
+        }),
     }
-    let status = child.wait().map_err(spawn_err)?;
-    if tail.len() > HOOK_OUTPUT_TAIL {
-        tail.drain(..tail.len() - HOOK_OUTPUT_TAIL);
-    }
-    let output = String::from_utf8_lossy(&tail).into_owned();
-    if status.success() {
-        tracing::debug!("hook `{hook}` succeeded: {output}");
-        return Ok(());
-    }
-    Err(ActivateError::HookFailed {
-        hook: hook.to_string(),
-        dest: dest.to_path_buf(),
-        status: describe_status(status),
-        output,
-    })
-}
-
-fn describe_status(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        return format!("exit code {code}");
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        if let Some(signal) = status.signal() {
-            return format!("killed by signal {signal}");
-        }
-    }
-    status.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::Command;
 
     /// A temp "cache" with a published (read-only) file and tree, and a temp "app" directory.
     struct Fixture {

@@ -18,6 +18,7 @@ pub mod name;
 pub mod parallel;
 pub mod progress;
 pub mod remote;
+pub mod shell;
 pub mod store;
 pub mod units;
 

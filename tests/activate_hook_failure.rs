@@ -121,7 +121,7 @@ fn a_failing_hook_leaves_a_file_dest_byte_identical() {
     assert!(matches!(err, ActivateError::HookFailed { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains(hook) && msg.contains("exit code 1") && msg.contains("signing failed"),
+        msg.contains(hook) && msg.contains("exited with code 1") && msg.contains("signing failed"),
         "{msg}"
     );
     assert!(
@@ -151,7 +151,7 @@ fn a_failing_hook_leaves_a_directory_dest_identical() {
     ];
     let err = activate(&new, &dest, &with_hooks(LinkMode::Auto, &hooks)).unwrap_err();
 
-    assert!(err.to_string().contains("exit code 3"), "{err}");
+    assert!(err.to_string().contains("exited with code 3"), "{err}");
     assert_eq!(
         (snapshot(&fx.app), snapshot(&fx.cache)),
         before,

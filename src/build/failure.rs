@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::units::format_duration;
+pub use crate::shell::Termination;
 
 /// Whether retrying a failed build with unchanged inputs can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,19 +60,6 @@ impl Step {
     }
 }
 
-/// How a builder or validation process ended, when it did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Termination {
-    /// Exited with a non-zero code.
-    Exited(i32),
-    /// Killed by a signal it did not choose (OOM killer, someone's `kill`).
-    Signaled(i32),
-    /// Ran longer than the recipe's timeout and was killed with its process group.
-    TimedOut(Duration),
-    /// Could not be started at all; `errno` is the OS error if there was one.
-    SpawnFailed { errno: Option<i32>, message: String },
-}
-
 /// Why a build failed: a step ended badly, or the builder succeeded without producing its output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureCause {
@@ -89,38 +76,9 @@ pub enum FailureCause {
 impl std::fmt::Display for FailureCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FailureCause::Step { step, termination } => {
-                let step = step.as_str();
-                match termination {
-                    Termination::Exited(code) => write!(f, "{step} exited with code {code}"),
-                    Termination::Signaled(sig) => {
-                        write!(f, "{step} was killed by signal {sig}{}", signal_name(*sig))
-                    }
-                    Termination::TimedOut(t) => write!(
-                        f,
-                        "{step} timed out after {} and was killed with its process group",
-                        format_duration(*t)
-                    ),
-                    Termination::SpawnFailed { message, .. } => {
-                        write!(f, "could not start {step}: {message}")
-                    }
-                }
-            }
+            FailureCause::Step { step, termination } => write!(f, "{} {termination}", step.as_str()),
             FailureCause::BadOutput { message } => f.write_str(message),
         }
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGKILL => " (SIGKILL; out of memory?)",
-        libc::SIGTERM => " (SIGTERM)",
-        libc::SIGINT => " (SIGINT)",
-        libc::SIGSEGV => " (SIGSEGV)",
-        libc::SIGABRT => " (SIGABRT)",
-        libc::SIGBUS => " (SIGBUS)",
-        libc::SIGPIPE => " (SIGPIPE)",
-        _ => "",
     }
 }
 
