@@ -2,4 +2,5 @@
 //!
 //! See `DESIGN.md` in the project's shared folder for the invariants. The modules mirror its parts.
 
+pub mod archive;
 pub mod fs;
