@@ -5,6 +5,7 @@
 //! garbage collection ([`gc`]) and the command line ([`cli`]); [`cache`] ties one root together.
 
 pub mod activate;
+pub mod archive;
 pub mod build;
 pub mod cache;
 pub mod catalog;

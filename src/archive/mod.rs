@@ -1,0 +1,98 @@
+//! Streaming, hostile-input-safe extraction of zip, tar, tar.gz and tar.zst archives, and streaming
+//! tar.zst creation.
+//!
+//! Extraction writes into a private, empty staging directory and trusts nothing in the archive:
+//! every entry name is normalized and checked ([`entry_path`]), every entry is recorded in a model
+//! of the tree being built ([`tree`]) so duplicates, writes through symlinks and escaping links are
+//! refused, and every byte written is counted against [`Limits`] as it streams. Each file is created
+//! with `create_new` under the staging directory, and symlinks are created last, after all of them
+//! have been checked against the complete tree, so nothing can be written outside it.
+//!
+//! The format comes from the magic bytes ([`detect`]), never from the file name.
+
+mod create;
+mod detect;
+mod entry_path;
+mod error;
+mod limits;
+mod tar;
+mod tree;
+mod writer;
+mod zip;
+
+use std::fmt;
+use std::path::Path;
+
+pub use create::{CreateReport, create_tar_zst};
+pub use detect::detect;
+pub use error::{ArchiveError, LimitExceeded, UnsafeEntry};
+pub use limits::{Limits, Progress};
+
+/// An archive format, as recognized from its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// An uncompressed tar stream (ustar, GNU or pax).
+    Tar,
+    /// A gzip-compressed tar stream.
+    TarGz,
+    /// A zstd-compressed tar stream.
+    TarZst,
+    /// A zip archive (stored or deflated entries).
+    Zip,
+}
+
+impl Format {
+    /// The conventional name, used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Tar => "tar",
+            Format::TarGz => "tar.gz",
+            Format::TarZst => "tar.zst",
+            Format::Zip => "zip",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an extraction produced.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ExtractReport {
+    /// Regular files written (hard links included).
+    pub files: u64,
+    /// Directories created, explicit or implied by an entry's path.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+/// Extracts `archive`, of the given `format`, into `dest`, an existing empty private staging
+/// directory.
+///
+/// Regular files get mode 0755 when the archive gave them any executable bit and 0644 otherwise,
+/// directories 0755; owners and special bits are never applied. Hostile or malformed input is
+/// refused with an [`ArchiveError`] naming the entry and the problem; whatever was written so far
+/// stays under `dest`, which the caller discards. This does not fsync (the caller makes the
+/// finished tree durable with one [`crate::fs::sync_tree`]) and does not publish.
+///
+/// `progress` is called periodically (every few megabytes or hundreds of entries, and once at the
+/// end), possibly from several threads.
+pub fn extract(
+    archive: &Path,
+    format: Format,
+    dest: &Path,
+    limits: &Limits,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<ExtractReport, ArchiveError> {
+    match format {
+        Format::Zip => zip::extract(archive, dest, limits, progress),
+        Format::Tar | Format::TarGz | Format::TarZst => tar::extract(archive, format, dest, limits, progress),
+    }
+}
