@@ -17,7 +17,7 @@ use crate::layout::Layout;
 use crate::lock::{self, LockError, LockGuard, Mode};
 use crate::name::{self, NameError};
 use crate::progress::Progress;
-use crate::store::{ArtifactKind, Damage, Published, Store, StoreError};
+use crate::store::{Damage, Published, Store, StoreError};
 
 /// The default for how long to wait for a lock held by another process.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
@@ -68,6 +68,12 @@ pub enum CacheError {
     /// Lock failure.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// An archive could not be imported.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    /// An import's permission rule or hook was refused or failed.
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
     /// Other I/O (the message names the path).
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -86,25 +92,6 @@ impl Default for CacheOptions {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
-}
-
-/// The result of an import.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Imported {
-    /// The entry name, when one was given.
-    pub name: Option<String>,
-    /// The artifact id.
-    pub artifact: String,
-    /// The content path (complete and durable).
-    pub path: PathBuf,
-    /// File or tree.
-    pub kind: ArtifactKind,
-    /// Bytes of content.
-    pub size: u64,
-    /// Number of files.
-    pub files: u64,
-    /// False when identical content was already stored.
-    pub created: bool,
 }
 
 /// An entry with its artifact and failure state, for `status`.
@@ -170,6 +157,11 @@ impl Cache {
     /// Opens (creating if needed) the cache at `root`, and sweeps staging leftovers of crashed
     /// processes.
     pub fn open_with(root: &Path, options: CacheOptions) -> Result<Self, CacheError> {
+        // Absolute, so that the paths handed out stay valid from any working directory.
+        let root = &std::path::absolute(root).map_err(|source| CacheError::Root {
+            root: root.to_path_buf(),
+            source,
+        })?;
         let layout = Layout::new(root);
         layout.create().map_err(|source| CacheError::Root {
             root: root.to_path_buf(),
@@ -237,45 +229,6 @@ impl Cache {
             self.options.lock_timeout,
             "the cache root lock",
         )?)
-    }
-
-    /// Checks an import's arguments without touching the cache, so bad input changes nothing
-    /// (not even creating a cache root).
-    pub fn check_import(source: &Path, name: Option<&str>) -> Result<(), CacheError> {
-        if let Some(name) = name {
-            name::validate(name)?;
-        }
-        match std::fs::metadata(source) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::SourceMissing {
-                path: source.to_path_buf(),
-            }
-            .into()),
-            Err(e) => Err(crate::fs::annotate(e, "inspect", source).into()),
-        }
-    }
-
-    /// Publishes a file or directory as an artifact, optionally under an entry name. Returns only
-    /// once the artifact is complete and durable and the catalog names it.
-    pub fn import(
-        &self,
-        source: &Path,
-        name: Option<&str>,
-        progress: &Progress,
-    ) -> Result<Imported, CacheError> {
-        Self::check_import(source, name)?;
-        let _op = self.operation()?;
-        let published = self.store.import_path(source, progress)?;
-        self.record(name, &published, None, "import")?;
-        Ok(Imported {
-            name: name.map(str::to_string),
-            artifact: published.id,
-            path: published.path,
-            kind: published.kind,
-            size: published.size,
-            files: published.files,
-            created: published.created,
-        })
     }
 
     /// Records a published artifact in the catalog, as the last good artifact of `name` when one

@@ -69,6 +69,12 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // 2: which artifact an imported archive became, so an archive is extracted once.
+    "CREATE TABLE sources (
+        key TEXT PRIMARY KEY,
+        artifact TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 /// Errors of the catalog. Each names the catalog file.
@@ -436,7 +442,31 @@ impl Catalog {
         .map_err(err())?;
         tx.execute("DELETE FROM artifacts WHERE id = ?1", [id])
             .map_err(err())?;
+        tx.execute("DELETE FROM sources WHERE artifact = ?1", [id])
+            .map_err(err())?;
         tx.commit().map_err(err())
+    }
+
+    /// The artifact an import source (an archive's digest and the import options) became.
+    pub fn source(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        self.conn
+            .query_row("SELECT artifact FROM sources WHERE key = ?1", [key], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map(|id| id.filter(|id| crate::store::is_artifact_id(id)))
+            .map_err(self.err("read an import source"))
+    }
+
+    /// Remembers the artifact an import source became.
+    pub fn set_source(&mut self, key: &str, artifact: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO sources (key, artifact, created_at) VALUES (?1, ?2, ?3)",
+                params![key, artifact, now_ms()],
+            )
+            .map(drop)
+            .map_err(self.err("record an import source"))
     }
 
     /// The raw connection, for the modules that keep their own tables (build, gc).

@@ -39,10 +39,7 @@ pub fn create_dir_all_durable(path: &Path) -> io::Result<()> {
         return Ok(());
     }
     fs::create_dir_all(path)?;
-    if let Some(parent) = path.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
+    fsync_parent(path)
 }
 
 /// Makes a directory's entries (names created, renamed or removed in it) durable.
@@ -251,6 +248,24 @@ pub fn make_tree_read_only(path: &Path) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Makes a private tree writable by its owner again (files and directories), so that hooks can
+/// modify a staged copy before it is sealed and published. Never follows symlinks.
+pub fn make_tree_writable(path: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let exec = is_executable(&meta);
+    let mode = if meta.is_dir() || exec { 0o755 } else { 0o644 };
+    set_permissions(path, mode_permissions(mode))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path)? {
+            make_tree_writable(&entry?.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a file or a whole tree, restoring write permission on directories first (published

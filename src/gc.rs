@@ -309,6 +309,11 @@ impl Cache {
                 }
                 tx.execute("DELETE FROM artifacts WHERE id = ?1", params![removed.artifact])
                     .map_err(err)?;
+                tx.execute(
+                    "DELETE FROM sources WHERE artifact = ?1",
+                    params![removed.artifact],
+                )
+                .map_err(err)?;
                 batch_moved.push(removed.clone());
             }
             // Rows first, then directories: a crash in between leaves an orphan (collected next

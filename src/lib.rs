@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod fs;
 pub mod gc;
+pub mod import;
 pub mod layout;
 pub mod lock;
 pub mod name;

@@ -48,6 +48,15 @@ impl Progress {
         }
     }
 
+    /// Records totals reported by work that counts for itself (an extraction).
+    pub fn set(&self, bytes: u64, entries: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.entries.store(entries, Ordering::Relaxed);
+        if let Some(observer) = &self.observer {
+            observer(bytes, entries);
+        }
+    }
+
     /// Bytes done so far.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)

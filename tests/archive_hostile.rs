@@ -134,7 +134,7 @@ fn expect_limit(bytes: &[u8], format: Format, limits: &Limits, check: impl Fn(&L
         other => panic!("{format}: expected a limit error, got: {other}"),
     }
     assert!(
-        err.to_string().contains("raise `Limits::") || err.to_string().contains("free"),
+        err.to_string().contains("raise the limit") || err.to_string().contains("free"),
         "{err}"
     );
 }

@@ -204,16 +204,18 @@ impl fmt::Display for LimitExceeded {
             LimitExceeded::TotalBytes { max } => write!(
                 f,
                 "the archive expands past the limit of {max} bytes (a decompression bomb?); if it is \
-                 trusted, raise `Limits::max_total_bytes`"
+                 trusted, raise the limit (`import --max-expanded SIZE`, `Limits::max_total_bytes`)"
             ),
             LimitExceeded::Entries { max } => write!(
                 f,
-                "the archive has more than {max} entries; if it is trusted, raise `Limits::max_entries`"
+                "the archive has more than {max} entries; if it is trusted, raise the limit \
+                 (`import --max-entries N`, `Limits::max_entries`)"
             ),
             LimitExceeded::Ratio { max, archive_bytes } => write!(
                 f,
                 "the archive ({archive_bytes} bytes) expands more than {max} times its size (a \
-                 decompression bomb?); if it is trusted, raise `Limits::max_ratio`"
+                 decompression bomb?); if it is trusted, raise the limit (`import --max-ratio N`, \
+                 `Limits::max_ratio`)"
             ),
             LimitExceeded::FreeSpace { available, keep_free } => write!(
                 f,

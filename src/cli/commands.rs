@@ -154,9 +154,25 @@ fn stale_warning(e: &crate::build::Ensured) -> String {
 fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
     Cache::check_import(&args.source, args.name.as_deref())?;
     let cache = open(cli)?;
+    let mut limits = crate::archive::Limits::default();
+    if let Some(max) = args.max_expanded {
+        limits.max_total_bytes = max;
+    }
+    if let Some(max) = args.max_entries {
+        limits.max_entries = max;
+    }
+    if let Some(max) = args.max_ratio {
+        limits.max_ratio = max;
+    }
+    let options = crate::import::ImportOptions {
+        modes: args.modes.clone(),
+        hooks: args.hooks.clone(),
+        raw: args.raw,
+        limits,
+    };
     let (progress, bar) = spinner(out, "importing");
     let imported = cache
-        .import(&args.source, args.name.as_deref(), &progress)
+        .import(&args.source, args.name.as_deref(), &options, &progress)
         .with_context(|| format!("could not import `{}`", args.source.display()))?;
     drop(bar);
     out.result(&json!(imported), || imported.path.display().to_string());

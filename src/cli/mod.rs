@@ -146,11 +146,33 @@ pub struct EnsureArgs {
 /// `warmcache import`.
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The file or directory to import.
+    /// The file, directory or archive (zip, tar, tar.gz, tar.zst; recognised by content) to import.
     pub source: PathBuf,
     /// The entry name to record it under (e.g. `plugins/foo`).
     #[arg(long)]
     pub name: Option<String>,
+    /// A permission rule GLOB=MODE applied to matching files before publication (e.g.
+    /// 'bin/*=755'); repeatable, later rules win. Artifacts are read-only, so this sets the
+    /// executable bit.
+    #[arg(long = "mode", value_name = "GLOB=MODE", value_parser = parse_mode_rule)]
+    pub modes: Vec<crate::import::ModeRule>,
+    /// A command run by `sh -c` on the staging tree before publication ($WARMCACHE_STAGING);
+    /// repeatable, run in order. If one fails, nothing is published.
+    #[arg(long = "hook", value_name = "CMD")]
+    pub hooks: Vec<String>,
+    /// Import an archive file as a plain file instead of extracting it.
+    #[arg(long)]
+    pub raw: bool,
+    /// Refuse archives that expand to more than this (default 32GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_expanded: Option<u64>,
+    /// Refuse archives with more entries than this (default 1000000).
+    #[arg(long, value_name = "N")]
+    pub max_entries: Option<u64>,
+    /// Refuse archives that expand more than N times their size, past the first 256 MiB
+    /// (default 100).
+    #[arg(long, value_name = "N")]
+    pub max_ratio: Option<u64>,
 }
 
 /// `warmcache path`.
@@ -169,6 +191,10 @@ pub struct PathArgs {
 pub struct StatusArgs {
     /// Show only this entry.
     pub name: Option<String>,
+}
+
+fn parse_mode_rule(s: &str) -> Result<crate::import::ModeRule, String> {
+    crate::import::ModeRule::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_stale(s: &str) -> Result<crate::build::StalePolicy, String> {

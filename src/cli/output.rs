@@ -63,13 +63,48 @@ impl Output {
     /// Reports a failed command: the whole error chain on stderr, and `{"error": ...}` on stdout
     /// with `--json`.
     pub fn error(&self, err: &anyhow::Error, extra: Option<serde_json::Value>) {
-        eprintln!("error: {err:#}");
+        let message = chain_message(err);
+        eprintln!("error: {message}");
         if self.json {
-            let mut value = serde_json::json!({ "error": format!("{err:#}") });
+            let mut value = serde_json::json!({ "error": message });
             if let (Some(obj), Some(serde_json::Value::Object(extra))) = (value.as_object_mut(), extra) {
                 obj.extend(extra);
             }
             println!("{value}");
         }
+    }
+}
+
+/// The error and its causes joined with ": ", skipping a cause whose text the message before it
+/// already contains (the library's messages embed their underlying error).
+fn chain_message(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if previous.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+        previous = message;
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::other("disk on fire");
+        let err = anyhow::Error::new(io)
+            .context("failed to write `x`: disk on fire")
+            .context("could not import");
+        assert_eq!(
+            super::chain_message(&err),
+            "could not import: failed to write `x`: disk on fire"
+        );
     }
 }

@@ -202,6 +202,29 @@ impl Store {
         self.publish(staged, Manifest::new(kind, entries))
     }
 
+    /// Copies a file or directory into a fresh staging directory (at [`content_path_in`]), left
+    /// writable so that permission rules and hooks can change it before
+    /// [`Store::publish_staged`].
+    pub fn stage_copy(&self, source: &Path, progress: &Progress) -> Result<Staged, StoreError> {
+        let meta = fs::metadata(source).map_err(|_| StoreError::SourceMissing {
+            path: source.to_path_buf(),
+        })?;
+        let staged = self.stage("import")?;
+        let dest = content_path_in(&staged);
+        if meta.is_dir() {
+            tree::copy_tree(source, &dest, progress)?;
+        } else if meta.is_file() {
+            tree::copy_one_file(source, &dest, progress)?;
+        } else {
+            return Err(StoreError::Unsupported {
+                path: source.to_path_buf(),
+                kind: tree::describe(&meta),
+            });
+        }
+        crate::fs::make_tree_writable(&dest).map_err(|e| StoreError::writing(e, &dest))?;
+        Ok(staged)
+    }
+
     /// Publishes content already written at [`content_path_in`] of a staging directory (an
     /// extracted archive, a build output): hashes it, makes it read-only and durable, publishes.
     pub fn publish_staged(&self, staged: Staged, progress: &Progress) -> Result<Published, StoreError> {
