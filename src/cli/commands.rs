@@ -33,6 +33,59 @@ fn root(cli: &Cli) -> Result<PathBuf> {
     Ok(base.join("warmcache"))
 }
 
+/// The default for how often a standing budget may trigger a background collection.
+const DEFAULT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The standing size budget and collection interval: `WARMCACHE_MAX_SIZE` and
+/// `WARMCACHE_GC_INTERVAL`, else `[cache]` of the nearest warmcache.toml.
+fn standing_budget() -> Result<Option<(u64, std::time::Duration)>> {
+    let config = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| crate::config::find_config(&cwd))
+        .map(|path| crate::config::Config::load(&path))
+        .transpose()?
+        .and_then(|c| c.cache);
+    let max_size = match std::env::var("WARMCACHE_MAX_SIZE") {
+        Ok(v) if !v.is_empty() => Some(crate::units::parse_size(&v).context("in WARMCACHE_MAX_SIZE")?),
+        _ => config.as_ref().and_then(|c| c.max_size),
+    };
+    let interval = match std::env::var("WARMCACHE_GC_INTERVAL") {
+        Ok(v) if !v.is_empty() => crate::units::parse_duration(&v).context("in WARMCACHE_GC_INTERVAL")?,
+        _ => config.and_then(|c| c.gc_interval).unwrap_or(DEFAULT_GC_INTERVAL),
+    };
+    Ok(max_size.map(|max| (max, interval)))
+}
+
+/// For commands that wrote: when a standing budget is set, exceeded, and no collection ran
+/// within the interval, start `warmcache gc` as a detached background process, so this command
+/// returns at once and never waits for a scan. Problems here only warn.
+fn collect_in_background(cache: &Cache, out: &Output) {
+    let start = || -> Result<bool> {
+        let Some((max_size, interval)) = standing_budget()? else {
+            return Ok(false);
+        };
+        if !cache.gc_due(max_size, interval)? {
+            return Ok(false);
+        }
+        let exe = std::env::current_exe().context("cannot find the warmcache executable")?;
+        std::process::Command::new(exe)
+            .arg("--root")
+            .arg(cache.root())
+            .args(["-q", "gc", "--max-size", &max_size.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start a background `warmcache gc`")?;
+        Ok(true)
+    };
+    match start() {
+        Ok(true) => tracing::info!("the cache is over its size budget; collecting in the background"),
+        Ok(false) => {}
+        Err(e) => out.warn(&format!("automatic garbage collection skipped: {e:#}")),
+    }
+}
+
 fn open(cli: &Cli) -> Result<Cache> {
     let root = root(cli)?;
     let options = CacheOptions {
@@ -116,6 +169,9 @@ fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
         obj.insert("lease_expires_at".into(), json!(expires));
     }
     out.result(&value, || ensured.path.display().to_string());
+    if ensured.status == crate::build::EnsureStatus::Built {
+        collect_in_background(&cache, out);
+    }
     Ok(())
 }
 
@@ -176,6 +232,7 @@ fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
         .with_context(|| format!("could not import `{}`", args.source.display()))?;
     drop(bar);
     out.result(&json!(imported), || imported.path.display().to_string());
+    collect_in_background(&cache, out);
     Ok(())
 }
 
