@@ -120,3 +120,21 @@ fn protected_artifacts_survive_and_dry_run_removes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such entry"));
 }
+
+#[test]
+fn gc_never_follows_a_symlink_out_of_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let outside = tmp.path().join("precious");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("data"), b"keep me").unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"x").unwrap();
+    std::os::unix::fs::symlink(&outside, tree.join("link-to-dir")).unwrap();
+    std::os::unix::fs::symlink(outside.join("data"), tree.join("link-to-file")).unwrap();
+    ok(warmcache(&root).arg("import").arg(&tree));
+    let report = ok_json(warmcache(&root).args(["gc", "--max-size", "0"]));
+    assert_eq!(report["removed"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(std::fs::read(outside.join("data")).unwrap(), b"keep me");
+}
