@@ -577,10 +577,10 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = remove_tree(&self.path) {
-                tracing::warn!("could not remove staging leftover: {e}");
-            }
+        if !self.keep
+            && let Err(e) = remove_tree(&self.path)
+        {
+            tracing::warn!("could not remove staging leftover: {e}");
         }
         let _ = std::fs::remove_file(&self.lock_path);
         drop(self.lock.take());

@@ -163,7 +163,7 @@ fn corrupt_catalog_rows_and_vanished_artifacts_are_misses() {
     ok(warmcache(&root).arg("import").arg(&file).args(["--name", "a"]));
     let b_path = ok(warmcache(&root)
         .arg("import")
-        .arg(&tmp.path().join("f"))
+        .arg(tmp.path().join("f"))
         .args(["--name", "b"]));
 
     // A row with an artifact id that is not an id.

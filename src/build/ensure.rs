@@ -133,7 +133,7 @@ pub enum EnsureError {
         /// The entry.
         name: String,
         /// The recorded failure.
-        failure: FailureRecord,
+        failure: Box<FailureRecord>,
     },
     /// A recorded failure of the current inputs forbids building now.
     #[error(
@@ -144,7 +144,7 @@ pub enum EnsureError {
         /// The entry.
         name: String,
         /// The recorded failure.
-        failure: FailureRecord,
+        failure: Box<FailureRecord>,
     },
 }
 
@@ -215,11 +215,49 @@ impl Cache {
             }
         };
 
-        // Lock-free first look: the common case is a hit.
+        // A decision that needs no build, as the call's result; `None` means build.
+        let conclude = |decision: Decision, state: &EntryState| -> Option<Result<Ensured, EnsureError>> {
+            match decision {
+                Decision::Hit => {
+                    let artifact = state
+                        .last_good
+                        .as_ref()
+                        .map(|g| g.artifact.clone())
+                        .unwrap_or_default();
+                    Some(Ok(result(
+                        EnsureStatus::Hit,
+                        &artifact,
+                        state,
+                        state.failure.as_ref(),
+                        None,
+                    )))
+                }
+                Decision::Blocked {
+                    failure,
+                    stale: Some(good),
+                } => Some(Ok(result(
+                    EnsureStatus::Stale,
+                    &good.artifact,
+                    state,
+                    Some(&failure),
+                    Some(blocked_reason(&failure)),
+                ))),
+                Decision::Blocked { failure, stale: None } => Some(Err(EnsureError::Blocked {
+                    name: recipe.name.clone(),
+                    failure: Box::new(failure),
+                })),
+                Decision::Build(reason) => {
+                    tracing::info!("`{}` needs a build ({reason:?})", recipe.name);
+                    None
+                }
+            }
+        };
+
+        // First look, without the entry lock: the common case is a hit.
         {
             let _op = self.operation()?;
             let state = self.entry_state(&recipe.name)?;
-            match decide(
+            let decision = decide(
                 &fp,
                 state.last_good.as_ref(),
                 state.present,
@@ -227,38 +265,12 @@ impl Cache {
                 now_ms(),
                 options.refresh,
                 recipe.stale,
-            ) {
-                Decision::Hit => {
-                    let artifact = state
-                        .last_good
-                        .as_ref()
-                        .map(|g| g.artifact.clone())
-                        .unwrap_or_default();
-                    self.touch_entry(&recipe.name)?;
-                    return Ok(result(
-                        EnsureStatus::Hit,
-                        &artifact,
-                        &state,
-                        state.failure.as_ref(),
-                        None,
-                    ));
-                }
-                Decision::Blocked { failure, stale } => {
-                    return match stale {
-                        Some(good) => Ok(result(
-                            EnsureStatus::Stale,
-                            &good.artifact,
-                            &state,
-                            Some(&failure),
-                            Some(blocked_reason(&failure)),
-                        )),
-                        None => Err(EnsureError::Blocked {
-                            name: recipe.name.clone(),
-                            failure,
-                        }),
-                    };
-                }
-                Decision::Build(_) => {}
+            );
+            if matches!(decision, Decision::Hit) {
+                self.touch_entry(&recipe.name)?;
+            }
+            if let Some(done) = conclude(decision, &state) {
+                return done;
             }
         }
 
@@ -300,7 +312,7 @@ impl Cache {
                 && state.present
                 && state.updated_at >= call_started;
             let refresh_now = options.refresh && !fresh;
-            match decide(
+            let decision = decide(
                 &fp,
                 state.last_good.as_ref(),
                 state.present,
@@ -308,35 +320,11 @@ impl Cache {
                 now_ms(),
                 refresh_now,
                 recipe.stale,
-            ) {
-                Decision::Hit => {
-                    let artifact = state
-                        .last_good
-                        .as_ref()
-                        .map(|g| g.artifact.clone())
-                        .unwrap_or_default();
-                    return Ok(result(EnsureStatus::Hit, &artifact, &state, None, None));
-                }
-                Decision::Blocked { failure, stale } => {
-                    return match stale {
-                        Some(good) => Ok(result(
-                            EnsureStatus::Stale,
-                            &good.artifact,
-                            &state,
-                            Some(&failure),
-                            Some(blocked_reason(&failure)),
-                        )),
-                        None => Err(EnsureError::Blocked {
-                            name: recipe.name.clone(),
-                            failure,
-                        }),
-                    };
-                }
-                Decision::Build(reason) => {
-                    tracing::info!("building `{}` ({reason:?})", recipe.name);
-                    state
-                }
+            );
+            if let Some(done) = conclude(decision, &state) {
+                return done;
             }
+            state
         };
 
         let staged = self.store().stage("build").map_err(CacheError::from)?;
@@ -384,7 +372,7 @@ impl Cache {
                     )),
                     _ => Err(EnsureError::BuildFailed {
                         name: recipe.name.clone(),
-                        failure: record,
+                        failure: Box::new(record),
                     }),
                 }
             }
@@ -463,9 +451,7 @@ impl Cache {
                 source,
             })?;
         // An undecodable stat cache only costs re-hashing.
-        Ok(bytes
-            .map(|b| StatCache::from_bytes(&b))
-            .unwrap_or_else(StatCache::new))
+        Ok(bytes.map(|b| StatCache::from_bytes(&b)).unwrap_or_default())
     }
 
     fn save_stat_cache(&self, name: &str, bytes: &[u8]) -> Result<(), CacheError> {
