@@ -66,32 +66,7 @@ fn sigkill_at_random_moments_leaves_a_consistent_cache() {
                 "kill {i}: artifact {id} has no content"
             );
         }
-        let verify = ok_json(warmcache(&root).arg("verify"));
-        assert_eq!(
-            verify["damaged"].as_array().unwrap().len(),
-            0,
-            "kill {i}: {verify}"
-        );
-        assert_eq!(
-            verify["dangling"].as_array().unwrap().len(),
-            0,
-            "kill {i}: {verify}"
-        );
-        // The verify run above opened the cache and swept the dead importer's staging.
-        assert_eq!(
-            list(&root.join("v1/staging")),
-            Vec::<String>::new(),
-            "kill {i}: staging not swept"
-        );
-        let status = ok_json(warmcache(&root).arg("status"));
-        for entry in status["entries"].as_array().unwrap() {
-            if !entry["artifact"].is_null() {
-                assert_eq!(
-                    entry["present"], true,
-                    "kill {i}: catalog names a missing artifact: {entry}"
-                );
-            }
-        }
+        assert_consistent(&root, &format!("kill {i}"));
     }
     println!("{interrupted} of {KILLS} imports were killed before finishing (one import takes {full:?})");
     assert!(

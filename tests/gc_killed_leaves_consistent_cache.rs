@@ -47,17 +47,7 @@ fn sigkill_during_gc() {
         std::thread::sleep(decide.mul_f64(rng.below(3000) as f64 / 1000.0));
         child.kill().unwrap();
         child.wait().unwrap();
-        let verify = ok_json(warmcache(&root).arg("verify"));
-        assert_eq!(
-            verify["damaged"].as_array().unwrap().len(),
-            0,
-            "kill {i}: {verify}"
-        );
-        assert_eq!(
-            verify["dangling"].as_array().unwrap().len(),
-            0,
-            "kill {i}: {verify}"
-        );
+        assert_consistent(&root, &format!("kill {i}"));
         assert_eq!(
             ok(warmcache(&root).args(["path", "kept"])),
             kept["path"].as_str().unwrap()

@@ -1,10 +1,10 @@
 //! Recognizing an archive's format from its first bytes, never from its file name.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::Path;
 
-use super::tar::checksum_ok;
+use super::tar::{checksum_ok, fill};
 use super::{ArchiveError, Format};
 
 const ZIP_LOCAL: &[u8] = b"PK\x03\x04";
@@ -64,19 +64,6 @@ pub fn detect(path: &Path) -> Result<Option<Format>, ArchiveError> {
 /// A tar header: not all zeros, and its checksum adds up (the ustar magic is absent from v7 tars).
 fn looks_like_tar(block: &[u8]) -> bool {
     !block.iter().all(|&b| b == 0) && checksum_ok(tar::Header::from_byte_slice(block))
-}
-
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

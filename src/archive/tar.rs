@@ -504,7 +504,7 @@ fn trim_nul(bytes: &[u8]) -> &[u8] {
 }
 
 /// Reads until `buf` is full or the stream ends; returns how much was read.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match r.read(&mut buf[done..]) {

@@ -189,6 +189,21 @@ struct EntryState {
     updated_at: i64,
 }
 
+impl EntryState {
+    /// The state machine's decision for the current fingerprint, now.
+    fn decide(&self, fp: &str, refresh: bool, stale: StalePolicy) -> Decision {
+        decide(
+            fp,
+            self.last_good.as_ref(),
+            self.present,
+            self.failure.as_ref(),
+            now_ms(),
+            refresh,
+            stale,
+        )
+    }
+}
+
 impl Cache {
     /// Returns an artifact built from the recipe's current inputs, building it if needed, and
     /// following the entry state machine of DESIGN.md for recorded failures.
@@ -257,15 +272,7 @@ impl Cache {
         {
             let _op = self.operation()?;
             let state = self.entry_state(&recipe.name)?;
-            let decision = decide(
-                &fp,
-                state.last_good.as_ref(),
-                state.present,
-                state.failure.as_ref(),
-                now_ms(),
-                options.refresh,
-                recipe.stale,
-            );
+            let decision = state.decide(&fp, options.refresh, recipe.stale);
             if matches!(decision, Decision::Hit) {
                 self.touch_entry(&recipe.name)?;
             }
@@ -312,15 +319,7 @@ impl Cache {
                 && state.present
                 && state.updated_at >= call_started;
             let refresh_now = options.refresh && !fresh;
-            let decision = decide(
-                &fp,
-                state.last_good.as_ref(),
-                state.present,
-                state.failure.as_ref(),
-                now_ms(),
-                refresh_now,
-                recipe.stale,
-            );
+            let decision = state.decide(&fp, refresh_now, recipe.stale);
             if let Some(done) = conclude(decision, &state) {
                 return done;
             }

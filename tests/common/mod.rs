@@ -138,3 +138,31 @@ pub fn artifact_ids(root: &Path) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// The cache is consistent: `verify` finds nothing damaged or dangling, no staging leftovers
+/// remain after that run, and every entry that names an artifact has it present. `when` labels
+/// failures.
+pub fn assert_consistent(root: &Path, when: &str) {
+    let verify = ok_json(warmcache(root).arg("verify"));
+    assert_eq!(verify["damaged"].as_array().unwrap().len(), 0, "{when}: {verify}");
+    assert_eq!(
+        verify["dangling"].as_array().unwrap().len(),
+        0,
+        "{when}: {verify}"
+    );
+    // The verify run above opened the cache and swept dead processes' staging.
+    assert_eq!(
+        list(&root.join("v1/staging")),
+        Vec::<String>::new(),
+        "{when}: staging not swept"
+    );
+    let status = ok_json(warmcache(root).arg("status"));
+    for entry in status["entries"].as_array().unwrap() {
+        if !entry["artifact"].is_null() {
+            assert_eq!(
+                entry["present"], true,
+                "{when}: catalog names a missing artifact: {entry}"
+            );
+        }
+    }
+}
