@@ -350,9 +350,10 @@ impl Cache {
             }
         };
 
-        // With a remote, a verified artifact from it replaces the build (remote/share.rs).
-        let mut remote = None;
-        if let Some(sharing) = &options.remote {
+        // With a remote, a verified artifact from it replaces the build (remote/share.rs); not
+        // on --refresh, which asks for a build.
+        let mut remote = options.remote.as_ref().map(crate::remote::share::activity);
+        if let Some(sharing) = options.remote.as_ref().filter(|_| !options.refresh) {
             let (pulled, activity) = crate::remote::share::ensure_pull(self, &recipe.name, &fp, sharing)
                 .map_err(EnsureError::Remote)?;
             if let Some(pulled) = pulled {

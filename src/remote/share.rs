@@ -720,6 +720,16 @@ fn present_artifact(cache: &Cache, id: &str) -> Result<Option<crate::store::Publ
     }))
 }
 
+/// An empty activity record for `sharing` (nothing done yet).
+pub fn activity(sharing: &Sharing) -> RemoteActivity {
+    RemoteActivity {
+        url: sharing.url().to_string(),
+        pulled: false,
+        pushed: None,
+        warnings: Vec::new(),
+    }
+}
+
 /// `ensure`'s remote lookup, with the entry lock held and a build decided: a verified artifact
 /// from the remote, or `None` to build locally. Remote problems are warnings (the returned
 /// activity lists them) unless `sharing.strict`; problems with the local cache are errors.
@@ -729,12 +739,7 @@ pub fn ensure_pull(
     fingerprint: &str,
     sharing: &Sharing,
 ) -> Result<(Option<Pulled>, RemoteActivity)> {
-    let mut activity = RemoteActivity {
-        url: sharing.url().to_string(),
-        pulled: false,
-        pushed: None,
-        warnings: Vec::new(),
-    };
+    let mut activity = activity(sharing);
     match pull(cache, name, fingerprint, sharing) {
         Ok(Some(pulled)) => {
             activity.pulled = true;
