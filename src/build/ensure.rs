@@ -47,6 +47,9 @@ pub struct EnsureOptions {
     pub refresh: bool,
     /// Waiting for a concurrent build.
     pub wait: WaitPolicy,
+    /// A remote for shared artifacts: fetch a verified artifact instead of building, and push
+    /// local builds when its `push` is set (see [`crate::remote::share`]).
+    pub remote: Option<crate::remote::share::Sharing>,
 }
 
 /// How the artifact was obtained.
@@ -115,6 +118,10 @@ pub struct Ensured {
     /// Input globs that matched nothing (worth a warning: a typo makes inputs invisible).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unmatched_globs: Vec<String>,
+    /// What the remote did, when one is configured and a build was needed: `pulled` means the
+    /// status is `built` but the artifact came, verified, from the remote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<crate::remote::share::RemoteActivity>,
 }
 
 /// Why `ensure` could not return an artifact.
@@ -135,6 +142,9 @@ pub enum EnsureError {
         /// The recorded failure.
         failure: Box<FailureRecord>,
     },
+    /// A remote problem, with `--strict` (otherwise remote problems are warnings).
+    #[error("remote problem (--strict makes it an error): {0}")]
+    Remote(crate::remote::share::ShareError),
     /// A recorded failure of the current inputs forbids building now.
     #[error(
         "`{name}` is not built: its last build from these inputs failed ({} failure, {} attempt(s)): {}{}",
@@ -227,6 +237,7 @@ impl Cache {
                 stale_reason: why,
                 updated_at: state.updated_at,
                 unmatched_globs: unmatched.clone(),
+                remote: None,
             }
         };
 
@@ -326,19 +337,57 @@ impl Cache {
             state
         };
 
+        // With a remote, a verified artifact from it replaces the build (remote/share.rs); not
+        // on --refresh, which asks for a build.
+        let mut remote = options.remote.as_ref().map(crate::remote::share::activity);
+        if let Some(sharing) = options.remote.as_ref().filter(|_| !options.refresh) {
+            let (pulled, activity) = crate::remote::share::ensure_pull(self, &recipe.name, &fp, sharing)
+                .map_err(EnsureError::Remote)?;
+            if let Some(pulled) = pulled {
+                let state = {
+                    let _op = self.operation()?;
+                    self.entry_state(&recipe.name)?
+                };
+                let built = result(EnsureStatus::Built, &pulled.artifact, &state, None, None);
+                return Ok(Ensured {
+                    remote: Some(activity),
+                    ..built
+                });
+            }
+            remote = Some(activity);
+        }
+
         let staged = self.store().stage("build").map_err(CacheError::from)?;
         let out = content_path_in(&staged);
         let outcome = run(recipe, &out, staged.path(), DEFAULT_TAIL_BYTES);
         match outcome.failure {
             None => {
-                let _op = self.operation()?;
-                let published = self
-                    .store()
-                    .publish_staged(staged, &Progress::none())
-                    .map_err(CacheError::from)?;
-                self.record(Some(&recipe.name), &published, Some(&fp), "build")?;
-                let state = self.entry_state(&recipe.name)?;
-                Ok(result(EnsureStatus::Built, &published.id, &state, None, None))
+                let (published, state) = {
+                    let _op = self.operation()?;
+                    let published = self
+                        .store()
+                        .publish_staged(staged, &Progress::none())
+                        .map_err(CacheError::from)?;
+                    self.record(Some(&recipe.name), &published, Some(&fp), "build")?;
+                    (published, self.entry_state(&recipe.name)?)
+                };
+                let built = result(EnsureStatus::Built, &published.id, &state, None, None);
+                if let (Some(sharing), Some(activity)) = (options.remote.as_ref(), remote.as_mut())
+                    && sharing.push
+                {
+                    // Waiters need not wait for the upload.
+                    drop(_build_lock);
+                    crate::remote::share::ensure_push(
+                        self,
+                        &recipe.name,
+                        &fp,
+                        &published.id,
+                        sharing,
+                        activity,
+                    )
+                    .map_err(EnsureError::Remote)?;
+                }
+                Ok(Ensured { remote, ..built })
             }
             Some(failure) => {
                 drop(staged);

@@ -19,6 +19,8 @@ pub fn dispatch(cli: &Cli, out: &Output) -> Result<()> {
         Command::Verify => verify(cli, out),
         Command::Gc(args) => gc(cli, out, args),
         Command::Activate(args) => activate(cli, out, args),
+        Command::Push(args) => super::share::push(cli, out, args),
+        Command::Pull(args) => super::share::pull(cli, out, args),
     }
 }
 
@@ -86,7 +88,7 @@ fn collect_in_background(cache: &Cache, out: &Output) {
     }
 }
 
-fn open(cli: &Cli) -> Result<Cache> {
+pub(super) fn open(cli: &Cli) -> Result<Cache> {
     let root = root(cli)?;
     let options = CacheOptions {
         lock_timeout: cli.global.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
@@ -96,7 +98,7 @@ fn open(cli: &Cli) -> Result<Cache> {
 
 /// The recipe for `ensure`: `[entry.NAME]` of the nearest `warmcache.toml`, with the flags
 /// overriding its fields; or the flags alone, relative to the working directory.
-fn recipe(args: &EnsureArgs) -> Result<crate::build::Recipe> {
+pub(super) fn recipe(args: &EnsureArgs) -> Result<crate::build::Recipe> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let config = match crate::config::find_config(&cwd) {
         Some(path) => Some(crate::config::Config::load(&path)?),
@@ -144,6 +146,7 @@ fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
         } else {
             crate::build::WaitPolicy::Wait
         },
+        remote: super::share::ensure_sharing(out, &args.share)?,
     };
     let ensured = cache.ensure(&recipe, &options)?;
     for glob in &ensured.unmatched_globs {

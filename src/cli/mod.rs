@@ -7,6 +7,7 @@
 mod commands;
 mod output;
 mod progress;
+mod share;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use output::Output;
+pub use share::{EnsureRemoteArgs, PullArgs, PushArgs, RemoteArgs};
 
 /// warmcache: a crash-safe artifact cache for cold starts.
 #[derive(Debug, Parser)]
@@ -63,6 +65,10 @@ pub enum Command {
     Gc(GcArgs),
     /// Atomically place an artifact (an entry NAME or an artifact id) at DEST outside the cache.
     Activate(ActivateArgs),
+    /// Upload an entry's last good artifact (and the fingerprint it was built from) to the remote.
+    Push(PushArgs),
+    /// Download the artifact built elsewhere from the recipe's current inputs; never builds.
+    Pull(PullArgs),
 }
 
 /// `warmcache activate`.
@@ -141,6 +147,8 @@ pub struct EnsureArgs {
     /// Hold the artifact against garbage collection for this long after returning.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub lease: Option<Duration>,
+    #[command(flatten)]
+    pub share: EnsureRemoteArgs,
 }
 
 /// `warmcache import`.

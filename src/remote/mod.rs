@@ -17,6 +17,7 @@
 mod breaker;
 mod error;
 mod settings;
+pub mod share;
 mod transfer;
 mod upload;
 mod url;

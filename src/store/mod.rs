@@ -69,6 +69,20 @@ pub enum StoreError {
         /// The underlying error.
         source: io::Error,
     },
+    /// Content that was expected to be a given artifact is not (a download that an index
+    /// described wrongly); it was not published.
+    #[error(
+        "the content staged at `{path}` is artifact {actual}, not the expected {expected}; it was \
+         discarded, nothing was published"
+    )]
+    IdMismatch {
+        /// The staging directory.
+        path: PathBuf,
+        /// The id the content was supposed to have.
+        expected: String,
+        /// The id its manifest hashes to.
+        actual: String,
+    },
     /// Any other I/O error (the message names the path and operation).
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -228,7 +242,35 @@ impl Store {
     /// Publishes content already written at [`content_path_in`] of a staging directory (an
     /// extracted archive, a build output): hashes it, makes it read-only and durable, publishes.
     pub fn publish_staged(&self, staged: Staged, progress: &Progress) -> Result<Published, StoreError> {
-        let content = content_path_in(&staged);
+        let manifest = self.staged_manifest(&staged, progress)?;
+        self.publish(staged, manifest)
+    }
+
+    /// Like [`Store::publish_staged`], but only when the content is artifact `expected`: content
+    /// that hashes to anything else (a download some remote index described wrongly) is discarded
+    /// with [`StoreError::IdMismatch`] before it becomes visible, so the store never holds what
+    /// could not be verified against the id it was fetched for.
+    pub fn publish_staged_as(
+        &self,
+        staged: Staged,
+        expected: &str,
+        progress: &Progress,
+    ) -> Result<Published, StoreError> {
+        let manifest = self.staged_manifest(&staged, progress)?;
+        let actual = manifest.id();
+        if actual != expected {
+            return Err(StoreError::IdMismatch {
+                path: staged.path().to_path_buf(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+        self.publish(staged, manifest)
+    }
+
+    /// Hashes the content of a staging directory into its manifest.
+    fn staged_manifest(&self, staged: &Staged, progress: &Progress) -> Result<Manifest, StoreError> {
+        let content = content_path_in(staged);
         let meta = match std::fs::symlink_metadata(&content) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -246,7 +288,7 @@ impl Store {
                 kind: tree::describe(&meta),
             });
         };
-        self.publish(staged, Manifest::new(kind, entries))
+        Ok(Manifest::new(kind, entries))
     }
 
     fn publish(&self, mut staged: Staged, manifest: Manifest) -> Result<Published, StoreError> {

@@ -1,0 +1,262 @@
+//! `warmcache push` and `warmcache pull`, and the remote flags of `ensure`: shared artifacts
+//! through object storage ([`crate::remote::share`]).
+//!
+//! The remote comes from `--remote URL`, else `WARMCACHE_REMOTE`, else `[remote] url` of the
+//! nearest `warmcache.toml`. Remote problems are warnings (exit 0, the local job done) unless
+//! `--strict`; problems with the local cache are always errors.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use super::commands::{open, recipe};
+use super::{Cli, EnsureArgs, Output};
+use crate::remote::share::{self, IndexOutcome, ShareError, Sharing};
+use crate::remote::{RemoteSettings, RemoteUrl};
+
+/// Where the remote is and how strictly to treat its problems.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The remote for shared artifacts, e.g. s3://bucket/prefix (default: $WARMCACHE_REMOTE, else
+    /// `[remote] url` in warmcache.toml). Endpoint and credentials follow the AWS variables.
+    #[arg(long, value_name = "URL", value_parser = parse_url)]
+    pub remote: Option<RemoteUrl>,
+    /// Make remote problems (unreachable, timed out, corrupt or unverifiable data) errors with exit
+    /// code 1, instead of warnings.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// The remote flags of `ensure`.
+#[derive(Debug, Args)]
+pub struct EnsureRemoteArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Push what is built locally to the remote (also `[remote] push = true`; off by default:
+    /// let only trusted writers such as CI push).
+    #[arg(long)]
+    pub push: bool,
+}
+
+/// `warmcache push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The entry whose last good artifact to push.
+    pub name: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `warmcache pull`: the recipe (from `[entry.NAME]` of warmcache.toml, and these flags, as for
+/// `ensure`) gives the fingerprint to fetch; nothing is ever built.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The entry name.
+    pub name: String,
+    /// An input file glob, relative to the recipe's directory (repeatable).
+    #[arg(long = "input", value_name = "GLOB")]
+    pub inputs: Vec<String>,
+    /// The build command (it is part of the fingerprint; it is not run).
+    #[arg(long, value_name = "CMD")]
+    pub build: Option<String>,
+    /// `file` (default) or `dir`.
+    #[arg(long, value_name = "KIND")]
+    pub output: Option<crate::build::OutputKind>,
+    /// The validation command (part of the fingerprint).
+    #[arg(long, value_name = "CMD")]
+    pub validate: Option<String>,
+    /// An extra key string (repeatable).
+    #[arg(long = "key", value_name = "STR")]
+    pub keys: Vec<String>,
+    /// An environment variable whose value joins the fingerprint (repeatable).
+    #[arg(long = "env", value_name = "VAR")]
+    pub env: Vec<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+fn parse_url(s: &str) -> Result<RemoteUrl, String> {
+    RemoteUrl::parse(s).map_err(|e| e.to_string())
+}
+
+/// The remote for `ensure`, or `None` when none is configured. A remote that is configured but
+/// unusable (a malformed URL in the environment or the config file) is a warning, and `ensure`
+/// runs locally, unless `--strict`.
+pub(super) fn ensure_sharing(out: &Output, args: &EnsureRemoteArgs) -> Result<Option<Sharing>> {
+    sharing(out, &args.remote, args.push, false)
+}
+
+/// Resolves the remote; `required` makes its absence an error.
+fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> Result<Option<Sharing>> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let config = match crate::config::find_config(&cwd) {
+        Some(path) => crate::config::Config::load(&path)?.remote,
+        None => None,
+    };
+    let env = std::env::var("WARMCACHE_REMOTE")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let parsed = match (&args.remote, env, &config) {
+        (Some(url), _, _) => Ok(url.clone()),
+        (None, Some(env), _) => RemoteUrl::parse(env.trim()).context("WARMCACHE_REMOTE"),
+        (None, None, Some(config)) => {
+            RemoteUrl::parse(&config.url).context("`[remote] url` in warmcache.toml")
+        }
+        (None, None, None) if required => return Err(ShareError::NoRemote.into()),
+        (None, None, None) => return Ok(None),
+    };
+    let mut settings = RemoteSettings::default();
+    if let Some(timeout) = config.as_ref().and_then(|c| c.timeout) {
+        settings.overall_timeout = timeout;
+        settings.request_timeout = settings.request_timeout.min(timeout);
+        settings.stall_timeout = settings.stall_timeout.min(timeout);
+        settings.connect_timeout = settings.connect_timeout.min(timeout);
+    }
+    let connected = parsed.and_then(|url| Sharing::new(url, settings).map_err(anyhow::Error::from));
+    match connected {
+        Ok(sharing) => {
+            let warn = out.clone();
+            let mut sharing = sharing.on_warning(move |message| warn.warn(message));
+            sharing.push = push_flag || config.as_ref().is_some_and(|c| c.push);
+            sharing.strict = args.strict;
+            Ok(Some(sharing))
+        }
+        Err(e) if required || args.strict => Err(e),
+        Err(e) => {
+            out.warn(&format!("ignoring the remote, running locally: {e:#}"));
+            Ok(None)
+        }
+    }
+}
+
+/// `warmcache push NAME`.
+pub(super) fn push(cli: &Cli, out: &Output, args: &PushArgs) -> Result<()> {
+    let Some(sharing) = sharing(out, &args.remote, false, true)? else {
+        return Err(ShareError::NoRemote.into());
+    };
+    let cache = open(cli)?;
+    let report = match share::push(&cache, &args.name, &sharing) {
+        Ok(report) => report,
+        Err(e) if e.is_local() || args.remote.strict => {
+            return Err(e).with_context(|| format!("could not push `{}`", args.name));
+        }
+        Err(e) => return degraded(out, &sharing, &e, &format!("`{}` was not pushed", args.name)),
+    };
+    match &report.index {
+        IndexOutcome::Skipped { reason } => out.warn(reason),
+        IndexOutcome::Present { artifact } if *artifact != report.artifact => out.warn(&format!(
+            "the remote already maps this fingerprint of `{}` to artifact {artifact} (built elsewhere from \
+             the same inputs into different bytes); left as it is",
+            report.name
+        )),
+        _ => {}
+    }
+    let status = if report.wrote_nothing() {
+        "present"
+    } else {
+        "pushed"
+    };
+    let mut value = json!(report);
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("status".into(), json!(status));
+    }
+    out.result(&value, || {
+        let short = &report.artifact[..12.min(report.artifact.len())];
+        if report.wrote_nothing() {
+            format!(
+                "{} already has `{}` (artifact {short}): nothing uploaded",
+                report.url, report.name
+            )
+        } else {
+            format!(
+                "pushed `{}` (artifact {short}, {} uploaded) to {}",
+                report.name,
+                indicatif::HumanBytes(report.uploaded_bytes),
+                report.url
+            )
+        }
+    });
+    Ok(())
+}
+
+/// `warmcache pull NAME`.
+pub(super) fn pull(cli: &Cli, out: &Output, args: &PullArgs) -> Result<()> {
+    let recipe = recipe(&EnsureArgs {
+        name: args.name.clone(),
+        inputs: args.inputs.clone(),
+        build: args.build.clone(),
+        output: args.output,
+        validate: args.validate.clone(),
+        keys: args.keys.clone(),
+        env: args.env.clone(),
+        timeout: None,
+        stale: None,
+        refresh: false,
+        no_wait: false,
+        lease: None,
+        share: EnsureRemoteArgs {
+            remote: RemoteArgs {
+                remote: None,
+                strict: false,
+            },
+            push: false,
+        },
+    })?;
+    let Some(sharing) = sharing(out, &args.remote, false, true)? else {
+        return Err(ShareError::NoRemote.into());
+    };
+    let cache = open(cli)?;
+    let fingerprint = crate::build::fingerprint(&recipe, &mut crate::build::StatCache::new())?.digest;
+    // One fetch at a time per entry, and never alongside a build of it.
+    let lock_path = crate::lock::entry_lock_path(&cache.layout().entry_locks_dir(), &recipe.name);
+    let what = format!("the build or pull of `{}` in another process", recipe.name);
+    let _lock = crate::lock::lock(
+        &lock_path,
+        crate::lock::Mode::Exclusive,
+        cache.options().lock_timeout,
+        &what,
+    )?;
+    match share::pull(&cache, &recipe.name, &fingerprint, &sharing) {
+        Ok(Some(pulled)) => {
+            let mut value = json!(pulled);
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("status".into(), json!("pulled"));
+            }
+            out.result(&value, || pulled.path.display().to_string());
+            Ok(())
+        }
+        Ok(None) => {
+            let message = format!(
+                "no shared artifact for `{}` with fingerprint {fingerprint} at {}: nothing pulled (push it from a \
+                 machine that built it)",
+                recipe.name,
+                sharing.url()
+            );
+            if args.remote.strict {
+                bail!(message);
+            }
+            out.warn(&message);
+            out.result(
+                &json!({ "status": "miss", "name": recipe.name, "fingerprint": fingerprint, "url": sharing.url().to_string() }),
+                String::new,
+            );
+            Ok(())
+        }
+        Err(e) if e.is_local() || args.remote.strict => {
+            Err(e).with_context(|| format!("could not pull `{}`", recipe.name))
+        }
+        Err(e) => degraded(out, &sharing, &e, "nothing pulled"),
+    }
+}
+
+/// Reports a remote problem that did not fail the command: a warning, and `"status":
+/// "degraded"` in JSON.
+fn degraded(out: &Output, sharing: &Sharing, err: &ShareError, fallback: &str) -> Result<()> {
+    let message = share::degraded(sharing, err, fallback);
+    out.warn(&message);
+    out.result(
+        &json!({ "status": "degraded", "url": sharing.url().to_string(), "warning": message }),
+        String::new,
+    );
+    Ok(())
+}
