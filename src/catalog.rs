@@ -174,7 +174,28 @@ pub struct Catalog {
 
 impl Catalog {
     /// Opens (creating and migrating if needed) the catalog at `path`.
+    ///
+    /// Some first-open steps (switching a new database to WAL, recovering the WAL index) report
+    /// "database is locked" at once instead of waiting on the busy timeout when several
+    /// processes open a fresh catalog together, so those are retried here, within the same
+    /// bound.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match Self::open_once(path) {
+                Err(CatalogError::Open { source, .. })
+                    if is_busy(&source) && start.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, CatalogError> {
         let open_err = |source| CatalogError::Open {
             path: path.to_path_buf(),
             source,
@@ -478,6 +499,13 @@ impl Catalog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn sql_err(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> CatalogError + use<> {
