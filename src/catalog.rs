@@ -74,7 +74,8 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         artifact TEXT NOT NULL,
         created_at INTEGER NOT NULL
-    );",
+    );
+    CREATE INDEX sources_artifact ON sources(artifact);",
 ];
 
 /// Errors of the catalog. Each names the catalog file.

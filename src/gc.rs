@@ -29,8 +29,13 @@ use crate::catalog::{CatalogError, now_ms};
 use crate::fs::{remove_tree, unique_name};
 use crate::lock::{self, Mode};
 
-/// How many artifacts one exclusive-lock batch moves to the trash.
-const BATCH: usize = 256;
+/// How many artifacts one exclusive-lock batch moves to the trash: small enough that the
+/// operations waiting behind a batch wait milliseconds.
+const BATCH: usize = 64;
+
+/// The pause between two exclusive batches: longer than an operation's longest lock poll
+/// ([`lock::MAX_POLL`]), so every waiting operation gets in between two batches.
+const YIELD_BETWEEN_BATCHES: Duration = Duration::from_millis(10);
 
 /// Errors of garbage collection.
 #[derive(Debug, thiserror::Error)]
@@ -270,7 +275,10 @@ impl Cache {
         report: &mut GcReport,
     ) -> Result<Vec<Removed>, GcError> {
         let mut moved = Vec::with_capacity(chosen.len());
-        for batch in chosen.chunks(BATCH) {
+        for (i, batch) in chosen.chunks(BATCH).enumerate() {
+            if i > 0 {
+                std::thread::sleep(YIELD_BETWEEN_BATCHES);
+            }
             let held = Instant::now();
             let _exclusive = lock::lock(
                 &self.layout().root_lock(),

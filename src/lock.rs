@@ -80,6 +80,11 @@ fn open_lock_file(path: &Path) -> Result<File, LockError> {
         })
 }
 
+/// The longest sleep between two attempts to take a lock. Garbage collection pauses for longer
+/// than this between its exclusive batches, so a waiting operation always gets in between two
+/// batches instead of starving behind back-to-back ones.
+pub const MAX_POLL: Duration = Duration::from_millis(4);
+
 /// Tries once to take a lock; `Ok(None)` when someone else holds it.
 pub fn try_lock(path: &Path, mode: Mode) -> Result<Option<LockGuard>, LockError> {
     let file = open_lock_file(path)?;
@@ -103,7 +108,7 @@ pub fn try_lock(path: &Path, mode: Mode) -> Result<Option<LockGuard>, LockError>
 /// Takes a lock, waiting up to `timeout`. `what` describes the lock for the timeout message.
 ///
 /// The standard library has no timed lock, so this polls `try_lock` with a short, growing sleep
-/// (1 ms doubling to 50 ms): cheap while the holder is quick, and bounded.
+/// (1 ms doubling to [`MAX_POLL`]): cheap while the holder is quick, and bounded.
 pub fn lock(path: &Path, mode: Mode, timeout: Duration, what: &str) -> Result<LockGuard, LockError> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
@@ -120,7 +125,7 @@ pub fn lock(path: &Path, mode: Mode, timeout: Duration, what: &str) -> Result<Lo
             });
         }
         std::thread::sleep(pause.min(timeout - waited));
-        pause = (pause * 2).min(Duration::from_millis(50));
+        pause = (pause * 2).min(MAX_POLL);
     }
 }
 
