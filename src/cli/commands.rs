@@ -19,6 +19,8 @@ pub fn dispatch(cli: &Cli, out: &Output) -> Result<()> {
         Command::Verify => verify(cli, out),
         Command::Gc(args) => gc(cli, out, args),
         Command::Activate(args) => activate(cli, out, args),
+        Command::Snapshot(args) => super::snapshot::run_snapshot(cli, out, args),
+        Command::Restore(args) => super::snapshot::run_restore(cli, out, args),
     }
 }
 

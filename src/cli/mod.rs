@@ -7,6 +7,7 @@
 mod commands;
 mod output;
 mod progress;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,10 @@ pub enum Command {
     Gc(GcArgs),
     /// Atomically place an artifact (an entry NAME or an artifact id) at DEST outside the cache.
     Activate(ActivateArgs),
+    /// Upload DIR as the current snapshot at --remote (a tar.zst; nothing if unchanged).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Replace DIR atomically with the snapshot at --remote (DIR untouched on any failure).
+    Restore(snapshot::RestoreArgs),
 }
 
 /// `warmcache activate`.

@@ -344,6 +344,18 @@ impl Store {
     }
 }
 
+/// Describes the directory tree at `root` as a manifest (paths, kinds, executable bits, sizes,
+/// content digests, symlink targets) without writing anything in it: no permission changes, no
+/// new files. [`Manifest::id`] of the result is the tree's content digest, the same one the tree
+/// would get as an artifact. Fails like an import would on entries a manifest cannot hold
+/// (sockets, devices, names that are not UTF-8).
+pub fn describe_tree(root: &Path, progress: &Progress) -> Result<Manifest, StoreError> {
+    Ok(Manifest::new(
+        ArtifactKind::Dir,
+        tree::describe_tree(root, progress)?,
+    ))
+}
+
 /// Where content goes inside a staging directory from [`Store::stage`].
 pub fn content_path_in(staged: &Staged) -> PathBuf {
     staged.path().join(CONTENT)
