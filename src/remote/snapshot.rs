@@ -361,6 +361,7 @@ impl SnapshotError {
                 | Self::Read { .. }
                 | Self::Archive { .. }
                 | Self::Changed { .. }
+                | Self::Local { .. }
         )
     }
 }
@@ -832,7 +833,13 @@ pub fn restore(
         // Someone created DIR meanwhile: swap with theirs like with any existing tree.
         false => crate::fs::exchange(&new_tree, &dir).map_err(local)?,
     }
-    crate::fs::fsync_parent(&dir).map_err(local)?;
+    // DIR has changed by now, so this is no longer an error that leaves it untouched.
+    if let Err(e) = crate::fs::fsync_parent(&dir) {
+        tracing::warn!(
+            "restored `{}`, but could not make the swap durable: {e}",
+            dir.display()
+        );
+    }
     drop(staging);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -1190,6 +1197,74 @@ mod tests {
             host: "h".into(),
             nonce: "n".into(),
         }
+    }
+
+    /// A staged archive of a small tree, and the manifest that describes it.
+    fn staged_archive(tmp: &Path) -> (RestoreStaging, PathBuf, SnapshotManifest, PathBuf) {
+        let src = tmp.join("src");
+        std::fs::create_dir_all(src.join("a/b")).unwrap();
+        for i in 0..200u32 {
+            std::fs::write(src.join(format!("a/b/f{i}")), i.to_le_bytes().repeat(2000)).unwrap();
+        }
+        let dir = tmp.join("dest");
+        let staging = RestoreStaging::new(&dir).unwrap();
+        let archive = staging.path().join("archive.tar.zst");
+        let created = archive::create_tar_zst(&src, fs_err::File::create(&archive).unwrap(), 3).unwrap();
+        let manifest = SnapshotManifest {
+            version: SNAPSHOT_MANIFEST_VERSION,
+            digest: "a".repeat(64),
+            files: created.files,
+            dirs: created.dirs,
+            symlinks: created.symlinks,
+            bytes: created.bytes_in,
+            archive: format!("snapshots/{}-0.tar.zst", "a".repeat(64)),
+            archive_format: Format::TarZst,
+            archive_bytes: created.bytes_out,
+            archive_blake3: String::new(),
+            created_at_ms: 0,
+            host: "h".into(),
+        };
+        (staging, archive, manifest, dir)
+    }
+
+    #[test]
+    fn extraction_in_time_yields_the_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (staging, archive, manifest, dir) = staged_archive(tmp.path());
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let progress: Arc<dyn SnapshotProgress> = Arc::new(super::super::NoProgress);
+        let Ok(extracted) = extract_until(staging, archive, &manifest, "t".into(), &dir, deadline, progress)
+        else {
+            panic!("extraction failed");
+        };
+        assert!(extracted.path.join("a/b/f199").is_file());
+        assert!(!dir.exists(), "extraction stays in staging");
+    }
+
+    #[test]
+    fn extraction_past_the_deadline_is_abandoned_and_cleans_up_after_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (staging, archive, manifest, dir) = staged_archive(tmp.path());
+        let area = tmp.path().join(".dest.warmcache-staging");
+        assert!(area.is_dir());
+        let progress: Arc<dyn SnapshotProgress> = Arc::new(super::super::NoProgress);
+        let result = extract_until(
+            staging,
+            archive,
+            &manifest,
+            "t".into(),
+            &dir,
+            Instant::now(),
+            progress,
+        );
+        assert!(matches!(result, Err(None)), "the deadline had passed");
+        // The abandoned thread removes the staging once it stops.
+        let waited = Instant::now();
+        while area.exists() && waited.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!area.exists(), "staging left behind");
+        assert!(!dir.exists());
     }
 
     #[test]
