@@ -823,16 +823,7 @@ pub fn restore(
     }
     // The swap is the single moment DIR changes: before it DIR is the old tree, after it the
     // new one, complete and durable. The old tree ends up in staging and goes with it.
-    let placed = if exists {
-        crate::fs::exchange(&new_tree, &dir).map(|()| true)
-    } else {
-        crate::fs::rename_noreplace(&new_tree, &dir)
-    };
-    match placed.map_err(local)? {
-        true => {}
-        // Someone created DIR meanwhile: swap with theirs like with any existing tree.
-        false => crate::fs::exchange(&new_tree, &dir).map_err(local)?,
-    }
+    swap_in(&new_tree, &dir, exists).map_err(local)?;
     // DIR has changed by now, so this is no longer an error that leaves it untouched.
     if let Err(e) = crate::fs::fsync_parent(&dir) {
         tracing::warn!(
@@ -843,6 +834,29 @@ pub fn restore(
     drop(staging);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Puts `new_tree` at `dir`: an atomic exchange with the existing tree (which ends up at
+/// `new_tree`'s path, inside staging), or a rename when there is none.
+fn swap_in(new_tree: &Path, dir: &Path, exists: bool) -> io::Result<()> {
+    // If someone created DIR meanwhile, swap with theirs like with any existing tree.
+    if !exists && crate::fs::rename_noreplace(new_tree, dir)? {
+        return Ok(());
+    }
+    match crate::fs::exchange(new_tree, dir) {
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            // No atomic exchange on this file system: two renames, DIR briefly absent in
+            // between, and the old tree put back if the second one fails.
+            let old = new_tree.with_file_name("old");
+            crate::fs::rename_with_retry(dir, &old)?;
+            if let Err(e) = crate::fs::rename_with_retry(new_tree, dir) {
+                let _ = crate::fs::rename_with_retry(&old, dir);
+                return Err(e);
+            }
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// An extracted tree and the staging that holds it.
