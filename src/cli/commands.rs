@@ -21,6 +21,8 @@ pub fn dispatch(cli: &Cli, out: &Output) -> Result<()> {
         Command::Activate(args) => activate(cli, out, args),
         Command::Push(args) => super::share::push(cli, out, args),
         Command::Pull(args) => super::share::pull(cli, out, args),
+        Command::Snapshot(args) => super::snapshot::run_snapshot(cli, out, args),
+        Command::Restore(args) => super::snapshot::run_restore(cli, out, args),
     }
 }
 

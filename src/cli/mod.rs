@@ -8,6 +8,7 @@ mod commands;
 mod output;
 mod progress;
 mod share;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,10 @@ pub enum Command {
     Push(PushArgs),
     /// Download the artifact built elsewhere from the recipe's current inputs; never builds.
     Pull(PullArgs),
+    /// Upload DIR as the current snapshot at --remote (a tar.zst; nothing if unchanged).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Replace DIR atomically with the snapshot at --remote (DIR untouched on any failure).
+    Restore(snapshot::RestoreArgs),
 }
 
 /// `warmcache activate`.

@@ -13,11 +13,14 @@
 //!   uploads never overwrite; [`Remote::put_if`] is the compare-and-swap for pointer objects.
 //! - The outage breaker: after [`RemoteSettings::breaker_threshold`] consecutive outage
 //!   failures, calls fail fast with [`RemoteError::CoolingDown`] for the cool-down period.
+//! - [`snapshot`]: directory snapshots (a tar.zst per tree, a pointer replaced by conditional
+//!   put) and their atomic restore.
 
 mod breaker;
 mod error;
 mod settings;
 pub mod share;
+pub mod snapshot;
 mod transfer;
 mod upload;
 mod url;

@@ -409,7 +409,61 @@ impl Store {
     }
 }
 
+/// Describes the directory tree at `root` as a manifest (paths, kinds, executable bits, sizes,
+/// content digests, symlink targets) without writing anything in it: no permission changes, no
+/// new files. [`Manifest::id`] of the result is the tree's content digest, the same one the tree
+/// would get as an artifact. Fails like an import would on entries a manifest cannot hold
+/// (sockets, devices, names that are not UTF-8).
+pub fn describe_tree(root: &Path, progress: &Progress) -> Result<Manifest, StoreError> {
+    Ok(Manifest::new(
+        ArtifactKind::Dir,
+        tree::describe_tree(root, progress)?,
+    ))
+}
+
 /// Where content goes inside a staging directory from [`Store::stage`].
 pub fn content_path_in(staged: &Staged) -> PathBuf {
     staged.path().join(CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn modes(root: &Path) -> Vec<(PathBuf, u32)> {
+        crate::fs::walk_sorted(root)
+            .unwrap()
+            .into_iter()
+            .map(|(rel, _)| {
+                let mode = std::fs::symlink_metadata(root.join(&rel))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                (rel, mode)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn describe_tree_changes_nothing_and_matches_the_artifact_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir_all(root.join("a/empty")).unwrap();
+        std::fs::write(root.join("a/data.txt"), "data").unwrap();
+        std::fs::write(root.join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o775)).unwrap();
+        std::os::unix::fs::symlink("a/data.txt", root.join("link")).unwrap();
+        let before = modes(&root);
+
+        let described = describe_tree(&root, &Progress::none()).unwrap();
+        assert_eq!(modes(&root), before, "describing a tree must not chmod it");
+        assert_eq!(described.files, 2);
+        assert_eq!(described.size, 14);
+
+        let copy = dir.path().join("copy");
+        let entries = tree::copy_tree(&root, &copy, &Progress::none()).unwrap();
+        assert_eq!(Manifest::new(ArtifactKind::Dir, entries).id(), described.id());
+    }
 }

@@ -118,14 +118,20 @@ fn copy_and_hash(src: &Path, dst: &Path, progress: &Progress) -> Result<(bool, u
 
 /// Hashes a file in place and makes it read-only.
 fn hash_in_place(path: &Path, progress: &Progress) -> Result<(bool, u64, String), StoreError> {
+    let (file, exec, size, digest) = hash_read_only(path, progress)?;
+    file.set_permissions(published_file_permissions(exec))
+        .map_err(|e| StoreError::writing(e, path))?;
+    Ok((exec, size, digest))
+}
+
+/// Hashes a file without changing anything about it; returns the open handle too.
+fn hash_read_only(path: &Path, progress: &Progress) -> Result<(File, bool, u64, String), StoreError> {
     let file = File::open(path).map_err(|e| annotate(e, "open", path))?;
     let meta = file.metadata().map_err(|e| annotate(e, "inspect", path))?;
     let exec = is_executable(&meta);
     let (size, digest) = hash_file(&file, path)?;
-    file.set_permissions(published_file_permissions(exec))
-        .map_err(|e| StoreError::writing(e, path))?;
     progress.advance(size, 1);
-    Ok((exec, size, digest))
+    Ok((file, exec, size, digest))
 }
 
 /// Copies one file into the store.
@@ -152,19 +158,36 @@ pub(crate) fn copy_tree(
     progress: &Progress,
 ) -> Result<Vec<ManifestEntry>, StoreError> {
     fs::create_dir(dst).map_err(|e| StoreError::writing(e, dst))?;
-    process_tree(src, Some(dst), progress)
+    process_tree(src, Pass::Copy(dst), progress)
 }
 
 /// Hashes a staged tree in place, returning its manifest entries.
 pub(crate) fn hash_tree(root: &Path, progress: &Progress) -> Result<Vec<ManifestEntry>, StoreError> {
-    process_tree(root, None, progress)
+    process_tree(root, Pass::Seal, progress)
 }
 
-fn process_tree(
-    src: &Path,
-    dst: Option<&Path>,
-    progress: &Progress,
-) -> Result<Vec<ManifestEntry>, StoreError> {
+/// Hashes a tree that is not ours (a user's directory) without changing anything in it,
+/// returning its manifest entries.
+pub(crate) fn describe_tree(root: &Path, progress: &Progress) -> Result<Vec<ManifestEntry>, StoreError> {
+    process_tree(root, Pass::ReadOnly, progress)
+}
+
+/// What one pass over a tree does besides hashing.
+#[derive(Clone, Copy)]
+enum Pass<'a> {
+    /// Copies into this new directory.
+    Copy(&'a Path),
+    /// Makes each file read-only (a staged tree about to be published).
+    Seal,
+    /// Nothing: the tree is only read.
+    ReadOnly,
+}
+
+fn process_tree(src: &Path, pass: Pass<'_>, progress: &Progress) -> Result<Vec<ManifestEntry>, StoreError> {
+    let dst = match pass {
+        Pass::Copy(dst) => Some(dst),
+        Pass::Seal | Pass::ReadOnly => None,
+    };
     let mut entries = Vec::new();
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for (rel, file_type) in walk_sorted(src)? {
@@ -209,9 +232,12 @@ fn process_tree(
             });
         }
     }
-    let hashed = crate::parallel::map(&files, |(_, rel)| match dst {
-        Some(dst) => copy_and_hash(&src.join(rel), &dst.join(rel), progress),
-        None => hash_in_place(&src.join(rel), progress),
+    let hashed = crate::parallel::map(&files, |(_, rel)| match pass {
+        Pass::Copy(dst) => copy_and_hash(&src.join(rel), &dst.join(rel), progress),
+        Pass::Seal => hash_in_place(&src.join(rel), progress),
+        Pass::ReadOnly => {
+            hash_read_only(&src.join(rel), progress).map(|(_, exec, size, digest)| (exec, size, digest))
+        }
     })?;
     for ((rel_str, _), (exec, size, digest)) in files.into_iter().zip(hashed) {
         entries.push(file_entry(rel_str, exec, size, digest));

@@ -1,0 +1,253 @@
+//! `warmcache snapshot` and `warmcache restore`: directory snapshots in object storage.
+//!
+//! Advisory by default (DESIGN.md, "Remote is advisory"): when the remote is unreachable, slow or
+//! serves bad data, the command says so loudly on stderr and exits 0, having changed nothing
+//! (restore leaves DIR as it was; snapshot leaves the pointer as it was). `--strict` makes those
+//! exit 1. Problems with DIR itself are errors either way.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::{Cli, Output};
+use crate::remote::snapshot::{
+    self, Phase, RestoreOptions, RestoreStatus, SnapshotOptions, SnapshotProgress, SnapshotStatus,
+};
+use crate::remote::{RemoteSettings, RemoteUrl};
+use crate::units::format_size;
+
+/// `warmcache snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The directory to upload (e.g. node_modules).
+    pub dir: PathBuf,
+    /// Where the snapshot lives, e.g. s3://bucket/site-a/node_modules (default:
+    /// $WARMCACHE_REMOTE, else `[remote] url` of the nearest warmcache.toml).
+    #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// Replace the remote snapshot even if it holds more files and bytes than DIR.
+    #[arg(long)]
+    pub force: bool,
+    /// Exit 1 when the snapshot could not be made current (remote errors, refusal, conflict)
+    /// instead of warning and exiting 0.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// `warmcache restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The directory to replace with the snapshot (created if missing; its parent must exist).
+    pub dir: PathBuf,
+    /// Where the snapshot lives (default: $WARMCACHE_REMOTE, else `[remote] url` of the nearest
+    /// warmcache.toml).
+    #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// Give up after this long, leaving DIR untouched (default: `[remote] timeout`, else 5m).
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Exit 1 when DIR could not be restored (remote errors, timeout, no snapshot yet) instead
+    /// of warning and exiting 0.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// The URL from the flag or environment, else from `warmcache.toml`, with the configured
+/// per-operation timeout.
+fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, Option<Duration>)> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let config = match crate::config::find_config(&cwd) {
+        Some(path) => Some(crate::config::Config::load(&path)?),
+        None => None,
+    };
+    let remote = config.as_ref().and_then(|c| c.remote.as_ref());
+    let timeout = remote.and_then(|r| r.timeout);
+    let url = match (flag, remote) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(remote)) => remote.url.clone(),
+        (None, None) => anyhow::bail!(
+            "no remote given: pass --remote s3://bucket/prefix/KEY, set WARMCACHE_REMOTE, or add \
+             `[remote] url = \"s3://...\"` to a warmcache.toml"
+        ),
+    };
+    Ok((RemoteUrl::parse(&url)?, timeout))
+}
+
+fn settings(timeout: Option<Duration>) -> RemoteSettings {
+    let mut settings = RemoteSettings::default();
+    if let Some(timeout) = timeout {
+        settings.overall_timeout = timeout;
+    }
+    settings
+}
+
+/// `warmcache snapshot DIR`.
+pub fn run_snapshot(_cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> {
+    let (url, timeout) = remote_url(args.remote.as_deref())?;
+    let options = SnapshotOptions {
+        force: args.force,
+        strict: args.strict,
+        settings: settings(timeout),
+        ..SnapshotOptions::default()
+    };
+    let bars = Bars::new(out, "snapshot");
+    let result = snapshot::snapshot(&args.dir, &url, &options, bars.clone());
+    bars.clear();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) if e.is_local() || args.strict => return Err(e.into()),
+        Err(e) => {
+            out.warn(&format!(
+                "snapshot of `{}` not uploaded, the remote is unavailable or unusable; the remote \
+                 was left as it was: {e}",
+                args.dir.display()
+            ));
+            out.result(
+                &json!({ "status": "degraded", "dir": args.dir, "url": url.to_string(), "error": e.to_string() }),
+                || format!("not uploaded (remote unavailable): {}", args.dir.display()),
+            );
+            return Ok(());
+        }
+    };
+    let dir = args.dir.display();
+    let remote_counts = report
+        .remote
+        .as_ref()
+        .map(|p| format!("{} files, {}", p.files, format_size(p.bytes)))
+        .unwrap_or_default();
+    match report.status {
+        SnapshotStatus::Refused => out.warn(&format!(
+            "not replacing the snapshot at {url}: it holds {remote_counts} and `{dir}` only {} files, {}, \
+             so it looks cold or incomplete; pass --force to replace it anyway",
+            report.files,
+            format_size(report.bytes)
+        )),
+        SnapshotStatus::Conflict => out.warn(&format!(
+            "another snapshot was published at {url} while this one was uploading ({}); it was kept, \
+             and `{dir}` is not the current snapshot; run again to replace it",
+            report
+                .remote
+                .as_ref()
+                .map(|p| format!("{remote_counts} from {}", p.host))
+                .unwrap_or_else(|| "unknown".to_owned())
+        )),
+        SnapshotStatus::Uploaded | SnapshotStatus::Unchanged => {}
+    }
+    out.result(&json!(report), || match report.status {
+        SnapshotStatus::Uploaded if report.uploaded_bytes > 0 => format!(
+            "uploaded {} ({} files, {}) to {url}",
+            format_size(report.uploaded_bytes),
+            report.files,
+            format_size(report.bytes)
+        ),
+        SnapshotStatus::Uploaded => {
+            format!("published {url}: the same tree was already uploaded, nothing sent")
+        }
+        SnapshotStatus::Unchanged => format!("unchanged: {url} already holds `{dir}`, nothing uploaded"),
+        SnapshotStatus::Refused => format!("refused: remote holds more ({remote_counts}); nothing uploaded"),
+        SnapshotStatus::Conflict => {
+            "conflict: another snapshot won; the pointer was left as it was".to_owned()
+        }
+    });
+    Ok(())
+}
+
+/// `warmcache restore DIR`.
+pub fn run_restore(_cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
+    let (url, timeout) = remote_url(args.remote.as_deref())?;
+    let options = RestoreOptions {
+        timeout: args.timeout.or(timeout),
+        strict: args.strict,
+        settings: RemoteSettings::default(),
+    };
+    let bars = Bars::new(out, "restore");
+    let result = snapshot::restore(&args.dir, &url, &options, bars.clone());
+    bars.clear();
+    let dir = args.dir.display();
+    let report = match result {
+        Ok(report) => report,
+        Err(e) if e.is_local() || args.strict => return Err(e.into()),
+        Err(e) => {
+            out.warn(&format!(
+                "`{dir}` not restored, running cold (it was left untouched): {e}"
+            ));
+            out.result(
+                &json!({ "status": "degraded", "dir": args.dir, "url": url.to_string(), "error": e.to_string() }),
+                || format!("not restored (remote unavailable): {dir}"),
+            );
+            return Ok(());
+        }
+    };
+    if report.status == RestoreStatus::NoSnapshot {
+        out.warn(&format!("no snapshot at {url} yet; `{dir}` was left as it was"));
+    }
+    out.result(&json!(report), || match report.status {
+        RestoreStatus::Restored => format!(
+            "restored `{dir}` from {url}: {} files, {} (downloaded {})",
+            report.files,
+            format_size(report.bytes),
+            format_size(report.downloaded_bytes)
+        ),
+        RestoreStatus::Unchanged => {
+            format!("unchanged: `{dir}` already holds the snapshot, nothing downloaded")
+        }
+        RestoreStatus::NoSnapshot => format!("no snapshot at {url}; nothing restored"),
+    });
+    Ok(())
+}
+
+/// Progress bars on stderr: bytes, rate and time left when the total is known.
+#[derive(Clone)]
+struct Bars {
+    bar: Option<ProgressBar>,
+    label: &'static str,
+}
+
+impl Bars {
+    fn new(out: &Output, label: &'static str) -> Arc<Self> {
+        let bar = out.progress_enabled().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Arc::new(Self { bar, label })
+    }
+
+    fn clear(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl SnapshotProgress for Bars {
+    fn phase(&self, phase: Phase, total: Option<u64>) {
+        let Some(bar) = &self.bar else { return };
+        let template = match total {
+            Some(_) => "{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, {eta} left",
+            None => "{spinner} {prefix} {msg} {bytes} {binary_bytes_per_sec} [{elapsed}]",
+        };
+        let style = ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(self.label);
+        bar.set_message(phase.as_str());
+        bar.reset();
+        match total {
+            Some(total) => bar.set_length(total),
+            None => bar.unset_length(),
+        }
+    }
+
+    fn position(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(bytes);
+        }
+    }
+}
