@@ -688,12 +688,21 @@ def bench_gc(ctx):
     rm(root)
 
 
+def bench_remote_section(ctx):
+    """Snapshot and restore through a local S3 server (bench/bench_remote.py)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_remote import bench_remote
+
+    bench_remote(os.path.join(ctx.work, "remote"), ctx.runs, BIN)
+
+
 SECTIONS = {
     "import": bench_import,
     "ensure": bench_ensure,
     "archive": bench_archive,
     "activate": bench_activate,
     "gc": bench_gc,
+    "remote": bench_remote_section,
 }
 
 

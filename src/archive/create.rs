@@ -38,6 +38,12 @@ pub fn create_tar_zst<W: Write>(dir: &Path, out: W, level: i32) -> Result<Create
     let counted = Counting { inner: out, bytes: 0 };
     let mut encoder = zstd::Encoder::new(counted, level).map_err(err(dir))?;
     encoder.include_checksum(true).map_err(err(dir))?;
+    // Compression is the CPU-bound part of a snapshot: use zstd's worker threads (as `zstd -T0`
+    // does); memory stays bounded by zstd's per-worker window.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) as u32;
+    if workers > 1 {
+        encoder.multithread(workers).map_err(err(dir))?;
+    }
     let mut builder = tar::Builder::new(encoder);
     append_dir(&mut builder, dir, &mut PathBuf::new(), &mut report)?;
     let encoder = builder.into_inner().map_err(err(dir))?;
