@@ -279,13 +279,13 @@ impl Cache {
             if i > 0 {
                 std::thread::sleep(YIELD_BETWEEN_BATCHES);
             }
-            let held = Instant::now();
             let _exclusive = lock::lock(
                 &self.layout().root_lock(),
                 Mode::Exclusive,
                 self.options().lock_timeout,
                 "the cache root lock (exclusive, for gc)",
             )?;
+            let held = Instant::now();
             let protected = protected_ids(self, now_ms())?;
             let mut catalog = self.catalog();
             let path = catalog.path().to_path_buf();
