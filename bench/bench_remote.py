@@ -201,7 +201,7 @@ def _run(work, runs, bin_path, aws, data, env):
         f"\n### Snapshot and restore through a local S3 server: `{src}` ({files} files, {size / 2**20:.0f} MiB)\n"
     )
     print(
-        f"Archive: warmcache {ours_zst / 2**20:.0f} MiB (zstd -3, one thread), pipeline {pipe_zst / 2**20:.0f} MiB "
+        f"Archive: warmcache {ours_zst / 2**20:.0f} MiB (zstd -3, worker threads), pipeline {pipe_zst / 2**20:.0f} MiB "
         f"(zstd -3 -T0). Server: examples/s3_server.rs (s3s-fs) on loopback. Speed-up = pipeline time ÷ this time.\n"
     )
     print("| operation | command | durable | median wall time | speed-up vs pipeline | peak RSS |")
