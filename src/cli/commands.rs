@@ -100,16 +100,13 @@ pub(super) fn open(cli: &Cli) -> Result<Cache> {
 
 /// The recipe for `ensure`: `[entry.NAME]` of the nearest `warmcache.toml`, with the flags
 /// overriding its fields; or the flags alone, relative to the working directory.
-pub(super) fn recipe(args: &EnsureArgs) -> Result<crate::build::Recipe> {
+pub(super) fn recipe(name: &str, args: &super::RecipeArgs) -> Result<crate::build::Recipe> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
     let config = match crate::config::find_config(&cwd) {
         Some(path) => Some(crate::config::Config::load(&path)?),
         None => None,
     };
-    let (mut entry, base) = match config
-        .as_ref()
-        .and_then(|c| c.entries.get(&args.name).map(|e| (e, c)))
-    {
+    let (mut entry, base) = match config.as_ref().and_then(|c| c.entries.get(name).map(|e| (e, c))) {
         Some((entry, config)) => (entry.clone(), config.dir.clone()),
         None => (crate::config::EntryConfig::default(), cwd.clone()),
     };
@@ -127,7 +124,7 @@ pub(super) fn recipe(args: &EnsureArgs) -> Result<crate::build::Recipe> {
     entry.validate = args.validate.clone().or(entry.validate);
     entry.timeout = args.timeout.or(entry.timeout);
     entry.stale = args.stale.or(entry.stale);
-    match crate::build::Recipe::new(&args.name, &entry, &base) {
+    match crate::build::Recipe::new(name, &entry, &base) {
         Ok(recipe) => Ok(recipe),
         Err(crate::build::RecipeError::MissingBuild { name }) if config.is_none() => Err(anyhow::anyhow!(
             "entry `{name}` has no recipe: no warmcache.toml was found upwards from `{}` and no --build \
@@ -139,7 +136,7 @@ pub(super) fn recipe(args: &EnsureArgs) -> Result<crate::build::Recipe> {
 }
 
 fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
-    let recipe = recipe(args)?;
+    let recipe = recipe(&args.name, &args.recipe)?;
     let cache = open(cli)?;
     let options = crate::build::EnsureOptions {
         refresh: args.refresh,

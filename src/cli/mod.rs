@@ -111,13 +111,10 @@ pub struct GcArgs {
     pub evict: Vec<String>,
 }
 
-/// `warmcache ensure`. Recipe flags override the fields of `[entry.NAME]` in the nearest
-/// `warmcache.toml`; without such an entry they are the whole recipe, relative to the working
-/// directory.
+/// The recipe flags, shared by `ensure` and `pull`: they override the fields of `[entry.NAME]` in
+/// the nearest `warmcache.toml`.
 #[derive(Debug, Args)]
-pub struct EnsureArgs {
-    /// The entry name (e.g. `bundles/ext`).
-    pub name: String,
+pub struct RecipeArgs {
     /// An input file glob, relative to the recipe's directory (repeatable).
     #[arg(long = "input", value_name = "GLOB")]
     pub inputs: Vec<String>,
@@ -142,6 +139,17 @@ pub struct EnsureArgs {
     /// Serve the last good artifact when building fails (`if-error`, the default) or not (`never`).
     #[arg(long, value_name = "POLICY", value_parser = parse_stale)]
     pub stale: Option<crate::build::StalePolicy>,
+}
+
+/// `warmcache ensure`. Recipe flags override the fields of `[entry.NAME]` in the nearest
+/// `warmcache.toml`; without such an entry they are the whole recipe, relative to the working
+/// directory.
+#[derive(Debug, Args)]
+pub struct EnsureArgs {
+    /// The entry name (e.g. `bundles/ext`).
+    pub name: String,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// Build now, whatever the failure memory says.
     #[arg(long)]
     pub refresh: bool,

@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::commands::{open, recipe};
-use super::{Cli, EnsureArgs, Output};
+use super::{Cli, Output};
 use crate::remote::share::{self, IndexOutcome, ShareError, Sharing};
 use crate::remote::{RemoteSettings, RemoteUrl};
 
@@ -53,24 +53,8 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// The entry name.
     pub name: String,
-    /// An input file glob, relative to the recipe's directory (repeatable).
-    #[arg(long = "input", value_name = "GLOB")]
-    pub inputs: Vec<String>,
-    /// The build command (it is part of the fingerprint; it is not run).
-    #[arg(long, value_name = "CMD")]
-    pub build: Option<String>,
-    /// `file` (default) or `dir`.
-    #[arg(long, value_name = "KIND")]
-    pub output: Option<crate::build::OutputKind>,
-    /// The validation command (part of the fingerprint).
-    #[arg(long, value_name = "CMD")]
-    pub validate: Option<String>,
-    /// An extra key string (repeatable).
-    #[arg(long = "key", value_name = "STR")]
-    pub keys: Vec<String>,
-    /// An environment variable whose value joins the fingerprint (repeatable).
-    #[arg(long = "env", value_name = "VAR")]
-    pub env: Vec<String>,
+    #[command(flatten)]
+    pub recipe: super::RecipeArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -181,27 +165,7 @@ pub(super) fn push(cli: &Cli, out: &Output, args: &PushArgs) -> Result<()> {
 
 /// `warmcache pull NAME`.
 pub(super) fn pull(cli: &Cli, out: &Output, args: &PullArgs) -> Result<()> {
-    let recipe = recipe(&EnsureArgs {
-        name: args.name.clone(),
-        inputs: args.inputs.clone(),
-        build: args.build.clone(),
-        output: args.output,
-        validate: args.validate.clone(),
-        keys: args.keys.clone(),
-        env: args.env.clone(),
-        timeout: None,
-        stale: None,
-        refresh: false,
-        no_wait: false,
-        lease: None,
-        share: EnsureRemoteArgs {
-            remote: RemoteArgs {
-                remote: None,
-                strict: false,
-            },
-            push: false,
-        },
-    })?;
+    let recipe = recipe(&args.name, &args.recipe)?;
     let Some(sharing) = sharing(out, &args.remote, false, true)? else {
         return Err(ShareError::NoRemote.into());
     };
