@@ -193,13 +193,19 @@ fn retry_hint(failure: &FailureRecord) -> String {
 
 /// What the catalog says about an entry.
 struct EntryState {
+    /// The catalog row, kept so that a hit can record the access without reading it again.
+    entry: Option<crate::catalog::EntryRow>,
     last_good: Option<LastGood>,
     present: bool,
     failure: Option<FailureRecord>,
-    updated_at: i64,
 }
 
 impl EntryState {
+    /// When the entry's artifact last changed (unix ms; 0 without an entry).
+    fn updated_at(&self) -> i64 {
+        self.entry.as_ref().map_or(0, |e| e.updated_at)
+    }
+
     /// The state machine's decision for the current fingerprint, now.
     fn decide(&self, fp: &str, refresh: bool, stale: StalePolicy) -> Decision {
         decide(
@@ -235,7 +241,7 @@ impl Cache {
                 fingerprint: fp.clone(),
                 failure: failure.map(FailureReport::from),
                 stale_reason: why,
-                updated_at: state.updated_at,
+                updated_at: state.updated_at(),
                 unmatched_globs: unmatched.clone(),
                 remote: None,
             }
@@ -285,7 +291,9 @@ impl Cache {
             let state = self.entry_state(&recipe.name)?;
             let decision = state.decide(&fp, options.refresh, recipe.stale);
             if matches!(decision, Decision::Hit) {
-                self.touch_entry(&recipe.name)?;
+                if let Some(entry) = &state.entry {
+                    self.catalog().touch(entry, now_ms()).map_err(CacheError::from)?;
+                }
             }
             if let Some(done) = conclude(decision, &state) {
                 return done;
@@ -328,7 +336,7 @@ impl Cache {
             // this call began, reuses it instead of building twice.
             let fresh = state.last_good.as_ref().is_some_and(|g| g.fingerprint == fp)
                 && state.present
-                && state.updated_at >= call_started;
+                && state.updated_at() >= call_started;
             let refresh_now = options.refresh && !fresh;
             let decision = state.decide(&fp, refresh_now, recipe.stale);
             if let Some(done) = conclude(decision, &state) {
@@ -432,36 +440,22 @@ impl Cache {
         let entry = catalog.entry(name)?;
         let failure = catalog.failure(name)?;
         drop(catalog);
-        let (last_good, updated_at) = match entry {
-            Some(e) => {
-                let good = match (e.artifact, e.fingerprint) {
-                    (Some(artifact), Some(fingerprint)) => Some(LastGood {
-                        artifact,
-                        fingerprint,
-                    }),
-                    _ => None,
-                };
-                (good, e.updated_at)
-            }
-            None => (None, 0),
-        };
+        let last_good = entry.as_ref().and_then(|e| match (&e.artifact, &e.fingerprint) {
+            (Some(artifact), Some(fingerprint)) => Some(LastGood {
+                artifact: artifact.clone(),
+                fingerprint: fingerprint.clone(),
+            }),
+            _ => None,
+        });
         let present = last_good
             .as_ref()
             .is_some_and(|g| self.store().is_present(&g.artifact));
         Ok(EntryState {
+            entry,
             last_good,
             present,
             failure,
-            updated_at,
         })
-    }
-
-    fn touch_entry(&self, name: &str) -> Result<(), CacheError> {
-        let mut catalog = self.catalog();
-        if let Some(entry) = catalog.entry(name)? {
-            catalog.touch(&entry, now_ms())?;
-        }
-        Ok(())
     }
 
     /// Fingerprints a recipe, keeping its stat cache in memory for this `Cache` (a daemon pays only
