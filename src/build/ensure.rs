@@ -290,10 +290,8 @@ impl Cache {
             let _op = self.operation()?;
             let state = self.entry_state(&recipe.name)?;
             let decision = state.decide(&fp, options.refresh, recipe.stale);
-            if matches!(decision, Decision::Hit) {
-                if let Some(entry) = &state.entry {
-                    self.catalog().touch(entry, now_ms()).map_err(CacheError::from)?;
-                }
+            if let (Decision::Hit, Some(entry)) = (&decision, &state.entry) {
+                self.catalog().touch(entry, now_ms()).map_err(CacheError::from)?;
             }
             if let Some(done) = conclude(decision, &state) {
                 return done;

@@ -70,13 +70,30 @@ pub(super) fn ensure_sharing(out: &Output, args: &EnsureRemoteArgs) -> Result<Op
     sharing(out, &args.remote, args.push, false)
 }
 
-/// Resolves the remote; `required` makes its absence an error.
-fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> Result<Option<Sharing>> {
+/// The `[remote]` table of the nearest `warmcache.toml`, if any.
+pub(super) fn configured_remote() -> Result<Option<crate::config::RemoteConfig>> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    let config = match crate::config::find_config(&cwd) {
+    Ok(match crate::config::find_config(&cwd) {
         Some(path) => crate::config::Config::load(&path)?.remote,
         None => None,
-    };
+    })
+}
+
+/// Transfer settings, with `[remote] timeout` bounding the whole operation and each of its steps.
+pub(super) fn remote_settings(config: Option<&crate::config::RemoteConfig>) -> RemoteSettings {
+    let mut settings = RemoteSettings::default();
+    if let Some(timeout) = config.and_then(|c| c.timeout) {
+        settings.overall_timeout = timeout;
+        settings.request_timeout = settings.request_timeout.min(timeout);
+        settings.stall_timeout = settings.stall_timeout.min(timeout);
+        settings.connect_timeout = settings.connect_timeout.min(timeout);
+    }
+    settings
+}
+
+/// Resolves the remote; `required` makes its absence an error.
+fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> Result<Option<Sharing>> {
+    let config = configured_remote()?;
     let env = std::env::var("WARMCACHE_REMOTE")
         .ok()
         .filter(|v| !v.trim().is_empty());
@@ -89,13 +106,7 @@ fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> 
         (None, None, None) if required => return Err(ShareError::NoRemote.into()),
         (None, None, None) => return Ok(None),
     };
-    let mut settings = RemoteSettings::default();
-    if let Some(timeout) = config.as_ref().and_then(|c| c.timeout) {
-        settings.overall_timeout = timeout;
-        settings.request_timeout = settings.request_timeout.min(timeout);
-        settings.stall_timeout = settings.stall_timeout.min(timeout);
-        settings.connect_timeout = settings.connect_timeout.min(timeout);
-    }
+    let settings = remote_settings(config.as_ref());
     let connected = parsed.and_then(|url| Sharing::new(url, settings).map_err(anyhow::Error::from));
     match connected {
         Ok(sharing) => {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -57,17 +57,11 @@ pub struct RestoreArgs {
     pub strict: bool,
 }
 
-/// The URL from the flag or environment, else from `warmcache.toml`, with the configured
-/// per-operation timeout.
-fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, Option<Duration>)> {
-    let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    let config = match crate::config::find_config(&cwd) {
-        Some(path) => Some(crate::config::Config::load(&path)?),
-        None => None,
-    };
-    let remote = config.as_ref().and_then(|c| c.remote.as_ref());
-    let timeout = remote.and_then(|r| r.timeout);
-    let url = match (flag, remote) {
+/// The URL from the flag or environment, else from `warmcache.toml`, with the transfer settings
+/// and the configured timeout.
+fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>)> {
+    let remote = super::share::configured_remote()?;
+    let url = match (flag, &remote) {
         (Some(url), _) => url.to_owned(),
         (None, Some(remote)) => remote.url.clone(),
         (None, None) => anyhow::bail!(
@@ -75,24 +69,17 @@ fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, Option<Duration>)> {
              `[remote] url = \"s3://...\"` to a warmcache.toml"
         ),
     };
-    Ok((RemoteUrl::parse(&url)?, timeout))
-}
-
-fn settings(timeout: Option<Duration>) -> RemoteSettings {
-    let mut settings = RemoteSettings::default();
-    if let Some(timeout) = timeout {
-        settings.overall_timeout = timeout;
-    }
-    settings
+    let settings = super::share::remote_settings(remote.as_ref());
+    Ok((RemoteUrl::parse(&url)?, settings, remote.and_then(|r| r.timeout)))
 }
 
 /// `warmcache snapshot DIR`.
 pub fn run_snapshot(_cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> {
-    let (url, timeout) = remote_url(args.remote.as_deref())?;
+    let (url, settings, _) = remote_url(args.remote.as_deref())?;
     let options = SnapshotOptions {
         force: args.force,
         strict: args.strict,
-        settings: settings(timeout),
+        settings,
         ..SnapshotOptions::default()
     };
     let bars = Bars::new(out, "snapshot");
@@ -159,11 +146,11 @@ pub fn run_snapshot(_cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()>
 
 /// `warmcache restore DIR`.
 pub fn run_restore(_cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
-    let (url, timeout) = remote_url(args.remote.as_deref())?;
+    let (url, settings, timeout) = remote_url(args.remote.as_deref())?;
     let options = RestoreOptions {
         timeout: args.timeout.or(timeout),
         strict: args.strict,
-        settings: RemoteSettings::default(),
+        settings,
     };
     let bars = Bars::new(out, "restore");
     let result = snapshot::restore(&args.dir, &url, &options, bars.clone());
