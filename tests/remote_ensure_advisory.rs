@@ -7,8 +7,10 @@
 mod common;
 mod support;
 
+use common::Machine;
+
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use support::s3_server::{BUCKET, TestS3};
 use warmcache::remote::RemoteUrl;
@@ -28,57 +30,13 @@ build = "echo other >> \"$COUNTER_FILE\"; head -c 1000 /dev/urandom > \"$WARMCAC
 
 const PREFIX: &str = "team";
 
-struct Machine {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    project: PathBuf,
-    counter: PathBuf,
-}
-
-impl Machine {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let project = dir.path().join("checkout");
-        std::fs::create_dir_all(project.join("src")).unwrap();
-        // A short remote timeout keeps the stalled-download case quick.
-        let config = format!("{RECIPES}\n[remote]\nurl = \"s3://{BUCKET}/{PREFIX}\"\ntimeout = \"3s\"\n");
-        std::fs::write(project.join("warmcache.toml"), config).unwrap();
-        std::fs::write(project.join("src/input.txt"), "inputs\n").unwrap();
-        Self {
-            root: dir.path().join("cache"),
-            counter: dir.path().join("builds.log"),
-            project,
-            _dir: dir,
-        }
-    }
-
-    fn cmd(&self, server: &TestS3) -> Command {
-        let mut cmd = common::warmcache(&self.root);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AWS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.envs(server.env())
-            .env("COUNTER_FILE", &self.counter)
-            .current_dir(&self.project);
-        cmd
-    }
-
-    fn builds(&self) -> usize {
-        std::fs::read_to_string(&self.counter)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    }
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
 
 /// Machine A builds `blob` and pushes it; returns its `ensure` JSON.
 fn push_blob(server: &TestS3, a: &Machine) -> serde_json::Value {
-    let built = common::ok_json(a.cmd(server).args(["ensure", "blob", "--push"]));
+    let built = common::ok_json(a.cmd(server.env()).args(["ensure", "blob", "--push"]));
     assert_eq!(built["remote"]["pushed"]["index"]["state"], "created", "{built}");
     built
 }
@@ -99,17 +57,17 @@ fn check_degraded(
     pushed: &serde_json::Value,
     expect: &str,
 ) -> serde_json::Value {
-    let strict: Output = common::run(b.cmd(server).args(["ensure", "blob", "--strict"]));
+    let strict: Output = common::run(b.cmd(server.env()).args(["ensure", "blob", "--strict"]));
     let stderr = text(&strict.stderr);
     assert_eq!(strict.status.code(), Some(1), "--strict did not fail: {stderr}");
     assert!(stderr.contains("remote problem"), "{stderr}");
     assert!(stderr.contains(expect), "{stderr}");
     assert_eq!(b.builds(), 0, "--strict built after a remote problem");
     // The failed lookup is not a build failure: nothing recorded for the entry.
-    let status = common::ok_json(b.cmd(server).args(["status"]));
+    let status = common::ok_json(b.cmd(server.env()).args(["status"]));
     assert_eq!(status["entries"], serde_json::json!([]), "{status}");
 
-    let out = common::run(b.cmd(server).args(["ensure", "blob", "--json"]));
+    let out = common::run(b.cmd(server.env()).args(["ensure", "blob", "--json"]));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "ensure failed: {stderr}");
     let warnings: Vec<&str> = stderr
@@ -139,26 +97,26 @@ fn check_degraded(
 #[test]
 fn remote_down_builds_locally() {
     let server = TestS3::start();
-    let (a, b) = (Machine::new(), Machine::new());
+    let (a, b) = (machine(), machine());
     let pushed = push_blob(&server, &a);
     server.set_down(true);
     check_degraded(&server, &b, &pushed, "unreachable");
 
     // Pushing to a down remote after a local build: a warning, the local build kept.
-    let out = common::run(a.cmd(&server).args(["ensure", "other", "--push"]));
+    let out = common::run(a.cmd(server.env()).args(["ensure", "other", "--push"]));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("`other` was built locally but not pushed"),
         "{stderr}"
     );
-    assert!(common::ok(a.cmd(&server).args(["path", "other"])).contains("/objects/"));
+    assert!(common::ok(a.cmd(server.env()).args(["path", "other"])).contains("/objects/"));
 }
 
 #[test]
 fn remote_answering_500_builds_locally() {
     let server = TestS3::start();
-    let (a, b) = (Machine::new(), Machine::new());
+    let (a, b) = (machine(), machine());
     let pushed = push_blob(&server, &a);
     server.fail_next(usize::MAX / 2);
     check_degraded(&server, &b, &pushed, "HTTP 500");
@@ -167,7 +125,7 @@ fn remote_answering_500_builds_locally() {
 #[test]
 fn stalled_download_builds_locally_within_the_timeout() {
     let server = TestS3::start();
-    let (a, b) = (Machine::new(), Machine::new());
+    let (a, b) = (machine(), machine());
     let pushed = push_blob(&server, &a);
     // Small objects (index, description) get through; the archive stops after 64 KiB.
     assert!(pushed["remote"]["pushed"]["uploaded_bytes"].as_u64().unwrap() > 100_000);
@@ -179,7 +137,7 @@ fn stalled_download_builds_locally_within_the_timeout() {
 #[test]
 fn archive_with_a_flipped_byte_is_detected_and_never_published() {
     let server = TestS3::start();
-    let (a, b) = (Machine::new(), Machine::new());
+    let (a, b) = (machine(), machine());
     let pushed = push_blob(&server, &a);
     let archive = archive_file(&server, pushed["artifact"].as_str().unwrap());
     let mut bytes = std::fs::read(&archive).unwrap();
@@ -194,7 +152,7 @@ fn archive_replaced_by_other_bytes_of_the_same_content_is_refused() {
     // A valid tar.zst of exactly the right content, but not the bytes the description names:
     // only the archive's digest can tell, and it must be checked.
     let server = TestS3::start();
-    let (a, b) = (Machine::new(), Machine::new());
+    let (a, b) = (machine(), machine());
     let pushed = push_blob(&server, &a);
     let archive = archive_file(&server, pushed["artifact"].as_str().unwrap());
     let tar = zstd::decode_all(std::fs::File::open(&archive).unwrap()).unwrap();
@@ -207,10 +165,10 @@ fn archive_replaced_by_other_bytes_of_the_same_content_is_refused() {
 #[test]
 fn index_claiming_another_artifact_than_its_content_is_refused() {
     let server = TestS3::start();
-    let (a, b) = (Machine::new(), Machine::new());
+    let (a, b) = (machine(), machine());
     // A builds `blob` without pushing it, and pushes `other`.
-    let blob = common::ok_json(a.cmd(&server).args(["ensure", "blob"]));
-    let other = common::ok_json(a.cmd(&server).args(["ensure", "other", "--push"]));
+    let blob = common::ok_json(a.cmd(server.env()).args(["ensure", "blob"]));
+    let other = common::ok_json(a.cmd(server.env()).args(["ensure", "other", "--push"]));
     let (blob_id, other_id) = (
         blob["artifact"].as_str().unwrap(),
         other["artifact"].as_str().unwrap(),
@@ -268,4 +226,10 @@ fn index_claiming_another_artifact_than_its_content_is_refused() {
     let ensured = check_degraded(&server, &b, &blob, "claims artifact");
     assert_ne!(ensured["artifact"], other["artifact"]);
     assert!(!common::artifact_ids(&b.root).iter().any(|id| id == other_id));
+}
+
+/// A machine with the recipes and a remote whose short timeout keeps the stalled case quick.
+fn machine() -> Machine {
+    let config = format!("{RECIPES}\n[remote]\nurl = \"s3://{BUCKET}/{PREFIX}\"\ntimeout = \"3s\"\n");
+    Machine::new(&config, &[("src/input.txt", "inputs\n")])
 }

@@ -7,8 +7,9 @@
 mod common;
 mod support;
 
+use common::Machine;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use support::s3_server::{BUCKET, TestS3};
 
@@ -29,69 +30,24 @@ ln -s lib/nested/data.txt "$WARMCACHE_OUT/link"
 """
 "#;
 
-/// One machine: a cache root and a checkout of the project.
-struct Machine {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    project: PathBuf,
-    counter: PathBuf,
-}
-
-impl Machine {
-    /// `remote` is the `[remote]` table of its warmcache.toml (empty: none).
-    fn new(remote: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let project = dir.path().join("checkout");
-        std::fs::create_dir_all(project.join("src")).unwrap();
-        std::fs::write(project.join("warmcache.toml"), format!("{RECIPES}\n{remote}")).unwrap();
-        std::fs::write(project.join("src/main.sh"), "#!/bin/sh\necho hello\n").unwrap();
-        std::fs::write(project.join("src/data.txt"), "shared data\n").unwrap();
-        Self {
-            root: dir.path().join("cache"),
-            counter: dir.path().join("builds.log"),
-            project,
-            _dir: dir,
-        }
-    }
-
-    fn cmd(&self, server: &TestS3) -> Command {
-        let mut cmd = common::warmcache(&self.root);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AWS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.envs(server.env())
-            .env("COUNTER_FILE", &self.counter)
-            .current_dir(&self.project);
-        cmd
-    }
-
-    fn builds(&self) -> usize {
-        std::fs::read_to_string(&self.counter)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    }
-}
-
 fn url() -> String {
     format!("s3://{BUCKET}/team/cache")
 }
 
 fn share_and_fetch(name: &str, compare: impl Fn(&Path, &Path)) {
     let server = TestS3::start();
-    let a = Machine::new(&format!("[remote]\nurl = \"{}\"\npush = true\n", url()));
+    let a = machine(&format!("[remote]\nurl = \"{}\"\npush = true\n", url()));
     // B names the remote through the environment instead of its config file.
-    let b = Machine::new("");
+    let b = machine("");
 
-    let built = common::ok_json(a.cmd(&server).args(["ensure", name]));
+    let built = common::ok_json(a.cmd(server.env()).args(["ensure", name]));
     assert_eq!(built["status"], "built", "{built}");
     assert_eq!(built["remote"]["pulled"], false, "{built}");
     assert_eq!(built["remote"]["pushed"]["index"]["state"], "created", "{built}");
     assert_eq!(a.builds(), 1);
 
     let pulled = common::ok_json(
-        b.cmd(&server)
+        b.cmd(server.env())
             .env("WARMCACHE_REMOTE", url())
             .args(["ensure", name]),
     );
@@ -107,12 +63,12 @@ fn share_and_fetch(name: &str, compare: impl Fn(&Path, &Path)) {
 
     // Recorded as B's last good artifact for these inputs, with its source: the next call is a
     // local hit that touches neither the builder nor the remote.
-    let status = common::ok_json(b.cmd(&server).args(["status", name]));
+    let status = common::ok_json(b.cmd(server.env()).args(["status", name]));
     assert_eq!(status["entries"][0]["source"], "pull", "{status}");
     assert_eq!(status["entries"][0]["artifact"], built["artifact"]);
     let requests = server.requests();
     let hit = common::ok_json(
-        b.cmd(&server)
+        b.cmd(server.env())
             .env("WARMCACHE_REMOTE", url())
             .args(["ensure", name]),
     );
@@ -141,4 +97,15 @@ fn directory_tree_is_pulled_not_built() {
         assert_eq!(tree["link"], "link lib/nested/data.txt");
         assert_eq!(tree["empty"], "dir");
     });
+}
+
+/// A machine whose warmcache.toml has the recipes and `remote` (a `[remote]` table, or empty).
+fn machine(remote: &str) -> Machine {
+    Machine::new(
+        &format!("{RECIPES}\n{remote}"),
+        &[
+            ("src/main.sh", "#!/bin/sh\necho hello\n"),
+            ("src/data.txt", "shared data\n"),
+        ],
+    )
 }

@@ -7,8 +7,9 @@
 mod common;
 mod support;
 
+use common::Machine;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use support::s3_server::{BUCKET, TestS3};
 
@@ -25,49 +26,6 @@ printf '#!/bin/sh\n' > "$WARMCACHE_OUT/bin/run" && chmod +x "$WARMCACHE_OUT/bin/
 "#;
 
 const URL_PREFIX: &str = "shared";
-
-struct Machine {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    project: PathBuf,
-    counter: PathBuf,
-}
-
-impl Machine {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let project = dir.path().join("checkout");
-        std::fs::create_dir_all(project.join("src")).unwrap();
-        std::fs::write(project.join("warmcache.toml"), RECIPES).unwrap();
-        std::fs::write(project.join("src/app.txt"), "version 1\n").unwrap();
-        Self {
-            root: dir.path().join("cache"),
-            counter: dir.path().join("builds.log"),
-            project,
-            _dir: dir,
-        }
-    }
-
-    /// A command with the remote given by `--remote` where the command takes it.
-    fn cmd(&self, server: &TestS3) -> Command {
-        let mut cmd = common::warmcache(&self.root);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AWS_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.envs(server.env())
-            .env("COUNTER_FILE", &self.counter)
-            .current_dir(&self.project);
-        cmd
-    }
-
-    fn builds(&self) -> usize {
-        std::fs::read_to_string(&self.counter)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    }
-}
 
 fn url() -> String {
     format!("s3://{BUCKET}/{URL_PREFIX}")
@@ -97,14 +55,17 @@ fn remote_objects(server: &TestS3) -> Vec<(PathBuf, u64, std::time::SystemTime)>
 #[test]
 fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
     let server = TestS3::start();
-    let (a, b) = (Machine::new(), Machine::new());
-    let built = common::ok_json(a.cmd(&server).args(["ensure", "bundles/app"]));
+    let (a, b) = (machine(), machine());
+    let built = common::ok_json(a.cmd(server.env()).args(["ensure", "bundles/app"]));
     assert!(
         built.get("remote").is_none(),
         "no remote configured, yet: {built}"
     );
 
-    let pushed = common::ok_json(a.cmd(&server).args(["push", "bundles/app", "--remote", &url()]));
+    let pushed = common::ok_json(
+        a.cmd(server.env())
+            .args(["push", "bundles/app", "--remote", &url()]),
+    );
     assert_eq!(pushed["status"], "pushed", "{pushed}");
     assert_eq!(pushed["artifact"], built["artifact"]);
     assert_eq!(pushed["fingerprint"], built["fingerprint"]);
@@ -115,7 +76,10 @@ fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
     // Description, archive, index.
     assert_eq!(objects.len(), 3, "{objects:?}");
 
-    let again = common::ok_json(a.cmd(&server).args(["push", "bundles/app", "--remote", &url()]));
+    let again = common::ok_json(
+        a.cmd(server.env())
+            .args(["push", "bundles/app", "--remote", &url()]),
+    );
     assert_eq!(again["status"], "present", "{again}");
     assert_eq!(again["uploaded_bytes"], 0);
     assert_eq!(again["artifact_created"], false);
@@ -126,12 +90,15 @@ fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
         objects,
         "the second push changed the remote"
     );
-    let human = common::ok(a.cmd(&server).args(["push", "bundles/app", "--remote", &url()]));
+    let human = common::ok(
+        a.cmd(server.env())
+            .args(["push", "bundles/app", "--remote", &url()]),
+    );
     assert!(human.contains("nothing uploaded"), "{human}");
 
     // Machine B pulls by hand (the remote from the environment this time); nothing is built.
     let pulled = common::ok_json(
-        b.cmd(&server)
+        b.cmd(server.env())
             .env("WARMCACHE_REMOTE", url())
             .args(["pull", "bundles/app"]),
     );
@@ -147,15 +114,18 @@ fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
     );
     // Recorded: `path` answers and `ensure` is a hit.
     assert_eq!(
-        common::ok(b.cmd(&server).args(["path", "bundles/app"])),
+        common::ok(b.cmd(server.env()).args(["path", "bundles/app"])),
         path_b.display().to_string()
     );
-    let hit = common::ok_json(b.cmd(&server).args(["ensure", "bundles/app"]));
+    let hit = common::ok_json(b.cmd(server.env()).args(["ensure", "bundles/app"]));
     assert_eq!(hit["status"], "hit", "{hit}");
     assert_eq!(b.builds(), 0);
 
     // Pulling what the store already holds downloads nothing.
-    let again = common::ok_json(b.cmd(&server).args(["pull", "bundles/app", "--remote", &url()]));
+    let again = common::ok_json(
+        b.cmd(server.env())
+            .args(["pull", "bundles/app", "--remote", &url()]),
+    );
     assert_eq!(again["status"], "pulled");
     assert_eq!(again["downloaded_bytes"], 0);
     assert_eq!(a.builds(), 1);
@@ -164,16 +134,16 @@ fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
 #[test]
 fn pull_of_an_unknown_fingerprint_is_a_clear_miss() {
     let server = TestS3::start();
-    let (a, b) = (Machine::new(), Machine::new());
+    let (a, b) = (machine(), machine());
     common::ok(
-        a.cmd(&server)
+        a.cmd(server.env())
             .args(["ensure", "bundles/app", "--push", "--remote", &url()]),
     );
     // B's inputs differ from what A pushed: another fingerprint.
     std::fs::write(b.project.join("src/app.txt"), "version 2\n").unwrap();
 
     let out = common::run(
-        b.cmd(&server)
+        b.cmd(server.env())
             .args(["pull", "bundles/app", "--remote", &url(), "--json"]),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -186,15 +156,16 @@ fn pull_of_an_unknown_fingerprint_is_a_clear_miss() {
     );
     assert!(stderr.contains(&url()), "{stderr}");
 
-    let strict = common::run(
-        b.cmd(&server)
-            .args(["pull", "bundles/app", "--remote", &url(), "--strict"]),
-    );
+    let strict =
+        common::run(
+            b.cmd(server.env())
+                .args(["pull", "bundles/app", "--remote", &url(), "--strict"]),
+        );
     assert_eq!(strict.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&strict.stderr).contains("no shared artifact"));
 
     // Nothing recorded, nothing built, nothing stored.
-    let path = common::run(b.cmd(&server).args(["path", "bundles/app"]));
+    let path = common::run(b.cmd(server.env()).args(["path", "bundles/app"]));
     assert!(!path.status.success());
     assert_eq!(b.builds(), 0);
     assert!(common::artifact_ids(&b.root).is_empty());
@@ -203,16 +174,16 @@ fn pull_of_an_unknown_fingerprint_is_a_clear_miss() {
 #[test]
 fn imported_entry_pushes_its_artifact_only_and_says_so() {
     let server = TestS3::start();
-    let a = Machine::new();
+    let a = machine();
     let file = a.project.join("src/app.txt");
     common::ok(
-        a.cmd(&server)
+        a.cmd(server.env())
             .args(["import"])
             .arg(&file)
             .args(["--name", "plain"]),
     );
     let out = common::run(
-        a.cmd(&server)
+        a.cmd(server.env())
             .args(["push", "plain", "--remote", &url(), "--json"]),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -225,7 +196,12 @@ fn imported_entry_pushes_its_artifact_only_and_says_so() {
     assert_eq!(objects.len(), 2, "description and archive only: {objects:?}");
 
     // Without any remote configured, push is an error that says how to configure one.
-    let out = common::run(a.cmd(&server).args(["push", "plain"]));
+    let out = common::run(a.cmd(server.env()).args(["push", "plain"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("WARMCACHE_REMOTE"));
+}
+
+/// A machine with the recipes and no remote configured (commands take `--remote`).
+fn machine() -> Machine {
+    Machine::new(RECIPES, &[("src/app.txt", "version 1\n")])
 }

@@ -166,3 +166,57 @@ pub fn assert_consistent(root: &Path, when: &str) {
         }
     }
 }
+
+/// One simulated machine for the remote tests: its own cache root and checkout (with a
+/// `warmcache.toml`), and a counter file that the recipes' builders append to.
+pub struct Machine {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub project: PathBuf,
+    pub counter: PathBuf,
+}
+
+impl Machine {
+    /// A machine whose checkout holds `config` as warmcache.toml and `files` (relative path,
+    /// content).
+    pub fn new(config: &str, files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join("checkout");
+        std::fs::create_dir_all(project.join("src")).unwrap();
+        std::fs::write(project.join("warmcache.toml"), config).unwrap();
+        for (path, content) in files {
+            std::fs::write(project.join(path), content).unwrap();
+        }
+        Self {
+            root: dir.path().join("cache"),
+            counter: dir.path().join("builds.log"),
+            project,
+            _dir: dir,
+        }
+    }
+
+    /// A `warmcache` command run in the checkout with only the given AWS variables (ambient
+    /// `AWS_*` cleared) and the builders' counter file in `COUNTER_FILE`.
+    pub fn cmd<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        &self,
+        aws_env: impl IntoIterator<Item = (K, V)>,
+    ) -> Command {
+        let mut cmd = warmcache(&self.root);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AWS_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(aws_env)
+            .env("COUNTER_FILE", &self.counter)
+            .current_dir(&self.project);
+        cmd
+    }
+
+    /// How many times a builder ran on this machine.
+    pub fn builds(&self) -> usize {
+        std::fs::read_to_string(&self.counter)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
