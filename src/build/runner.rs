@@ -345,6 +345,22 @@ mod tests {
         }
     }
 
+    /// Fails unless `pid` is gone soon. The kill is synchronous, reaping by init is not: this
+    /// gives it a moment (not a timing bound), and kills it itself before failing.
+    fn assert_dies(pid: i32, what: &str) {
+        for _ in 0..100 {
+            if !alive(pid) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status();
+        panic!("{what} (pid {pid}) is still running");
+    }
+
     fn alive(pid: i32) -> bool {
         // A zombie waiting for init to reap it is as good as gone.
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -383,22 +399,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        // The kill is synchronous, reaping by init is not: give it a moment (not a timing bound).
-        let mut gone = false;
-        for _ in 0..100 {
-            if !alive(grandchild) {
-                gone = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !gone {
-            let _ = std::process::Command::new("kill")
-                .arg("-9")
-                .arg(grandchild.to_string())
-                .status();
-        }
-        assert!(gone, "grandchild {grandchild} survived the timeout");
+        assert_dies(grandchild, "the grandchild, after the timeout");
     }
 
     #[test]
@@ -415,20 +416,6 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        let mut gone = false;
-        for _ in 0..100 {
-            if !alive(bg) {
-                gone = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !gone {
-            let _ = std::process::Command::new("kill")
-                .arg("-9")
-                .arg(bg.to_string())
-                .status();
-        }
-        assert!(gone, "background process {bg} outlived its build");
+        assert_dies(bg, "the background process, after its build");
     }
 }
