@@ -145,6 +145,15 @@ pub enum ActivateError {
     #[error("cannot run hooks for `{}` with --link {}: a hook that modifies the staging copy would modify the cached artifact through the link; use --link copy, reflink or auto", dest.display(), mode.as_str())]
     HooksNeedPrivateCopy { dest: PathBuf, mode: LinkMode },
 
+    /// The destination is inside the cache root, whose artifacts are immutable.
+    #[error(
+        "cannot activate at `{}`: it is inside the cache root `{}`, whose artifacts never change; \
+         choose a destination outside the cache",
+        dest.display(),
+        root.display()
+    )]
+    InsideCache { dest: PathBuf, root: PathBuf },
+
     /// An explicitly requested link mode failed (reflink or hard link not supported here).
     #[error("cannot {} `{}` into the staging copy for `{}`: {err}; the file system may not support it (or the destination is on another file system): use --link auto or --link copy", mode.as_str(), artifact.display(), dest.display())]
     LinkUnsupported {

@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::build::failure::{FailureKind, StalePolicy};
-use crate::build::recipe::{OutputKind, validate_name};
+pub use crate::build::EntryConfig;
+use crate::build::{Recipe, RecipeError};
+use crate::ids::EntryName;
 use crate::units::serde_units;
 
 /// The configuration file's name.
@@ -50,10 +51,7 @@ pub enum ConfigError {
         message: String,
     },
     #[error("{}: {source}", path.display())]
-    InvalidEntry {
-        path: PathBuf,
-        source: crate::build::recipe::RecipeError,
-    },
+    InvalidEntry { path: PathBuf, source: RecipeError },
 }
 
 /// A parsed `warmcache.toml`.
@@ -71,49 +69,6 @@ pub struct Config {
     pub entries: BTreeMap<String, EntryConfig>,
     pub remote: Option<RemoteConfig>,
     pub cache: Option<CacheConfig>,
-}
-
-/// One `[entry.NAME]` table; the fields mirror the `ensure` recipe flags. Unset fields take the
-/// defaults documented on [`crate::build::recipe::Recipe`] when the recipe is built.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntryConfig {
-    /// Input globs relative to the config file's directory (`--input`).
-    #[serde(default)]
-    pub inputs: Vec<String>,
-    /// Build command, run by `sh -c` (`--build`).
-    pub build: Option<String>,
-    /// `file` (default) or `dir` (`--output`).
-    pub output: Option<OutputKind>,
-    /// Validation command, run by `sh -c` with `$WARMCACHE_OUT` (`--validate`).
-    pub validate: Option<String>,
-    /// Extra key strings (`--key`).
-    #[serde(default)]
-    pub keys: Vec<String>,
-    /// Environment variable names whose values join the fingerprint (`--env`).
-    #[serde(default)]
-    pub env: Vec<String>,
-    /// Per-command time limit, e.g. `"10m"` or seconds (`--timeout`).
-    #[serde(default, deserialize_with = "serde_units::opt_duration")]
-    pub timeout: Option<Duration>,
-    /// Builder exit codes that mean the inputs cannot build.
-    #[serde(default)]
-    pub deterministic_exit_codes: Vec<i32>,
-    /// Substrings of the builder's output that mark a failure transient.
-    #[serde(default)]
-    pub transient_patterns: Vec<String>,
-    /// `transient` (default) or `deterministic`: what any other non-zero exit means.
-    pub other_exit: Option<FailureKind>,
-    /// First retry delay after a transient failure (default 30s).
-    #[serde(default, deserialize_with = "serde_units::opt_duration")]
-    pub backoff_initial: Option<Duration>,
-    /// Longest retry delay (default 15m).
-    #[serde(default, deserialize_with = "serde_units::opt_duration")]
-    pub backoff_cap: Option<Duration>,
-    /// `if-error` (default) or `never` (`--stale`).
-    pub stale: Option<StalePolicy>,
-    /// Working directory of the commands, relative to the config file's directory.
-    pub cwd: Option<PathBuf>,
 }
 
 /// `[remote]`: shared artifacts and snapshots in object storage.
@@ -177,9 +132,9 @@ impl Config {
             }
         })?;
         for name in config.entries.keys() {
-            validate_name(name).map_err(|source| ConfigError::InvalidEntry {
+            EntryName::new(name).map_err(|source| ConfigError::InvalidEntry {
                 path: path.to_path_buf(),
-                source,
+                source: source.into(),
             })?;
         }
         config.path = path.to_path_buf();
@@ -188,6 +143,24 @@ impl Config {
             _ => PathBuf::from("."),
         };
         Ok(config)
+    }
+}
+
+impl Config {
+    /// The recipe of entry `name` in this file.
+    pub fn recipe(&self, name: &str) -> Result<Recipe, RecipeError> {
+        match self.entries.get(name) {
+            Some(entry) => Recipe::new(name, entry, &self.dir),
+            None => Err(RecipeError::UnknownEntry {
+                name: name.to_string(),
+                path: self.path.clone(),
+                known: if self.entries.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    self.entries.keys().cloned().collect::<Vec<_>>().join(", ")
+                },
+            }),
+        }
     }
 }
 
@@ -202,6 +175,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::{FailureKind, OutputKind, StalePolicy};
 
     const FULL: &str = r#"
 [entry.bundle]
@@ -256,11 +230,9 @@ gc_interval = "1d"
         let cache = c.cache.as_ref().unwrap();
         assert_eq!(cache.max_size, Some(10 << 30));
         assert_eq!(cache.gc_interval, Some(Duration::from_secs(86_400)));
-        let recipe = crate::build::recipe::Recipe::from_config(&c, "bundle").unwrap();
+        let recipe = c.recipe("bundle").unwrap();
         assert_eq!(recipe.work_dir(), PathBuf::from("/proj/sub"));
-        let err = crate::build::recipe::Recipe::from_config(&c, "nope")
-            .unwrap_err()
-            .to_string();
+        let err = c.recipe("nope").unwrap_err().to_string();
         assert!(
             err.contains("no entry `nope`") && err.contains("bundle, models/llama"),
             "{err}"

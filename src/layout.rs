@@ -18,6 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fs::{annotate, create_dir_all_durable, write_atomic};
+use crate::ids::{ArtifactId, EntryName};
 
 /// The layout version directory name. Bump it (and keep reading nothing from the old one) when
 /// the meaning of anything below it changes incompatibly.
@@ -73,7 +74,9 @@ impl Layout {
 
     /// The directory of one artifact (`objects/ab/<id>`); the two-character shard keeps
     /// directories small.
-    pub fn object_dir(&self, id: &str) -> PathBuf {
+    pub fn object_dir(&self, id: &ArtifactId) -> PathBuf {
+        let id = id.as_str();
+        // Ids are 64 hex digits, so the shard always exists.
         let shard = id.get(..2).unwrap_or("__");
         self.objects_dir().join(shard).join(id)
     }
@@ -101,6 +104,28 @@ impl Layout {
     /// Per-entry build locks.
     pub fn entry_locks_dir(&self) -> PathBuf {
         self.base.join("locks").join("entries")
+    }
+
+    /// The build lock of an entry: named by a digest of the name, so any name maps to a safe,
+    /// fixed-length file name.
+    pub fn entry_lock(&self, name: &EntryName) -> PathBuf {
+        self.keyed_lock(name.as_str())
+    }
+
+    /// The lock of an import source (an archive's digest with the import options), so that
+    /// concurrent importers of one archive extract it once.
+    pub fn source_lock(&self, key: &str) -> PathBuf {
+        self.keyed_lock(key)
+    }
+
+    fn keyed_lock(&self, key: &str) -> PathBuf {
+        let digest = blake3::hash(key.as_bytes()).to_hex();
+        self.entry_locks_dir().join(format!("{}.lock", &digest[..32]))
+    }
+
+    /// The lock that keeps garbage collections from running at once.
+    pub fn gc_lock(&self) -> PathBuf {
+        self.base.join("locks").join("gc.lock")
     }
 
     /// The SQLite catalog.

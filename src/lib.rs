@@ -1,27 +1,35 @@
 //! warmcache: a crash-safe artifact cache for cold starts.
 //!
-//! See `DESIGN.md` in the project's shared folder for the invariants. The modules mirror its parts:
-//! [`fs`] primitives, the content-addressed [`store`], the [`catalog`], [`lock`]s, [`activate`],
-//! garbage collection ([`gc`]) and the command line ([`cli`]); [`cache`] ties one root together.
+//! Open a [`Cache`] on a root directory and ask it for artifacts: [`Cache::ensure`] builds a
+//! [`build::Recipe`] at most once and remembers failures, [`Cache::import`] publishes files,
+//! trees and archives, [`Cache::activate`] places an artifact outside the cache atomically,
+//! [`Cache::gc`] frees space without pulling anything from under a reader, and
+//! [`remote::snapshot`] moves whole directories through S3-compatible storage.
+//!
+//! The design, its invariants and the on-disk and remote formats are in `docs/DESIGN.md`. The
+//! modules mirror its parts: [`cache`] is the one orchestrator; everything below it is a leaf
+//! that does not know it.
 
 pub mod activate;
 pub mod archive;
 pub mod build;
 pub mod cache;
-pub mod catalog;
-pub mod cli;
+pub(crate) mod catalog;
+pub mod clock;
 pub mod config;
-pub mod fs;
-pub mod gc;
-pub mod import;
-pub mod layout;
-pub mod lock;
-pub mod name;
-pub mod parallel;
+pub(crate) mod fs;
+pub mod ids;
+pub(crate) mod layout;
+pub(crate) mod lock;
+pub(crate) mod parallel;
 pub mod progress;
 pub mod remote;
-pub mod shell;
-pub mod store;
+pub(crate) mod shell;
+pub(crate) mod store;
 pub mod units;
 
-pub use cache::{Cache, CacheError, CacheOptions};
+pub use cache::{
+    Activated, Cache, CacheError, CacheOptions, EnsureError, EnsureOptions, EnsureStatus, Ensured, GcOptions,
+    GcReport, ImportOptions, Imported, Lease, WaitPolicy,
+};
+pub use ids::{ArtifactId, EntryName, Fingerprint};

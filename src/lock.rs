@@ -6,6 +6,12 @@
 //! - Entry locks: one file per entry name; a build holds it exclusive, and whoever gets it
 //!   re-checks the catalog before building (lock, then re-check), so builds run at most once.
 //!
+//! - The gc lock: one collection at a time.
+//!
+//! Lock order (docs/DESIGN.md, "Locks"): an entry or import-source lock is taken before the root
+//! lock and never while holding it, so a build that waits for another never blocks collection.
+//! Every lock path comes from [`crate::layout::Layout`].
+//!
 //! Locks are `std::fs::File::lock*` (flock on Unix, LockFileEx on Windows): the kernel releases
 //! them when a process dies, so a crash never leaves a stale lock. Lock files are created without
 //! truncation and never deleted, because deleting a lock file races with a process that has just
@@ -56,14 +62,6 @@ pub enum Mode {
 #[derive(Debug)]
 pub struct LockGuard {
     _file: File,
-    path: PathBuf,
-}
-
-impl LockGuard {
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 fn open_lock_file(path: &Path) -> Result<File, LockError> {
@@ -93,10 +91,7 @@ pub fn try_lock(path: &Path, mode: Mode) -> Result<Option<LockGuard>, LockError>
         Mode::Exclusive => file.try_lock(),
     };
     match res {
-        Ok(()) => Ok(Some(LockGuard {
-            _file: file,
-            path: path.to_path_buf(),
-        })),
+        Ok(()) => Ok(Some(LockGuard { _file: file })),
         Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(source)) => Err(LockError::Io {
             path: path.to_path_buf(),
@@ -129,11 +124,28 @@ pub fn lock(path: &Path, mode: Mode, timeout: Duration, what: &str) -> Result<Lo
     }
 }
 
-/// The lock file of an entry: named by a digest of the entry name, so any name maps to a safe,
-/// fixed-length file name.
-pub fn entry_lock_path(dir: &Path, name: &str) -> PathBuf {
-    let digest = blake3::hash(name.as_bytes()).to_hex();
-    dir.join(format!("{}.lock", &digest[..32]))
+/// Proof that the cache root lock is held for the length of one operation: shared by ordinary
+/// operations, exclusive by a garbage-collection batch.
+///
+/// Whatever must happen under the root lock (publishing and recording an artifact, taking a
+/// lease, resolving a path a caller will use) takes `&OpGuard`, so the rule "call with the
+/// operation lock held" is checked by the compiler instead of a comment.
+#[derive(Debug)]
+pub struct OpGuard {
+    _lock: LockGuard,
+}
+
+impl OpGuard {
+    /// Takes the root lock at `path` in `mode`, waiting up to `timeout`.
+    pub fn take(path: &Path, mode: Mode, timeout: Duration) -> Result<Self, LockError> {
+        let what = match mode {
+            Mode::Shared => "the cache root lock",
+            Mode::Exclusive => "the cache root lock (exclusive, for gc)",
+        };
+        Ok(Self {
+            _lock: lock(path, mode, timeout, what)?,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The `warmcache` command: parses arguments and hands them to the library.
 
-use clap::Parser;
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    warmcache::cli::run(warmcache::cli::Cli::parse())
+    cli::run()
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ArtifactId, Fingerprint};
+
 pub use crate::shell::Termination;
 
 /// Whether retrying a failed build with unchanged inputs can help.
@@ -183,7 +185,7 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 30 s doubling to 15 min (DESIGN.md).
+    /// 30 s doubling to 15 min (docs/DESIGN.md, "The entry state machine").
     fn default() -> Self {
         Self {
             initial: Duration::from_secs(30),
@@ -233,11 +235,11 @@ pub fn random_jitter() -> f64 {
     (u64::from_le_bytes(word) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The recorded failure of an entry (one per entry; DESIGN.md's `failure` record).
+/// The recorded failure of an entry (one per entry; the `failure` record of docs/DESIGN.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureRecord {
     /// The fingerprint the failing build was for.
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub kind: FailureKind,
     /// The last bytes of the failing step's output.
     pub error_tail: String,
@@ -258,7 +260,7 @@ pub struct FailureRecord {
 #[allow(clippy::too_many_arguments)] // each is a distinct fact of the failure; a struct adds nothing
 pub fn record_failure(
     prev: Option<&FailureRecord>,
-    fingerprint: &str,
+    fingerprint: &Fingerprint,
     kind: FailureKind,
     exit: &str,
     tail: &str,
@@ -266,7 +268,7 @@ pub fn record_failure(
     backoff: &Backoff,
     jitter: f64,
 ) -> FailureRecord {
-    let continued = prev.filter(|p| p.fingerprint == fingerprint);
+    let continued = prev.filter(|p| &p.fingerprint == fingerprint);
     let attempts = continued.map_or(1, |p| p.attempts.saturating_add(1));
     let next_retry_at = match kind {
         FailureKind::Deterministic => None,
@@ -276,7 +278,7 @@ pub fn record_failure(
         }
     };
     FailureRecord {
-        fingerprint: fingerprint.to_string(),
+        fingerprint: fingerprint.clone(),
         kind,
         error_tail: tail.to_string(),
         exit: exit.to_string(),
@@ -291,9 +293,9 @@ pub fn record_failure(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastGood {
     /// The artifact id in the store.
-    pub artifact: String,
+    pub artifact: ArtifactId,
     /// The fingerprint it was built from.
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
 }
 
 /// Why `ensure` must build (for logs, `-v` and tests).
@@ -326,12 +328,12 @@ pub enum Decision {
     },
 }
 
-/// The entry state machine's table (DESIGN.md), for the current fingerprint `current_fp`.
+/// The entry state machine's table (docs/DESIGN.md, "The entry state machine"), for the current fingerprint `current_fp`.
 ///
 /// `artifact_present` is whether `last_good`'s artifact could be opened. `now` is unix
 /// milliseconds. `refresh` forces a build whatever is recorded (a hit included: the user asked).
 pub fn decide(
-    current_fp: &str,
+    current_fp: &Fingerprint,
     last_good: Option<&LastGood>,
     artifact_present: bool,
     failure: Option<&FailureRecord>,
@@ -343,12 +345,12 @@ pub fn decide(
         return Decision::Build(BuildReason::Refresh);
     }
     if let Some(good) = last_good
-        && good.fingerprint == current_fp
+        && &good.fingerprint == current_fp
         && artifact_present
     {
         return Decision::Hit;
     }
-    if let Some(failure) = failure.filter(|f| f.fingerprint == current_fp) {
+    if let Some(failure) = failure.filter(|f| &f.fingerprint == current_fp) {
         let blocked = match failure.kind {
             FailureKind::Deterministic => true,
             // A transient record without a retry time cannot come from record_failure; treat it as
@@ -369,29 +371,31 @@ pub fn decide(
     }
     match last_good {
         None => Decision::Build(BuildReason::NoRecord),
-        Some(good) if good.fingerprint != current_fp => Decision::Build(BuildReason::InputsChanged),
+        Some(good) if &good.fingerprint != current_fp => Decision::Build(BuildReason::InputsChanged),
         Some(_) => Decision::Build(BuildReason::ArtifactMissing),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::LazyLock;
+
     use super::*;
 
-    const F: &str = "current";
-    const OLD: &str = "old";
+    static F: LazyLock<Fingerprint> = LazyLock::new(|| Fingerprint::from_hash(&blake3::hash(b"current")));
+    static OLD: LazyLock<Fingerprint> = LazyLock::new(|| Fingerprint::from_hash(&blake3::hash(b"old")));
     const NOW: i64 = 1_000_000;
 
-    fn good(fp: &str) -> LastGood {
+    fn good(fp: &Fingerprint) -> LastGood {
         LastGood {
-            artifact: format!("artifact-of-{fp}"),
-            fingerprint: fp.into(),
+            artifact: ArtifactId::from_hash(&blake3::hash(fp.as_str().as_bytes())),
+            fingerprint: fp.clone(),
         }
     }
 
-    fn failure(fp: &str, kind: FailureKind, next_retry_at: Option<i64>) -> FailureRecord {
+    fn failure(fp: &Fingerprint, kind: FailureKind, next_retry_at: Option<i64>) -> FailureRecord {
         FailureRecord {
-            fingerprint: fp.into(),
+            fingerprint: fp.clone(),
             kind,
             error_tail: "boom".into(),
             exit: "build command exited with code 1".into(),
@@ -412,15 +416,15 @@ mod tests {
     // Row 1: last_good built from F, artifact present → hit.
     #[test]
     fn row_hit() {
-        let g = good(F);
+        let g = good(&F);
         assert_eq!(
-            decide(F, Some(&g), true, None, NOW, false, StalePolicy::IfError),
+            decide(&F, Some(&g), true, None, NOW, false, StalePolicy::IfError),
             Decision::Hit
         );
         // A failure of older inputs does not matter once F built.
-        let old = failure(OLD, FailureKind::Deterministic, None);
+        let old = failure(&OLD, FailureKind::Deterministic, None);
         assert_eq!(
-            decide(F, Some(&g), true, Some(&old), NOW, false, StalePolicy::IfError),
+            decide(&F, Some(&g), true, Some(&old), NOW, false, StalePolicy::IfError),
             Decision::Hit
         );
     }
@@ -428,11 +432,11 @@ mod tests {
     // Row 2: deterministic failure for F → blocked, stale if allowed, until F changes or refresh.
     #[test]
     fn row_deterministic_failure_blocks_and_serves_stale() {
-        let g = good(OLD);
-        let f = failure(F, FailureKind::Deterministic, None);
+        let g = good(&OLD);
+        let f = failure(&F, FailureKind::Deterministic, None);
         let far_future = NOW + 365 * 86_400_000;
         let d = decide(
-            F,
+            &F,
             Some(&g),
             true,
             Some(&f),
@@ -447,7 +451,7 @@ mod tests {
                 stale: Some(g.clone())
             }
         );
-        let d = decide(F, Some(&g), true, Some(&f), NOW, false, StalePolicy::Never);
+        let d = decide(&F, Some(&g), true, Some(&f), NOW, false, StalePolicy::Never);
         assert_eq!(
             d,
             Decision::Blocked {
@@ -456,7 +460,7 @@ mod tests {
             }
         );
         // Stale needs the artifact to be there.
-        let d = decide(F, Some(&g), false, Some(&f), NOW, false, StalePolicy::IfError);
+        let d = decide(&F, Some(&g), false, Some(&f), NOW, false, StalePolicy::IfError);
         assert_eq!(
             d,
             Decision::Blocked {
@@ -467,7 +471,7 @@ mod tests {
         // F changes → build.
         assert_eq!(
             decide(
-                "newer",
+                &Fingerprint::from_hash(&blake3::hash(b"newer")),
                 Some(&g),
                 true,
                 Some(&f),
@@ -479,7 +483,7 @@ mod tests {
         );
         // --refresh → build.
         assert_eq!(
-            decide(F, Some(&g), true, Some(&f), NOW, true, StalePolicy::IfError),
+            decide(&F, Some(&g), true, Some(&f), NOW, true, StalePolicy::IfError),
             Decision::Build(BuildReason::Refresh)
         );
     }
@@ -487,17 +491,17 @@ mod tests {
     // Row 3: transient failure for F before next_retry_at → blocked (stale or error).
     #[test]
     fn row_transient_failure_before_retry_blocks() {
-        let g = good(OLD);
-        let f = failure(F, FailureKind::Transient, Some(NOW + 1));
+        let g = good(&OLD);
+        let f = failure(&F, FailureKind::Transient, Some(NOW + 1));
         assert_eq!(
-            decide(F, Some(&g), true, Some(&f), NOW, false, StalePolicy::IfError),
+            decide(&F, Some(&g), true, Some(&f), NOW, false, StalePolicy::IfError),
             Decision::Blocked {
                 failure: f.clone(),
                 stale: Some(g.clone())
             }
         );
         assert_eq!(
-            decide(F, None, false, Some(&f), NOW, false, StalePolicy::IfError),
+            decide(&F, None, false, Some(&f), NOW, false, StalePolicy::IfError),
             Decision::Blocked {
                 failure: f.clone(),
                 stale: None
@@ -508,15 +512,15 @@ mod tests {
     // Row 4: transient failure for F, retry due → build.
     #[test]
     fn row_transient_failure_retry_due_builds() {
-        let g = good(OLD);
-        let f = failure(F, FailureKind::Transient, Some(NOW));
+        let g = good(&OLD);
+        let f = failure(&F, FailureKind::Transient, Some(NOW));
         assert_eq!(
-            decide(F, Some(&g), true, Some(&f), NOW, false, StalePolicy::IfError),
+            decide(&F, Some(&g), true, Some(&f), NOW, false, StalePolicy::IfError),
             Decision::Build(BuildReason::RetryDue)
         );
-        let no_time = failure(F, FailureKind::Transient, None);
+        let no_time = failure(&F, FailureKind::Transient, None);
         assert_eq!(
-            decide(F, None, false, Some(&no_time), NOW, false, StalePolicy::IfError),
+            decide(&F, None, false, Some(&no_time), NOW, false, StalePolicy::IfError),
             Decision::Build(BuildReason::RetryDue)
         );
     }
@@ -525,32 +529,32 @@ mod tests {
     #[test]
     fn row_anything_else_builds() {
         assert_eq!(
-            decide(F, None, false, None, NOW, false, StalePolicy::IfError),
+            decide(&F, None, false, None, NOW, false, StalePolicy::IfError),
             Decision::Build(BuildReason::NoRecord)
         );
-        let old = good(OLD);
+        let old = good(&OLD);
         assert_eq!(
-            decide(F, Some(&old), true, None, NOW, false, StalePolicy::IfError),
+            decide(&F, Some(&old), true, None, NOW, false, StalePolicy::IfError),
             Decision::Build(BuildReason::InputsChanged)
         );
-        let g = good(F);
+        let g = good(&F);
         assert_eq!(
-            decide(F, Some(&g), false, None, NOW, false, StalePolicy::IfError),
+            decide(&F, Some(&g), false, None, NOW, false, StalePolicy::IfError),
             Decision::Build(BuildReason::ArtifactMissing)
         );
         // A failure recorded for other inputs does not block the current ones.
-        let f = failure(OLD, FailureKind::Deterministic, None);
+        let f = failure(&OLD, FailureKind::Deterministic, None);
         assert_eq!(
-            decide(F, Some(&old), true, Some(&f), NOW, false, StalePolicy::IfError),
+            decide(&F, Some(&old), true, Some(&f), NOW, false, StalePolicy::IfError),
             Decision::Build(BuildReason::InputsChanged)
         );
     }
 
     #[test]
     fn refresh_rebuilds_even_a_hit() {
-        let g = good(F);
+        let g = good(&F);
         assert_eq!(
-            decide(F, Some(&g), true, None, NOW, true, StalePolicy::IfError),
+            decide(&F, Some(&g), true, None, NOW, true, StalePolicy::IfError),
             Decision::Build(BuildReason::Refresh)
         );
     }
@@ -651,25 +655,26 @@ mod tests {
     fn record_failure_counts_attempts_per_fingerprint() {
         let b = Backoff::default();
         let t = FailureKind::Transient;
-        let first = record_failure(None, F, t, "exit 1", "tail1", NOW, &b, 0.0);
+        let first = record_failure(None, &F, t, "exit 1", "tail1", NOW, &b, 0.0);
         assert_eq!(first.attempts, 1);
         assert_eq!(first.first_failed_at, NOW);
         assert_eq!(first.next_retry_at, Some(NOW + 30_000));
-        let second = record_failure(Some(&first), F, t, "exit 1", "tail2", NOW + 40_000, &b, 0.0);
+        let second = record_failure(Some(&first), &F, t, "exit 1", "tail2", NOW + 40_000, &b, 0.0);
         assert_eq!(second.attempts, 2);
         assert_eq!(second.first_failed_at, NOW);
         assert_eq!(second.last_failed_at, NOW + 40_000);
         assert_eq!(second.next_retry_at, Some(NOW + 40_000 + 60_000));
         assert_eq!(second.error_tail, "tail2");
         // New inputs start over.
-        let other = record_failure(Some(&second), "new", t, "exit 1", "t", NOW + 50_000, &b, 0.0);
+        let new = Fingerprint::from_hash(&blake3::hash(b"new"));
+        let other = record_failure(Some(&second), &new, t, "exit 1", "t", NOW + 50_000, &b, 0.0);
         assert_eq!(other.attempts, 1);
         assert_eq!(other.first_failed_at, NOW + 50_000);
         assert_eq!(other.next_retry_at, Some(NOW + 50_000 + 30_000));
         // Deterministic failures wait for new inputs, not for a time.
         let det = record_failure(
             Some(&other),
-            "new",
+            &new,
             FailureKind::Deterministic,
             "v",
             "t",

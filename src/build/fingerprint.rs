@@ -29,6 +29,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::ids::Fingerprint;
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::recipe::Recipe;
@@ -62,9 +63,9 @@ pub enum FingerprintError {
 
 /// The result of [`fingerprint`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint {
-    /// BLAKE3 digest, 64 hex characters.
-    pub digest: String,
+pub struct Fingerprinted {
+    /// The fingerprint: a BLAKE3 digest over the whole recipe.
+    pub digest: Fingerprint,
     /// How many input files (and symlinks, special files) were matched.
     pub inputs: usize,
     /// Input globs that matched nothing (allowed; the CLI should warn).
@@ -272,7 +273,7 @@ struct Walk<'a> {
 
 /// Computes the current fingerprint of `recipe`, reading environment variables from this process
 /// and using (and updating) `cache` so that unchanged files are not re-read.
-pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint, FingerprintError> {
+pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprinted, FingerprintError> {
     if cache.version != STAT_CACHE_VERSION {
         *cache = StatCache::new();
     }
@@ -358,7 +359,7 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
         .filter(|(_, matched)| !**matched)
         .map(|(glob, _)| glob.clone())
         .collect();
-    Ok(Fingerprint {
+    Ok(Fingerprinted {
         digest,
         inputs: walk.inputs.len(),
         unmatched_globs,
@@ -573,7 +574,7 @@ fn cache_key(rel: &Path) -> String {
 }
 
 /// The versioned, length-prefixed encoding of everything the fingerprint covers, hashed.
-fn encode(recipe: &Recipe, inputs: &[Input]) -> String {
+fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
     struct Enc(blake3::Hasher);
     impl Enc {
         fn bytes(&mut self, b: &[u8]) {
@@ -642,13 +643,13 @@ fn encode(recipe: &Recipe, inputs: &[Input]) -> String {
             InputContent::Other => e.tag(b'o'),
         }
     }
-    e.0.finalize().to_hex().to_string()
+    Fingerprint::from_hash(&e.0.finalize())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EntryConfig;
+    use crate::build::EntryConfig;
 
     fn recipe(base: &Path, inputs: &[&str]) -> Recipe {
         let entry = EntryConfig {
@@ -676,7 +677,7 @@ mod tests {
             .unwrap();
     }
 
-    fn fp(r: &Recipe, cache: &mut StatCache) -> Fingerprint {
+    fn fp(r: &Recipe, cache: &mut StatCache) -> Fingerprinted {
         fingerprint(r, cache).unwrap()
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::failure::{Backoff, FailureKind, FailurePolicy, StalePolicy};
-use crate::config::{Config, EntryConfig};
-use crate::units::format_duration;
+use crate::ids::{EntryName, NameError};
+use crate::units::{format_duration, serde_units};
 
 /// What a builder produces at `$WARMCACHE_OUT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -42,14 +42,54 @@ impl std::str::FromStr for OutputKind {
     }
 }
 
+/// One `[entry.NAME]` table; the fields mirror the `ensure` recipe flags. Unset fields take the
+/// defaults documented on [`Recipe`] when the recipe is built.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryConfig {
+    /// Input globs relative to the config file's directory (`--input`).
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Build command, run by `sh -c` (`--build`).
+    pub build: Option<String>,
+    /// `file` (default) or `dir` (`--output`).
+    pub output: Option<OutputKind>,
+    /// Validation command, run by `sh -c` with `$WARMCACHE_OUT` (`--validate`).
+    pub validate: Option<String>,
+    /// Extra key strings (`--key`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Environment variable names whose values join the fingerprint (`--env`).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Per-command time limit, e.g. `"10m"` or seconds (`--timeout`).
+    #[serde(default, deserialize_with = "serde_units::opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Builder exit codes that mean the inputs cannot build.
+    #[serde(default)]
+    pub deterministic_exit_codes: Vec<i32>,
+    /// Substrings of the builder's output that mark a failure transient.
+    #[serde(default)]
+    pub transient_patterns: Vec<String>,
+    /// `transient` (default) or `deterministic`: what any other non-zero exit means.
+    pub other_exit: Option<FailureKind>,
+    /// First retry delay after a transient failure (default 30s).
+    #[serde(default, deserialize_with = "serde_units::opt_duration")]
+    pub backoff_initial: Option<Duration>,
+    /// Longest retry delay (default 15m).
+    #[serde(default, deserialize_with = "serde_units::opt_duration")]
+    pub backoff_cap: Option<Duration>,
+    /// `if-error` (default) or `never` (`--stale`).
+    pub stale: Option<StalePolicy>,
+    /// Working directory of the commands, relative to the config file's directory.
+    pub cwd: Option<PathBuf>,
+}
+
 /// A recipe that cannot be used, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
-    #[error(
-        "invalid entry name `{name}`: {reason}; use a relative name like `bundle` or `kind/name` \
-         (segments separated by `/`, no `.` or `..` segments, no control characters)"
-    )]
-    InvalidName { name: String, reason: &'static str },
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
     #[error(
         "entry `{name}` has no build command; add `build = \"...\"` under `[entry.{name}]` in \
          warmcache.toml, or pass `--build CMD` (the command writes its output to $WARMCACHE_OUT)"
@@ -81,7 +121,7 @@ pub enum RecipeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipe {
     /// The entry name (`bundle`, `models/llama`).
-    pub name: String,
+    pub name: EntryName,
     /// Absolute directory that input globs are relative to (the config file's directory, or the
     /// working directory for command-line recipes).
     pub base_dir: PathBuf,
@@ -110,7 +150,7 @@ impl Recipe {
     /// relative to `base_dir` (made absolute here). Command-line flags map one to one onto
     /// [`EntryConfig`] fields, so the CLI fills one in and calls this with the working directory.
     pub fn new(name: &str, entry: &EntryConfig, base_dir: &Path) -> Result<Recipe, RecipeError> {
-        validate_name(name)?;
+        let entry_name = EntryName::new(name)?;
         let invalid = |message: String| RecipeError::Invalid {
             name: name.to_string(),
             message,
@@ -181,7 +221,7 @@ impl Recipe {
         env.sort();
         env.dedup();
         Ok(Recipe {
-            name: name.to_string(),
+            name: entry_name,
             base_dir,
             inputs: entry.inputs.clone(),
             build,
@@ -201,22 +241,6 @@ impl Recipe {
         })
     }
 
-    /// The recipe of entry `name` in a loaded configuration file.
-    pub fn from_config(config: &Config, name: &str) -> Result<Recipe, RecipeError> {
-        match config.entries.get(name) {
-            Some(entry) => Recipe::new(name, entry, &config.dir),
-            None => Err(RecipeError::UnknownEntry {
-                name: name.to_string(),
-                path: config.path.clone(),
-                known: if config.entries.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    config.entries.keys().cloned().collect::<Vec<_>>().join(", ")
-                },
-            }),
-        }
-    }
-
     /// The directory the build and validation commands run in.
     pub fn work_dir(&self) -> PathBuf {
         match &self.cwd {
@@ -224,42 +248,6 @@ impl Recipe {
             None => self.base_dir.clone(),
         }
     }
-}
-
-/// Checks an entry name: non-empty, relative, `/`-separated segments without `.`, `..`, empty
-/// segments, backslashes or control characters. Names become catalog keys and may become file
-/// names, so anything that could escape a directory is refused.
-pub fn validate_name(name: &str) -> Result<(), RecipeError> {
-    let err = |reason| {
-        Err(RecipeError::InvalidName {
-            name: name.escape_debug().to_string(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return err("it is empty");
-    }
-    if name.len() > 255 {
-        return err("it is longer than 255 bytes");
-    }
-    if name.chars().any(char::is_control) {
-        return err("it contains a control character");
-    }
-    if name.contains('\\') {
-        return err("it contains a backslash");
-    }
-    if name.starts_with('/') {
-        return err("it is an absolute path");
-    }
-    for segment in name.split('/') {
-        match segment {
-            "" => return err("it has an empty segment (`//` or a trailing `/`)"),
-            "." | ".." => return err("it has a `.` or `..` segment"),
-            s if s.trim() != s => return err("a segment starts or ends with whitespace"),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 fn validate_input(name: &str, glob: &str) -> Result<(), RecipeError> {
@@ -311,33 +299,6 @@ mod tests {
         EntryConfig {
             build: Some(build.into()),
             ..EntryConfig::default()
-        }
-    }
-
-    #[test]
-    fn good_names_pass() {
-        for name in ["bundle", "models/llama-3", "a/b/c", "ext.ts", "x..y"] {
-            validate_name(name).unwrap();
-        }
-    }
-
-    #[test]
-    fn bad_names_are_refused_with_a_reason() {
-        for (name, why) in [
-            ("", "empty"),
-            ("/abs", "absolute"),
-            ("a/../b", "`..`"),
-            ("..", "`..`"),
-            ("./a", "`.`"),
-            ("a//b", "empty segment"),
-            ("a/", "empty segment"),
-            ("a\nb", "control"),
-            ("a\\b", "backslash"),
-            (" a", "whitespace"),
-        ] {
-            let err = validate_name(name).unwrap_err().to_string();
-            assert!(err.contains(why), "{name:?}: {err}");
-            assert!(err.contains("kind/name"), "{err}");
         }
     }
 

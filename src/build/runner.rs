@@ -159,7 +159,7 @@ fn run_command(
 ) -> (Result<(), Termination>, String) {
     let env = [
         ("WARMCACHE_OUT", out_path.as_os_str()),
-        ("WARMCACHE_NAME", std::ffi::OsStr::new(&recipe.name)),
+        ("WARMCACHE_NAME", std::ffi::OsStr::new(recipe.name.as_str())),
         ("WARMCACHE_TMP", staging_dir.as_os_str()),
     ];
     shell::run(command, &recipe.work_dir(), &env, recipe.timeout, tail_bytes)

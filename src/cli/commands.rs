@@ -1,13 +1,22 @@
 //! One function per command: open the cache, call the library, report.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use warmcache::EntryName;
+use warmcache::cache::{Cache, CacheOptions, DEFAULT_LOCK_TIMEOUT};
+use warmcache::config::Config;
 
 use super::progress::spinner;
 use super::{ActivateArgs, Cli, Command, EnsureArgs, GcArgs, ImportArgs, Output, PathArgs, StatusArgs};
-use crate::cache::{Cache, CacheOptions, DEFAULT_LOCK_TIMEOUT};
+
+/// A command's outcome that was printed in full but must exit 1 (for example `verify` that found
+/// and quarantined damage): nothing more is printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct Reported(pub String);
 
 /// Runs the command.
 pub fn dispatch(cli: &Cli, out: &Output) -> Result<()> {
@@ -40,21 +49,33 @@ fn root(cli: &Cli) -> Result<PathBuf> {
 /// The default for how often a standing budget may trigger a background collection.
 const DEFAULT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The nearest `warmcache.toml` (upwards from the working directory), read at most once per
+/// command and only by the commands that need it.
+pub(super) fn config() -> Result<Option<&'static Config>> {
+    static CONFIG: OnceLock<Result<Option<Config>, String>> = OnceLock::new();
+    let loaded = CONFIG.get_or_init(|| {
+        let cwd = std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
+        warmcache::config::find_config(&cwd)
+            .map(|path| Config::load(&path))
+            .transpose()
+            .map_err(|e| e.to_string())
+    });
+    match loaded {
+        Ok(config) => Ok(config.as_ref()),
+        Err(message) => Err(anyhow::anyhow!("{message}")),
+    }
+}
+
 /// The standing size budget and collection interval: `WARMCACHE_MAX_SIZE` and
 /// `WARMCACHE_GC_INTERVAL`, else `[cache]` of the nearest warmcache.toml.
 fn standing_budget() -> Result<Option<(u64, std::time::Duration)>> {
-    let config = std::env::current_dir()
-        .ok()
-        .and_then(|cwd| crate::config::find_config(&cwd))
-        .map(|path| crate::config::Config::load(&path))
-        .transpose()?
-        .and_then(|c| c.cache);
+    let config = config()?.and_then(|c| c.cache.clone());
     let max_size = match std::env::var("WARMCACHE_MAX_SIZE") {
-        Ok(v) if !v.is_empty() => Some(crate::units::parse_size(&v).context("in WARMCACHE_MAX_SIZE")?),
+        Ok(v) if !v.is_empty() => Some(warmcache::units::parse_size(&v).context("in WARMCACHE_MAX_SIZE")?),
         _ => config.as_ref().and_then(|c| c.max_size),
     };
     let interval = match std::env::var("WARMCACHE_GC_INTERVAL") {
-        Ok(v) if !v.is_empty() => crate::units::parse_duration(&v).context("in WARMCACHE_GC_INTERVAL")?,
+        Ok(v) if !v.is_empty() => warmcache::units::parse_duration(&v).context("in WARMCACHE_GC_INTERVAL")?,
         _ => config.and_then(|c| c.gc_interval).unwrap_or(DEFAULT_GC_INTERVAL),
     };
     Ok(max_size.map(|max| (max, interval)))
@@ -94,21 +115,19 @@ pub(super) fn open(cli: &Cli) -> Result<Cache> {
     let root = root(cli)?;
     let options = CacheOptions {
         lock_timeout: cli.global.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
+        ..CacheOptions::default()
     };
     Ok(Cache::open_with(&root, options)?)
 }
 
 /// The recipe for `ensure`: `[entry.NAME]` of the nearest `warmcache.toml`, with the flags
 /// overriding its fields; or the flags alone, relative to the working directory.
-pub(super) fn recipe(name: &str, args: &super::RecipeArgs) -> Result<crate::build::Recipe> {
+pub(super) fn recipe(name: &EntryName, args: &super::RecipeArgs) -> Result<warmcache::build::Recipe> {
     let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    let config = match crate::config::find_config(&cwd) {
-        Some(path) => Some(crate::config::Config::load(&path)?),
-        None => None,
-    };
-    let (mut entry, base) = match config.as_ref().and_then(|c| c.entries.get(name).map(|e| (e, c))) {
+    let config = config()?;
+    let (mut entry, base) = match config.and_then(|c| c.entries.get(name.as_str()).map(|e| (e, c))) {
         Some((entry, config)) => (entry.clone(), config.dir.clone()),
-        None => (crate::config::EntryConfig::default(), cwd.clone()),
+        None => (warmcache::config::EntryConfig::default(), cwd.clone()),
     };
     if !args.inputs.is_empty() {
         entry.inputs = args.inputs.clone();
@@ -124,13 +143,15 @@ pub(super) fn recipe(name: &str, args: &super::RecipeArgs) -> Result<crate::buil
     entry.validate = args.validate.clone().or(entry.validate);
     entry.timeout = args.timeout.or(entry.timeout);
     entry.stale = args.stale.or(entry.stale);
-    match crate::build::Recipe::new(name, &entry, &base) {
+    match warmcache::build::Recipe::new(name.as_str(), &entry, &base) {
         Ok(recipe) => Ok(recipe),
-        Err(crate::build::RecipeError::MissingBuild { name }) if config.is_none() => Err(anyhow::anyhow!(
-            "entry `{name}` has no recipe: no warmcache.toml was found upwards from `{}` and no --build \
+        Err(warmcache::build::RecipeError::MissingBuild { name }) if config.is_none() => {
+            Err(anyhow::anyhow!(
+                "entry `{name}` has no recipe: no warmcache.toml was found upwards from `{}` and no --build \
              was given; add `[entry.\"{name}\"]` with `build = \"...\"` to a warmcache.toml, or pass --build CMD",
-            cwd.display()
-        )),
+                cwd.display()
+            ))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -138,14 +159,15 @@ pub(super) fn recipe(name: &str, args: &super::RecipeArgs) -> Result<crate::buil
 fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
     let recipe = recipe(&args.name, &args.recipe)?;
     let cache = open(cli)?;
-    let options = crate::build::EnsureOptions {
+    let options = warmcache::cache::EnsureOptions {
         refresh: args.refresh,
         wait: if args.no_wait {
-            crate::build::WaitPolicy::TakeStale
+            warmcache::cache::WaitPolicy::TakeStale
         } else {
-            crate::build::WaitPolicy::Wait
+            warmcache::cache::WaitPolicy::Wait
         },
         remote: super::share::ensure_sharing(out, &args.share)?,
+        lease: args.lease,
     };
     let ensured = cache.ensure(&recipe, &options)?;
     for glob in &ensured.unmatched_globs {
@@ -154,24 +176,11 @@ fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
             ensured.name
         ));
     }
-    if ensured.status == crate::build::EnsureStatus::Stale {
+    if ensured.status == warmcache::cache::EnsureStatus::Stale {
         out.warn(&stale_warning(&ensured));
     }
-    let lease_expires_at = match args.lease {
-        Some(duration) => {
-            let lease = cache.lease(&ensured.artifact, duration)?;
-            let expires = lease.expires_at();
-            lease.keep();
-            Some(expires)
-        }
-        None => None,
-    };
-    let mut value = json!(ensured);
-    if let (Some(obj), Some(expires)) = (value.as_object_mut(), lease_expires_at) {
-        obj.insert("lease_expires_at".into(), json!(expires));
-    }
-    out.result(&value, || ensured.path.display().to_string());
-    if ensured.status == crate::build::EnsureStatus::Built {
+    out.result(&json!(ensured), || ensured.path.display().to_string());
+    if ensured.status == warmcache::cache::EnsureStatus::Built {
         collect_in_background(&cache, out);
     }
     Ok(())
@@ -179,12 +188,12 @@ fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
 
 /// The warning printed whenever a stale artifact is served: its age, why, the last error and the
 /// next retry.
-fn stale_warning(e: &crate::build::Ensured) -> String {
-    let age = std::time::Duration::from_millis((crate::catalog::now_ms() - e.updated_at).max(0) as u64);
+fn stale_warning(e: &warmcache::cache::Ensured) -> String {
+    let age = std::time::Duration::from_millis((warmcache::clock::now_ms() - e.updated_at).max(0) as u64);
     let mut text = format!(
         "serving a stale `{}` (built {} ago from older inputs): {}",
         e.name,
-        crate::units::format_duration(age),
+        warmcache::units::format_duration(age),
         e.stale_reason
             .as_deref()
             .unwrap_or("the current inputs could not be built")
@@ -193,8 +202,8 @@ fn stale_warning(e: &crate::build::Ensured) -> String {
         let retry = match f.next_retry_at {
             Some(at) => format!(
                 "next retry in {}",
-                crate::units::format_duration(std::time::Duration::from_millis(
-                    (at - crate::catalog::now_ms()).max(0) as u64
+                warmcache::units::format_duration(std::time::Duration::from_millis(
+                    (at - warmcache::clock::now_ms()).max(0) as u64
                 ))
             ),
             None => "no retry until the inputs change (or --refresh)".to_string(),
@@ -210,9 +219,9 @@ fn stale_warning(e: &crate::build::Ensured) -> String {
 }
 
 fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
-    Cache::check_import(&args.source, args.name.as_deref())?;
+    Cache::check_import(&args.source)?;
     let cache = open(cli)?;
-    let mut limits = crate::archive::Limits::default();
+    let mut limits = warmcache::archive::Limits::default();
     if let Some(max) = args.max_expanded {
         limits.max_total_bytes = max;
     }
@@ -222,7 +231,7 @@ fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
     if let Some(max) = args.max_ratio {
         limits.max_ratio = max;
     }
-    let options = crate::import::ImportOptions {
+    let options = warmcache::cache::ImportOptions {
         modes: args.modes.clone(),
         hooks: args.hooks.clone(),
         raw: args.raw,
@@ -230,7 +239,7 @@ fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
     };
     let (progress, bar) = spinner(out, "importing");
     let imported = cache
-        .import(&args.source, args.name.as_deref(), &options, &progress)
+        .import(&args.source, args.name.as_ref(), &options, &progress)
         .with_context(|| format!("could not import `{}`", args.source.display()))?;
     drop(bar);
     out.result(&json!(imported), || imported.path.display().to_string());
@@ -240,26 +249,14 @@ fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
 
 fn path(cli: &Cli, out: &Output, args: &PathArgs) -> Result<()> {
     let cache = open(cli)?;
-    let (entry, path) = cache.path(&args.name)?;
-    let lease_expires_at = match (args.lease, &entry.artifact) {
-        (Some(duration), Some(artifact)) => {
-            let lease = cache.lease(artifact, duration)?;
-            let expires = lease.expires_at();
-            lease.keep();
-            Some(expires)
-        }
-        _ => None,
-    };
-    out.result(
-        &json!({ "name": entry.name, "path": path, "artifact": entry.artifact, "lease_expires_at": lease_expires_at }),
-        || path.display().to_string(),
-    );
+    let found = cache.path(&args.name, args.lease)?;
+    out.result(&json!(found), || found.path.display().to_string());
     Ok(())
 }
 
 fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
     let cache = open(cli)?;
-    let entries = cache.status(args.name.as_deref())?;
+    let entries = cache.status(args.name.as_ref())?;
     out.result(&json!({ "root": cache.root(), "entries": entries }), || {
         if entries.is_empty() {
             return format!("no entries in {}", cache.root().display());
@@ -272,12 +269,7 @@ fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
                 (Some(_), false, None) => "missing".to_string(),
                 (None, _, None) => "empty".to_string(),
             };
-            let artifact = e
-                .entry
-                .artifact
-                .as_deref()
-                .map(|a| &a[..12.min(a.len())])
-                .unwrap_or("-");
+            let artifact = e.entry.artifact.as_ref().map_or("-", |a| &a.as_str()[..12]);
             let (kind, size) = e
                 .artifact_info
                 .as_ref()
@@ -342,29 +334,28 @@ fn verify(cli: &Cli, out: &Output) -> Result<()> {
             report.unreferenced
         )
     });
+    if report.found_problems() {
+        return Err(Reported("verify found damage".into()).into());
+    }
     Ok(())
 }
 
 fn activate(cli: &Cli, out: &Output, args: &ActivateArgs) -> Result<()> {
     let cache = open(cli)?;
-    let (artifact, source) = cache.resolve(&args.source)?;
-    // Hold the artifact against garbage collection while it is copied out.
-    let _lease = cache.lease(&artifact, std::time::Duration::from_secs(3600))?;
-    let options = crate::activate::ActivateOptions {
+    let options = warmcache::activate::ActivateOptions {
         link: args.link,
         hooks: args.hooks.clone(),
     };
-    let activation = crate::activate::activate(&source, &args.dest, &options)?;
-    out.result(
-        &json!({ "artifact": artifact, "source": source, "activation": activation }),
-        || activation.dest.display().to_string(),
-    );
+    let activated = cache.activate(&args.source, &args.dest, &options)?;
+    out.result(&json!(activated), || {
+        activated.activation.dest.display().to_string()
+    });
     Ok(())
 }
 
 fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
     let cache = open(cli)?;
-    let options = crate::gc::GcOptions {
+    let options = warmcache::cache::GcOptions {
         max_size: args.max_size,
         max_age: args.max_age,
         dry_run: args.dry_run,

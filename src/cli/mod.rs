@@ -15,9 +15,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use warmcache::EntryName;
+use warmcache::activate::LinkMode;
 
-pub use output::Output;
-pub use share::{EnsureRemoteArgs, PullArgs, PushArgs, RemoteArgs};
+use output::Output;
+use share::{EnsureRemoteArgs, PullArgs, PushArgs};
 
 /// warmcache: a crash-safe artifact cache for cold starts.
 #[derive(Debug, Parser)]
@@ -90,7 +92,7 @@ pub struct ActivateArgs {
     /// How files are placed: auto (reflink, else hardlink, else copy; a private copy when hooks
     /// are given), reflink, hardlink, copy or symlink.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_link_mode)]
-    pub link: crate::fs::LinkMode,
+    pub link: LinkMode,
 }
 
 /// `warmcache gc`.
@@ -108,7 +110,7 @@ pub struct GcArgs {
     pub dry_run: bool,
     /// Forget this entry first, so its artifact can be collected (repeatable).
     #[arg(long, value_name = "NAME")]
-    pub evict: Vec<String>,
+    pub evict: Vec<EntryName>,
 }
 
 /// The recipe flags, shared by `ensure` and `pull`: they override the fields of `[entry.NAME]` in
@@ -123,7 +125,7 @@ pub struct RecipeArgs {
     pub build: Option<String>,
     /// What the build writes at $WARMCACHE_OUT: `file` (default) or `dir`.
     #[arg(long, value_name = "KIND")]
-    pub output: Option<crate::build::OutputKind>,
+    pub output: Option<warmcache::build::OutputKind>,
     /// A validation command run on the output ($WARMCACHE_OUT); failing it is deterministic.
     #[arg(long, value_name = "CMD")]
     pub validate: Option<String>,
@@ -138,7 +140,7 @@ pub struct RecipeArgs {
     pub timeout: Option<Duration>,
     /// Serve the last good artifact when building fails (`if-error`, the default) or not (`never`).
     #[arg(long, value_name = "POLICY", value_parser = parse_stale)]
-    pub stale: Option<crate::build::StalePolicy>,
+    pub stale: Option<warmcache::build::StalePolicy>,
 }
 
 /// `warmcache ensure`. Recipe flags override the fields of `[entry.NAME]` in the nearest
@@ -147,7 +149,7 @@ pub struct RecipeArgs {
 #[derive(Debug, Args)]
 pub struct EnsureArgs {
     /// The entry name (e.g. `bundles/ext`).
-    pub name: String,
+    pub name: EntryName,
     #[command(flatten)]
     pub recipe: RecipeArgs,
     /// Build now, whatever the failure memory says.
@@ -171,12 +173,12 @@ pub struct ImportArgs {
     pub source: PathBuf,
     /// The entry name to record it under (e.g. `plugins/foo`).
     #[arg(long)]
-    pub name: Option<String>,
+    pub name: Option<EntryName>,
     /// A permission rule GLOB=MODE applied to matching files before publication (e.g.
     /// 'bin/*=755'); repeatable, later rules win. Artifacts are read-only, so this sets the
     /// executable bit.
     #[arg(long = "mode", value_name = "GLOB=MODE", value_parser = parse_mode_rule)]
-    pub modes: Vec<crate::import::ModeRule>,
+    pub modes: Vec<warmcache::cache::ModeRule>,
     /// A command run by `sh -c` on the staging tree before publication ($WARMCACHE_STAGING);
     /// repeatable, run in order. If one fails, nothing is published.
     #[arg(long = "hook", value_name = "CMD")]
@@ -200,7 +202,7 @@ pub struct ImportArgs {
 #[derive(Debug, Args)]
 pub struct PathArgs {
     /// The entry name.
-    pub name: String,
+    pub name: EntryName,
     /// Hold the artifact against garbage collection for this long (e.g. 10m), for callers that
     /// read the path after this command exits.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
@@ -211,23 +213,22 @@ pub struct PathArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Show only this entry.
-    pub name: Option<String>,
+    pub name: Option<EntryName>,
 }
 
-fn parse_mode_rule(s: &str) -> Result<crate::import::ModeRule, String> {
-    crate::import::ModeRule::parse(s).map_err(|e| e.to_string())
+fn parse_mode_rule(s: &str) -> Result<warmcache::cache::ModeRule, String> {
+    warmcache::cache::ModeRule::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_stale(s: &str) -> Result<crate::build::StalePolicy, String> {
+fn parse_stale(s: &str) -> Result<warmcache::build::StalePolicy, String> {
     match s {
-        "if-error" => Ok(crate::build::StalePolicy::IfError),
-        "never" => Ok(crate::build::StalePolicy::Never),
+        "if-error" => Ok(warmcache::build::StalePolicy::IfError),
+        "never" => Ok(warmcache::build::StalePolicy::Never),
         _ => Err(format!("unknown stale policy `{s}`; use `if-error` or `never`")),
     }
 }
 
-fn parse_link_mode(s: &str) -> Result<crate::fs::LinkMode, String> {
-    use crate::fs::LinkMode;
+fn parse_link_mode(s: &str) -> Result<LinkMode, String> {
     [
         LinkMode::Auto,
         LinkMode::Reflink,
@@ -241,25 +242,32 @@ fn parse_link_mode(s: &str) -> Result<crate::fs::LinkMode, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    crate::units::parse_size(s).map_err(|e| e.to_string())
+    warmcache::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::units::parse_duration(s).map_err(|e| e.to_string())
+    warmcache::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// Runs a parsed command line and returns the process exit code.
-pub fn run(cli: Cli) -> ExitCode {
+/// Parses the command line, runs it and returns the process exit code. A usage error exits 2;
+/// with `--json` it is also reported as one JSON object on stdout, like every other error.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     let out = Output::new(cli.global.json, cli.global.quiet, cli.global.verbose);
     out.init_logging();
     match commands::dispatch(&cli, &out) {
         Ok(()) => ExitCode::SUCCESS,
+        // The result was printed in full; the exit code says it was not clean.
+        Err(err) if err.is::<commands::Reported>() => ExitCode::from(1),
         Err(err) => {
             // A build failure carries its failure record into the JSON error object.
             let failure = err
-                .downcast_ref::<crate::build::EnsureError>()
+                .downcast_ref::<warmcache::cache::EnsureError>()
                 .and_then(|e| e.failure())
-                .map(crate::build::FailureReport::from);
+                .map(warmcache::cache::FailureReport::from);
             out.error(
                 &err,
                 failure.map(|f| serde_json::json!({ "status": "failed", "failure": f })),
@@ -267,4 +275,23 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Reports a usage error: clap's own text (and exit 2; help and version exit 0), plus one JSON
+/// object on stdout when `--json` is among the arguments, so a caller parsing JSON always gets
+/// one.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args_os().any(|a| a == "--json") {
+        let rendered = err.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        println!("{}", serde_json::json!({ "error": message, "kind": "usage" }));
+    }
+    let _ = err.print();
+    ExitCode::from(2)
 }

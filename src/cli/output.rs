@@ -17,11 +17,6 @@ impl Output {
         Self { json, quiet, verbose }
     }
 
-    /// Whether JSON was asked for.
-    pub fn json(&self) -> bool {
-        self.json
-    }
-
     /// Sends `tracing` logs to stderr at the level the flags ask for (`RUST_LOG` overrides).
     pub fn init_logging(&self) {
         let level = match (self.quiet, self.verbose) {

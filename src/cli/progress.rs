@@ -3,7 +3,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Output;
-use crate::progress::Progress;
+use warmcache::progress::Progress;
 
 /// A spinner counting bytes and entries, or nothing when progress is disabled. The bar is
 /// cleared when the returned guard is dropped.

@@ -1,5 +1,5 @@
 //! `warmcache push` and `warmcache pull`, and the remote flags of `ensure`: shared artifacts
-//! through object storage ([`crate::remote::share`]).
+//! through object storage ([`warmcache::remote::share`]).
 //!
 //! The remote comes from `--remote URL`, else `WARMCACHE_REMOTE`, else `[remote] url` of the
 //! nearest `warmcache.toml`. Remote problems are warnings (exit 0, the local job done) unless
@@ -11,8 +11,9 @@ use serde_json::json;
 
 use super::commands::{open, recipe};
 use super::{Cli, Output};
-use crate::remote::share::{self, IndexOutcome, ShareError, Sharing};
-use crate::remote::{RemoteSettings, RemoteUrl};
+use warmcache::EntryName;
+use warmcache::cache::{IndexOutcome, ShareError, Sharing, degraded as degraded_message};
+use warmcache::remote::{RemoteSettings, RemoteUrl};
 
 /// Where the remote is and how strictly to treat its problems.
 #[derive(Debug, Args)]
@@ -42,7 +43,7 @@ pub struct EnsureRemoteArgs {
 #[derive(Debug, Args)]
 pub struct PushArgs {
     /// The entry whose last good artifact to push.
-    pub name: String,
+    pub name: EntryName,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -52,7 +53,7 @@ pub struct PushArgs {
 #[derive(Debug, Args)]
 pub struct PullArgs {
     /// The entry name.
-    pub name: String,
+    pub name: EntryName,
     #[command(flatten)]
     pub recipe: super::RecipeArgs,
     #[command(flatten)]
@@ -71,16 +72,12 @@ pub(super) fn ensure_sharing(out: &Output, args: &EnsureRemoteArgs) -> Result<Op
 }
 
 /// The `[remote]` table of the nearest `warmcache.toml`, if any.
-pub(super) fn configured_remote() -> Result<Option<crate::config::RemoteConfig>> {
-    let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    Ok(match crate::config::find_config(&cwd) {
-        Some(path) => crate::config::Config::load(&path)?.remote,
-        None => None,
-    })
+pub(super) fn configured_remote() -> Result<Option<warmcache::config::RemoteConfig>> {
+    Ok(super::commands::config()?.and_then(|c| c.remote.clone()))
 }
 
 /// Transfer settings, with `[remote] timeout` bounding the whole operation and each of its steps.
-pub(super) fn remote_settings(config: Option<&crate::config::RemoteConfig>) -> RemoteSettings {
+pub(super) fn remote_settings(config: Option<&warmcache::config::RemoteConfig>) -> RemoteSettings {
     let mut settings = RemoteSettings::default();
     if let Some(timeout) = config.and_then(|c| c.timeout) {
         settings.overall_timeout = timeout;
@@ -130,7 +127,7 @@ pub(super) fn push(cli: &Cli, out: &Output, args: &PushArgs) -> Result<()> {
         return Err(ShareError::NoRemote.into());
     };
     let cache = open(cli)?;
-    let report = match share::push(&cache, &args.name, &sharing) {
+    let report = match cache.push(&args.name, &sharing) {
         Ok(report) => report,
         Err(e) if e.is_local() || args.remote.strict => {
             return Err(e).with_context(|| format!("could not push `{}`", args.name));
@@ -139,11 +136,14 @@ pub(super) fn push(cli: &Cli, out: &Output, args: &PushArgs) -> Result<()> {
     };
     match &report.index {
         IndexOutcome::Skipped { reason } => out.warn(reason),
-        IndexOutcome::Present { artifact } if *artifact != report.artifact => out.warn(&format!(
-            "the remote already maps this fingerprint of `{}` to artifact {artifact} (built elsewhere from \
-             the same inputs into different bytes); left as it is",
-            report.name
-        )),
+        IndexOutcome::Present { artifact } if artifact.as_ref() != Some(&report.artifact) => {
+            out.warn(&format!(
+                "the remote already maps this fingerprint of `{}` to artifact {} (built elsewhere from \
+                 the same inputs into different bytes); left as it is",
+                report.name,
+                artifact.as_ref().map_or("(unreadable)", |a| a.as_str())
+            ))
+        }
         _ => {}
     }
     let status = if report.wrote_nothing() {
@@ -156,7 +156,7 @@ pub(super) fn push(cli: &Cli, out: &Output, args: &PushArgs) -> Result<()> {
         obj.insert("status".into(), json!(status));
     }
     out.result(&value, || {
-        let short = &report.artifact[..12.min(report.artifact.len())];
+        let short = &report.artifact.as_str()[..12];
         if report.wrote_nothing() {
             format!(
                 "{} already has `{}` (artifact {short}): nothing uploaded",
@@ -181,18 +181,8 @@ pub(super) fn pull(cli: &Cli, out: &Output, args: &PullArgs) -> Result<()> {
         return Err(ShareError::NoRemote.into());
     };
     let cache = open(cli)?;
-    let fingerprint = crate::build::fingerprint(&recipe, &mut crate::build::StatCache::new())?.digest;
-    // One fetch at a time per entry, and never alongside a build of it.
-    let lock_path = crate::lock::entry_lock_path(&cache.layout().entry_locks_dir(), &recipe.name);
-    let what = format!("the build or pull of `{}` in another process", recipe.name);
-    let _lock = crate::lock::lock(
-        &lock_path,
-        crate::lock::Mode::Exclusive,
-        cache.options().lock_timeout,
-        &what,
-    )?;
-    match share::pull(&cache, &recipe.name, &fingerprint, &sharing) {
-        Ok(Some(pulled)) => {
+    match cache.pull(&recipe, &sharing) {
+        Ok((_, Some(pulled))) => {
             let mut value = json!(pulled);
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("status".into(), json!("pulled"));
@@ -200,7 +190,7 @@ pub(super) fn pull(cli: &Cli, out: &Output, args: &PullArgs) -> Result<()> {
             out.result(&value, || pulled.path.display().to_string());
             Ok(())
         }
-        Ok(None) => {
+        Ok((fingerprint, None)) => {
             let message = format!(
                 "no shared artifact for `{}` with fingerprint {fingerprint} at {}: nothing pulled (push it from a \
                  machine that built it)",
@@ -227,7 +217,7 @@ pub(super) fn pull(cli: &Cli, out: &Output, args: &PullArgs) -> Result<()> {
 /// Reports a remote problem that did not fail the command: a warning, and `"status":
 /// "degraded"` in JSON.
 fn degraded(out: &Output, sharing: &Sharing, err: &ShareError, fallback: &str) -> Result<()> {
-    let message = share::degraded(sharing, err, fallback);
+    let message = degraded_message(sharing, err, fallback);
     out.warn(&message);
     out.result(
         &json!({ "status": "degraded", "url": sharing.url().to_string(), "warning": message }),

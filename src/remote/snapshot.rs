@@ -425,7 +425,13 @@ pub fn snapshot(
         path: dir.to_path_buf(),
         source,
     })?;
-    let digest = tree.id();
+    let digest = tree
+        .id()
+        .map_err(|source| SnapshotError::Read {
+            path: dir.to_path_buf(),
+            source: source.into(),
+        })?
+        .to_string();
     let manifest_key = url.join(&format!("{SNAPSHOTS}/{digest}.json"));
     let mut report = SnapshotReport {
         status: SnapshotStatus::Uploaded,
@@ -511,7 +517,7 @@ pub fn snapshot(
         digest: digest.clone(),
         files: tree.files,
         bytes: tree.size,
-        created_at_ms: crate::catalog::now_ms(),
+        created_at_ms: crate::clock::now_ms(),
         host: host_name(),
         nonce: unique_token(),
     };
@@ -608,7 +614,7 @@ fn upload(
         archive_format: Format::TarZst,
         archive_bytes,
         archive_blake3,
-        created_at_ms: crate::catalog::now_ms(),
+        created_at_ms: crate::clock::now_ms(),
         host: host_name(),
     })
 }
@@ -755,7 +761,7 @@ pub fn restore(
         // A tree that cannot be described (a socket in it, an unreadable file) is simply not
         // the snapshot: it gets replaced.
         match crate::store::describe_tree(&dir, &hashing) {
-            Ok(local) if local.id() == pointer.digest => {
+            Ok(local) if local.id().is_ok_and(|id| id == *pointer.digest) => {
                 report.status = RestoreStatus::Unchanged;
                 report.elapsed_ms = started.elapsed().as_millis() as u64;
                 return Ok(report);
@@ -1117,7 +1123,7 @@ fn parse_pointer(bytes: &[u8]) -> std::result::Result<Pointer, Unreadable> {
         return Err(Unreadable::Newer(version));
     }
     let pointer: Pointer = serde_json::from_slice(bytes).map_err(|e| Unreadable::Garbage(e.to_string()))?;
-    if pointer.version != POINTER_VERSION || !crate::store::is_artifact_id(&pointer.digest) {
+    if pointer.version != POINTER_VERSION || crate::ids::ArtifactId::new(&pointer.digest).is_err() {
         return Err(Unreadable::Garbage(format!(
             "version {} with digest `{}`",
             pointer.version, pointer.digest

@@ -5,7 +5,11 @@
 //! same id are the same content, and a manifest that does not hash to its directory's name has
 //! been tampered with.
 
+use std::io;
+
 use serde::{Deserialize, Serialize};
+
+use crate::ids::ArtifactId;
 
 /// The manifest format version. A manifest with another version cannot be decoded, which makes
 /// its artifact a miss (never a wrong answer).
@@ -110,10 +114,10 @@ impl Manifest {
     }
 
     /// The canonical bytes: field order is fixed by the struct and entries are sorted, so equal
-    /// content always gives equal bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // Serializing plain strings and numbers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+    /// content always gives equal bytes. An encoding failure is an error, never empty bytes
+    /// that would hash to a wrong id.
+    pub fn to_bytes(&self) -> io::Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(io::Error::other)
     }
 
     /// Decodes a manifest; `None` for anything undecodable or of another version.
@@ -122,20 +126,15 @@ impl Manifest {
         (manifest.version == MANIFEST_VERSION).then_some(manifest)
     }
 
-    /// The artifact id: BLAKE3 of the canonical bytes, hex.
-    pub fn id(&self) -> String {
-        id_of_bytes(&self.to_bytes())
+    /// The artifact id: BLAKE3 of the canonical bytes.
+    pub fn id(&self) -> io::Result<ArtifactId> {
+        Ok(id_of_bytes(&self.to_bytes()?))
     }
 }
 
 /// The id that manifest bytes name.
-pub fn id_of_bytes(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
-
-/// Whether `s` looks like an artifact id (64 lowercase hex digits).
-pub fn is_artifact_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+pub fn id_of_bytes(bytes: &[u8]) -> ArtifactId {
+    ArtifactId::from_hash(&blake3::hash(bytes))
 }
 
 #[cfg(test)]
@@ -157,19 +156,18 @@ mod tests {
     fn id_is_independent_of_entry_order_and_covers_every_field() {
         let a = Manifest::new(ArtifactKind::Dir, vec![file("b", "1"), file("a", "2")]);
         let b = Manifest::new(ArtifactKind::Dir, vec![file("a", "2"), file("b", "1")]);
-        assert_eq!(a.id(), b.id());
+        assert_eq!(a.id().unwrap(), b.id().unwrap());
         let mut c = b.clone();
         c.entries[0].exec = true;
-        assert_ne!(a.id(), c.id());
-        assert!(is_artifact_id(&a.id()));
+        assert_ne!(a.id().unwrap(), c.id().unwrap());
     }
 
     #[test]
     fn other_versions_do_not_decode() {
         let mut m = Manifest::new(ArtifactKind::File, vec![file("", "1")]);
-        assert_eq!(Manifest::from_bytes(&m.to_bytes()), Some(m.clone()));
+        assert_eq!(Manifest::from_bytes(&m.to_bytes().unwrap()), Some(m.clone()));
         m.version = 2;
-        assert_eq!(Manifest::from_bytes(&m.to_bytes()), None);
+        assert_eq!(Manifest::from_bytes(&m.to_bytes().unwrap()), None);
         assert_eq!(Manifest::from_bytes(b"{not json"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The content-addressed store: immutable artifacts (files and trees) named by the digest of
 //! their manifest.
 //!
-//! Publishing follows DESIGN.md: the content is written into a private staging directory, hashed
+//! Publishing follows docs/DESIGN.md ("No torn reads"): the content is written into a private staging directory, hashed
 //! and made read-only there, made durable (one `syncfs` for a tree), then renamed without replace
 //! into `objects/ab/<id>` and the parent directory fsynced. Losing that rename to another writer
 //! means the same content is already published: ours is discarded.
@@ -14,14 +14,16 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-pub use manifest::{ArtifactKind, EntryKind, MANIFEST_VERSION, Manifest, ManifestEntry, is_artifact_id};
+pub use manifest::{ArtifactKind, EntryKind, Manifest};
 pub use tree::{Progress, hash_file};
 
 use crate::fs::{
     Staged, StagingArea, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree,
     sync_tree_each,
 };
+use crate::ids::ArtifactId;
 use crate::layout::Layout;
+use crate::lock::OpGuard;
 
 /// Trees with more entries than this are made durable with one `syncfs` instead of one fsync per
 /// file and directory.
@@ -108,7 +110,7 @@ impl StoreError {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Published {
     /// The artifact id (BLAKE3 of the manifest).
-    pub id: String,
+    pub id: ArtifactId,
     /// The path of the content (a file or a directory).
     pub path: PathBuf,
     /// File or tree.
@@ -163,13 +165,13 @@ impl Store {
     }
 
     /// The path of an artifact's content (which may or may not exist).
-    pub fn content_path(&self, id: &str) -> PathBuf {
+    pub fn content_path(&self, id: &ArtifactId) -> PathBuf {
         self.layout.object_dir(id).join(CONTENT)
     }
 
     /// Whether an artifact's content is there. Opens rather than stats, so the answer describes
     /// a handle that existed; a reader must still treat a later failure to open as a miss.
-    pub fn is_present(&self, id: &str) -> bool {
+    pub fn is_present(&self, id: &ArtifactId) -> bool {
         let path = self.content_path(id);
         #[cfg(unix)]
         {
@@ -181,8 +183,14 @@ impl Store {
         }
     }
 
-    /// Copies a file or directory into the cache and publishes it.
-    pub fn import_path(&self, source: &Path, progress: &Progress) -> Result<Published, StoreError> {
+    /// Copies a file or directory into the cache and publishes it (under the operation lock, so
+    /// garbage collection cannot take it before the caller records it).
+    pub fn import_path(
+        &self,
+        op: &OpGuard,
+        source: &Path,
+        progress: &Progress,
+    ) -> Result<Published, StoreError> {
         let meta = match std::fs::symlink_metadata(source) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -213,7 +221,7 @@ impl Store {
                 kind: tree::describe(&meta),
             });
         };
-        self.publish(staged, Manifest::new(kind, entries))
+        self.publish(op, staged, Manifest::new(kind, entries))
     }
 
     /// Copies a file or directory into a fresh staging directory (at [`content_path_in`]), left
@@ -241,9 +249,14 @@ impl Store {
 
     /// Publishes content already written at [`content_path_in`] of a staging directory (an
     /// extracted archive, a build output): hashes it, makes it read-only and durable, publishes.
-    pub fn publish_staged(&self, staged: Staged, progress: &Progress) -> Result<Published, StoreError> {
+    pub fn publish_staged(
+        &self,
+        op: &OpGuard,
+        staged: Staged,
+        progress: &Progress,
+    ) -> Result<Published, StoreError> {
         let manifest = self.staged_manifest(&staged, progress)?;
-        self.publish(staged, manifest)
+        self.publish(op, staged, manifest)
     }
 
     /// Like [`Store::publish_staged`], but only when the content is artifact `expected`: content
@@ -252,20 +265,21 @@ impl Store {
     /// could not be verified against the id it was fetched for.
     pub fn publish_staged_as(
         &self,
+        op: &OpGuard,
         staged: Staged,
-        expected: &str,
+        expected: &ArtifactId,
         progress: &Progress,
     ) -> Result<Published, StoreError> {
         let manifest = self.staged_manifest(&staged, progress)?;
-        let actual = manifest.id();
-        if actual != expected {
+        let actual = manifest.id()?;
+        if &actual != expected {
             return Err(StoreError::IdMismatch {
                 path: staged.path().to_path_buf(),
                 expected: expected.to_string(),
-                actual,
+                actual: actual.to_string(),
             });
         }
-        self.publish(staged, manifest)
+        self.publish(op, staged, manifest)
     }
 
     /// Hashes the content of a staging directory into its manifest.
@@ -291,14 +305,15 @@ impl Store {
         Ok(Manifest::new(kind, entries))
     }
 
-    fn publish(&self, mut staged: Staged, manifest: Manifest) -> Result<Published, StoreError> {
-        let id = manifest.id();
+    fn publish(&self, op: &OpGuard, mut staged: Staged, manifest: Manifest) -> Result<Published, StoreError> {
+        let bytes = manifest.to_bytes()?;
+        let id = manifest::id_of_bytes(&bytes);
         let stage_dir = staged.path().to_path_buf();
         let manifest_path = stage_dir.join(MANIFEST_FILE);
         {
             let write = || -> io::Result<()> {
                 let mut file = fs::File::create(&manifest_path)?;
-                io::Write::write_all(&mut file, &manifest.to_bytes())?;
+                io::Write::write_all(&mut file, &bytes)?;
                 Ok(())
             };
             write().map_err(|e| StoreError::writing(e, &manifest_path))?;
@@ -332,7 +347,7 @@ impl Store {
         if !created && !self.is_present(&id) {
             // The name is taken by a broken copy (content deleted by hand): move it aside and
             // publish ours in its place.
-            self.quarantine(&id)?;
+            self.quarantine(op, &id)?;
             created = rename_noreplace(&stage_dir, &target).map_err(|e| StoreError::writing(e, &target))?;
         }
         if created {
@@ -353,14 +368,14 @@ impl Store {
     }
 
     /// Reads an artifact's manifest; `None` when missing or undecodable (both are misses).
-    pub fn read_manifest(&self, id: &str) -> io::Result<Option<(Manifest, Vec<u8>)>> {
+    pub fn read_manifest(&self, id: &ArtifactId) -> io::Result<Option<(Manifest, Vec<u8>)>> {
         let path = self.layout.object_dir(id).join(MANIFEST_FILE);
         Ok(crate::fs::read_if_exists(&path)?
             .and_then(|bytes| Manifest::from_bytes(&bytes).map(|manifest| (manifest, bytes))))
     }
 
     /// The ids of all published artifacts.
-    pub fn list(&self) -> io::Result<Vec<String>> {
+    pub fn list(&self) -> io::Result<Vec<ArtifactId>> {
         let mut ids = Vec::new();
         let objects = self.layout.objects_dir();
         for shard in fs::read_dir(&objects)? {
@@ -370,8 +385,8 @@ impl Store {
             }
             for entry in fs::read_dir(shard.path())? {
                 let name = entry?.file_name();
-                if let Some(name) = name.to_str().filter(|n| is_artifact_id(n)) {
-                    ids.push(name.to_string());
+                if let Some(id) = name.to_str().and_then(|n| ArtifactId::new(n).ok()) {
+                    ids.push(id);
                 }
             }
         }
@@ -381,7 +396,7 @@ impl Store {
 
     /// Re-hashes an artifact against its manifest and the manifest against the id. An empty
     /// result means intact.
-    pub fn verify(&self, id: &str) -> io::Result<Vec<Damage>> {
+    pub fn verify(&self, id: &ArtifactId) -> io::Result<Vec<Damage>> {
         let damage = |path: &str, problem: String| Damage {
             path: path.to_string(),
             problem,
@@ -389,14 +404,14 @@ impl Store {
         let Some((manifest, bytes)) = self.read_manifest(id)? else {
             return Ok(vec![damage("", "manifest missing or undecodable".into())]);
         };
-        if manifest::id_of_bytes(&bytes) != id {
+        if &manifest::id_of_bytes(&bytes) != id {
             return Ok(vec![damage("", "manifest does not match the artifact id".into())]);
         }
         tree::verify_content(&self.content_path(id), &manifest)
     }
 
     /// Moves an artifact out of `objects/` so it is never served again. Returns where it went.
-    pub fn quarantine(&self, id: &str) -> io::Result<PathBuf> {
+    pub fn quarantine(&self, _op: &OpGuard, id: &ArtifactId) -> io::Result<PathBuf> {
         let from = self.layout.object_dir(id);
         let to = self
             .layout
@@ -464,6 +479,9 @@ mod tests {
 
         let copy = dir.path().join("copy");
         let entries = tree::copy_tree(&root, &copy, &Progress::none()).unwrap();
-        assert_eq!(Manifest::new(ArtifactKind::Dir, entries).id(), described.id());
+        assert_eq!(
+            Manifest::new(ArtifactKind::Dir, entries).id().unwrap(),
+            described.id().unwrap()
+        );
     }
 }

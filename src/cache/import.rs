@@ -13,9 +13,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::{Cache, CacheError};
 use crate::archive::{self, Format, Limits};
-use crate::cache::{Cache, CacheError};
-use crate::lock::{self, Mode, entry_lock_path};
+use crate::ids::{ArtifactId, EntryName};
+use crate::lock::{self, Mode, OpGuard};
 use crate::progress::Progress;
 use crate::store::{ArtifactKind, Published, StoreError, content_path_in};
 
@@ -113,9 +114,9 @@ pub struct ImportOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Imported {
     /// The entry name, when one was given.
-    pub name: Option<String>,
+    pub name: Option<EntryName>,
     /// The artifact id.
-    pub artifact: String,
+    pub artifact: ArtifactId,
     /// The content path (complete and durable).
     pub path: PathBuf,
     /// File or tree.
@@ -133,10 +134,7 @@ pub struct Imported {
 impl Cache {
     /// Checks an import's arguments without touching the cache, so bad input changes nothing
     /// (not even creating a cache root).
-    pub fn check_import(source: &Path, name: Option<&str>) -> Result<(), CacheError> {
-        if let Some(name) = name {
-            crate::name::validate(name)?;
-        }
+    pub fn check_import(source: &Path) -> Result<(), CacheError> {
         match std::fs::metadata(source) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::SourceMissing {
@@ -152,11 +150,11 @@ impl Cache {
     pub fn import(
         &self,
         source: &Path,
-        name: Option<&str>,
+        name: Option<&EntryName>,
         options: &ImportOptions,
         progress: &Progress,
     ) -> Result<Imported, CacheError> {
-        Self::check_import(source, name)?;
+        Self::check_import(source)?;
         let format = if options.raw || !std::fs::metadata(source).is_ok_and(|m| m.is_file()) {
             None
         } else {
@@ -165,16 +163,16 @@ impl Cache {
         if let Some(format) = format {
             return self.import_archive(source, format, name, options, progress);
         }
-        let _op = self.operation()?;
+        let op = self.operation()?;
         let published = if options.modes.is_empty() && options.hooks.is_empty() {
             // The common case: copy and hash in one pass.
-            self.store().import_path(source, progress)?
+            self.store().import_path(&op, source, progress)?
         } else {
             let staged = self.store().stage_copy(source, progress)?;
             finish_staging(&content_path_in(&staged), source, options)?;
-            self.store().publish_staged(staged, &Progress::none())?
+            self.store().publish_staged(&op, staged, &Progress::none())?
         };
-        self.record(name, &published, None, "import")?;
+        self.record(&op, name, &published, None, "import")?;
         Ok(imported(name, published, None))
     }
 
@@ -182,13 +180,13 @@ impl Cache {
         &self,
         source: &Path,
         format: Format,
-        name: Option<&str>,
+        name: Option<&EntryName>,
         options: &ImportOptions,
         progress: &Progress,
     ) -> Result<Imported, CacheError> {
         let key = source_key(source, options)?;
         let reuse = |cache: &Cache| -> Result<Option<Imported>, CacheError> {
-            let _op = cache.operation()?;
+            let op = cache.operation()?;
             let Some(id) = cache.catalog().source(&key)? else {
                 return Ok(None);
             };
@@ -207,14 +205,14 @@ impl Cache {
                 disk_usage: row.disk_usage,
                 created: false,
             };
-            cache.record(name, &published, None, "import")?;
+            cache.record(&op, name, &published, None, "import")?;
             Ok(Some(imported(name, published, Some(format))))
         };
         if let Some(done) = reuse(self)? {
             return Ok(done);
         }
         // One extraction per archive: lock on its digest, then re-check.
-        let lock_path = entry_lock_path(&self.layout().entry_locks_dir(), &key);
+        let lock_path = self.layout().source_lock(&key);
         let what = format!("another import of the archive `{}`", source.display());
         let _lock = lock::lock(&lock_path, Mode::Exclusive, self.options().lock_timeout, &what)?;
         if let Some(done) = reuse(self)? {
@@ -231,17 +229,29 @@ impl Cache {
             &|p: archive::Progress| progress.set(p.bytes, p.entries),
         )?;
         finish_staging(&content, source, options)?;
-        let _op = self.operation()?;
-        let published = self.store().publish_staged(staged, &Progress::none())?;
-        self.record(name, &published, None, "import")?;
-        self.catalog().set_source(&key, &published.id)?;
-        Ok(imported(name, published, Some(format)))
+        let op = self.operation()?;
+        self.publish_extracted(&op, staged, name, &key)
+            .map(|p| imported(name, p, Some(format)))
+    }
+
+    /// Publishes an extracted archive and remembers which artifact the archive became.
+    fn publish_extracted(
+        &self,
+        op: &OpGuard,
+        staged: crate::fs::Staged,
+        name: Option<&EntryName>,
+        key: &str,
+    ) -> Result<Published, CacheError> {
+        let published = self.store().publish_staged(op, staged, &Progress::none())?;
+        self.record(op, name, &published, None, "import")?;
+        self.catalog().set_source(key, &published.id, self.now_ms())?;
+        Ok(published)
     }
 }
 
-fn imported(name: Option<&str>, p: Published, archive: Option<Format>) -> Imported {
+fn imported(name: Option<&EntryName>, p: Published, archive: Option<Format>) -> Imported {
     Imported {
-        name: name.map(str::to_string),
+        name: name.cloned(),
         artifact: p.id,
         path: p.path,
         kind: p.kind,

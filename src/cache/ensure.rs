@@ -1,0 +1,601 @@
+//! `ensure`: the entry state machine (docs/DESIGN.md, "The entry state machine"), tying together
+//! recipes, fingerprints, the builder, failure memory, the store and the catalog.
+//!
+//! One call: fingerprint the recipe (unchanged files are not re-read), read the entry's
+//! `last_good` and `failure`, and [`decide`]. A build takes the entry's lock, then re-reads and
+//! decides again (another process may have built or failed meanwhile: builds run at most once),
+//! builds into private staging with the root lock *not* held (a long build must not hold off
+//! garbage collection), then publishes and records under the root lock.
+//!
+//! While another process builds the entry, the default is to wait for it (bounded by the lock
+//! timeout) and reuse its result: a caller asking for the current inputs should get them, and
+//! waiting costs only as long as the build that is already under way. A caller that prefers speed
+//! (`--no-wait`, [`WaitPolicy::TakeStale`]) gets its last good artifact at once, marked stale.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::share::{RemoteActivity, ShareError, Sharing};
+use super::{Cache, CacheError};
+use crate::build::{
+    DEFAULT_TAIL_BYTES, Decision, FailureKind, FailureRecord, FingerprintError, Fingerprinted, LastGood,
+    Recipe, StalePolicy, StatCache, decide, fingerprint, random_jitter, record_failure, run,
+};
+use crate::catalog::EntryRow;
+use crate::ids::{ArtifactId, EntryName, Fingerprint};
+use crate::lock::{self, LockGuard, Mode, OpGuard};
+use crate::progress::Progress;
+use crate::store::content_path_in;
+
+/// What to do when another process is building the entry right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitPolicy {
+    /// Wait for it (up to the lock timeout) and reuse its result.
+    #[default]
+    Wait,
+    /// Take the last good artifact at once, marked stale, if there is one (else wait).
+    TakeStale,
+}
+
+/// Options of one `ensure` call.
+#[derive(Debug, Clone, Default)]
+pub struct EnsureOptions {
+    /// Build now whatever the failure memory says.
+    pub refresh: bool,
+    /// Waiting for a concurrent build.
+    pub wait: WaitPolicy,
+    /// A remote for shared artifacts: fetch a verified artifact instead of building, and push
+    /// local builds when its `push` is set.
+    pub remote: Option<Sharing>,
+    /// Hold the returned artifact against garbage collection for this long, taken under the
+    /// same lock that resolved it.
+    pub lease: Option<Duration>,
+}
+
+/// How the artifact was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnsureStatus {
+    /// Built from the current inputs earlier; nothing was built.
+    Hit,
+    /// Built now.
+    Built,
+    /// The last good artifact, built from older inputs, served because building failed or is
+    /// blocked by a recorded failure (or under way, with [`WaitPolicy::TakeStale`]).
+    Stale,
+}
+
+/// A recorded failure as reported to users.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailureReport {
+    /// `transient` or `deterministic`.
+    pub kind: FailureKind,
+    /// What happened and the tail of the output.
+    pub error: String,
+    /// Consecutive failures with the current inputs.
+    pub attempts: u32,
+    /// When a retry is allowed (unix ms); none for deterministic failures.
+    pub next_retry_at: Option<i64>,
+}
+
+impl From<&FailureRecord> for FailureReport {
+    fn from(f: &FailureRecord) -> Self {
+        let error = if f.error_tail.trim().is_empty() {
+            f.exit.clone()
+        } else {
+            format!("{}\n{}", f.exit, f.error_tail.trim_end())
+        };
+        Self {
+            kind: f.kind,
+            error,
+            attempts: f.attempts,
+            next_retry_at: f.next_retry_at,
+        }
+    }
+}
+
+/// The result of `ensure`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ensured {
+    /// The entry name.
+    pub name: EntryName,
+    /// The artifact's content path.
+    pub path: PathBuf,
+    /// The artifact id.
+    pub artifact: ArtifactId,
+    /// Hit, built or stale.
+    pub status: EnsureStatus,
+    /// The current fingerprint of the recipe.
+    pub fingerprint: Fingerprint,
+    /// The failure recorded for the current inputs, if any (always present when stale because a
+    /// build failed).
+    pub failure: Option<FailureReport>,
+    /// Why a stale artifact was served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_reason: Option<String>,
+    /// When the served artifact was recorded (unix ms).
+    pub updated_at: i64,
+    /// When the lease asked for with [`EnsureOptions::lease`] ends (unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<i64>,
+    /// Input globs that matched nothing (worth a warning: a typo makes inputs invisible).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmatched_globs: Vec<String>,
+    /// What the remote did, when one is configured and a build was needed: `pulled` means the
+    /// status is `built` but the artifact came, verified, from the remote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteActivity>,
+}
+
+/// Why `ensure` could not return an artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    /// The inputs could not be fingerprinted.
+    #[error(transparent)]
+    Fingerprint(#[from] FingerprintError),
+    /// A cache operation failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The build failed now and there is no last good artifact to serve (or the stale policy is
+    /// `never`).
+    #[error("building `{name}` failed ({} failure): {}{}", failure.kind.as_str(), failure.exit, retry_hint(failure, *now))]
+    BuildFailed {
+        /// The entry.
+        name: EntryName,
+        /// When it was decided (unix ms), for the retry hint.
+        now: i64,
+        /// The recorded failure.
+        failure: Box<FailureRecord>,
+    },
+    /// A remote problem, with `--strict` (otherwise remote problems are warnings).
+    #[error("remote problem (--strict makes it an error): {0}")]
+    Remote(ShareError),
+    /// A recorded failure of the current inputs forbids building now.
+    #[error(
+        "`{name}` is not built: its last build from these inputs failed ({} failure, {} attempt(s)): {}{}",
+        failure.kind.as_str(), failure.attempts, failure.exit, retry_hint(failure, *now)
+    )]
+    Blocked {
+        /// The entry.
+        name: EntryName,
+        /// When it was decided (unix ms), for the retry hint.
+        now: i64,
+        /// The recorded failure.
+        failure: Box<FailureRecord>,
+    },
+}
+
+impl EnsureError {
+    /// The failure record behind a build error, for JSON output.
+    pub fn failure(&self) -> Option<&FailureRecord> {
+        match self {
+            EnsureError::BuildFailed { failure, .. } | EnsureError::Blocked { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+fn retry_hint(failure: &FailureRecord, now: i64) -> String {
+    let tail = failure.error_tail.trim_end();
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\n--- output (tail) ---\n{tail}")
+    };
+    let when = match (failure.kind, failure.next_retry_at) {
+        (FailureKind::Deterministic, _) => {
+            "; it will not be retried until its inputs change (or with --refresh)".to_string()
+        }
+        (FailureKind::Transient, Some(at)) => {
+            let wait = Duration::from_millis((at - now).max(0) as u64);
+            format!(
+                "; it will be retried in {} (or now with --refresh)",
+                crate::units::format_duration(wait)
+            )
+        }
+        (FailureKind::Transient, None) => "; it will be retried on the next call".to_string(),
+    };
+    format!("{when}{tail}")
+}
+
+/// What the catalog says about an entry.
+struct EntryState {
+    /// The catalog row, kept so that a hit can record the access without reading it again.
+    entry: Option<EntryRow>,
+    last_good: Option<LastGood>,
+    present: bool,
+    failure: Option<FailureRecord>,
+}
+
+impl EntryState {
+    /// When the entry's artifact last changed (unix ms; 0 without an entry).
+    fn updated_at(&self) -> i64 {
+        self.entry.as_ref().map_or(0, |e| e.updated_at)
+    }
+
+    /// The last good artifact, when it is present and the recipe allows serving it stale.
+    fn servable_stale(&self, policy: StalePolicy) -> Option<&LastGood> {
+        self.last_good
+            .as_ref()
+            .filter(|_| self.present && policy == StalePolicy::IfError)
+    }
+}
+
+/// One `ensure` call: the recipe, its current fingerprint and what the caller asked for.
+struct Call<'a> {
+    cache: &'a Cache,
+    recipe: &'a Recipe,
+    options: &'a EnsureOptions,
+    fp: Fingerprint,
+    unmatched: Vec<String>,
+    started: i64,
+}
+
+/// The outcome of a step: the call's result, or go on.
+enum Step<T> {
+    Done(Result<Ensured, EnsureError>),
+    Next(T),
+}
+
+impl Call<'_> {
+    fn result(
+        &self,
+        status: EnsureStatus,
+        artifact: &ArtifactId,
+        state: &EntryState,
+        failure: Option<&FailureRecord>,
+        why: Option<String>,
+    ) -> Ensured {
+        Ensured {
+            name: self.recipe.name.clone(),
+            path: self.cache.store().content_path(artifact),
+            artifact: artifact.clone(),
+            status,
+            fingerprint: self.fp.clone(),
+            failure: failure.map(FailureReport::from),
+            stale_reason: why,
+            updated_at: state.updated_at(),
+            unmatched_globs: self.unmatched.clone(),
+            lease_expires_at: None,
+            remote: None,
+        }
+    }
+
+    /// The state machine's decision for the current fingerprint, now.
+    fn decide(&self, state: &EntryState, refresh: bool) -> Decision {
+        decide(
+            &self.fp,
+            state.last_good.as_ref(),
+            state.present,
+            state.failure.as_ref(),
+            self.cache.now_ms(),
+            refresh,
+            self.recipe.stale,
+        )
+    }
+
+    /// A decision that needs no build, as the call's result (with the lease asked for, taken
+    /// under `op`); `None` means build.
+    fn conclude(
+        &self,
+        op: &OpGuard,
+        decision: Decision,
+        state: &EntryState,
+    ) -> Option<Result<Ensured, EnsureError>> {
+        let served = match decision {
+            Decision::Hit => {
+                let good = state.last_good.as_ref()?;
+                self.result(
+                    EnsureStatus::Hit,
+                    &good.artifact,
+                    state,
+                    state.failure.as_ref(),
+                    None,
+                )
+            }
+            Decision::Blocked {
+                failure,
+                stale: Some(good),
+            } => self.result(
+                EnsureStatus::Stale,
+                &good.artifact,
+                state,
+                Some(&failure),
+                Some(blocked_reason(&failure)),
+            ),
+            Decision::Blocked { failure, stale: None } => {
+                return Some(Err(EnsureError::Blocked {
+                    name: self.recipe.name.clone(),
+                    now: self.cache.now_ms(),
+                    failure: Box::new(failure),
+                }));
+            }
+            Decision::Build(reason) => {
+                tracing::info!("`{}` needs a build ({reason:?})", self.recipe.name);
+                return None;
+            }
+        };
+        Some(self.serve(op, served))
+    }
+
+    /// Hands out `ensured`, leasing it first when asked.
+    fn serve(&self, op: &OpGuard, mut ensured: Ensured) -> Result<Ensured, EnsureError> {
+        if let Some(duration) = self.options.lease {
+            let lease = self.cache.lease_locked(op, &ensured.artifact, duration)?;
+            ensured.lease_expires_at = Some(lease.expires_at());
+            lease.keep();
+        }
+        Ok(ensured)
+    }
+
+    /// First look, without the entry lock: the common case is a hit.
+    fn look(&self) -> Result<Step<()>, EnsureError> {
+        let op = self.cache.operation()?;
+        let state = self.cache.entry_state(&op, &self.recipe.name)?;
+        let decision = self.decide(&state, self.options.refresh);
+        if let (Decision::Hit, Some(entry)) = (&decision, &state.entry) {
+            self.cache
+                .catalog()
+                .touch(entry, self.cache.now_ms())
+                .map_err(CacheError::from)?;
+        }
+        Ok(match self.conclude(&op, decision, &state) {
+            Some(done) => Step::Done(done),
+            None => Step::Next(()),
+        })
+    }
+
+    /// Takes the entry's build lock: one build at a time per entry. While another process
+    /// builds, waits for it, or with [`WaitPolicy::TakeStale`] serves the last good artifact.
+    fn lock_entry(&self) -> Result<Step<LockGuard>, EnsureError> {
+        let lock_path = self.cache.layout().entry_lock(&self.recipe.name);
+        if let Some(guard) = lock::try_lock(&lock_path, Mode::Exclusive).map_err(CacheError::from)? {
+            return Ok(Step::Next(guard));
+        }
+        if self.options.wait == WaitPolicy::TakeStale {
+            let op = self.cache.operation()?;
+            let state = self.cache.entry_state(&op, &self.recipe.name)?;
+            if let Some(good) = state.servable_stale(self.recipe.stale) {
+                let why = "a build from the current inputs is under way in another process".to_string();
+                let stale = self.result(
+                    EnsureStatus::Stale,
+                    &good.artifact,
+                    &state,
+                    state.failure.as_ref(),
+                    Some(why),
+                );
+                return Ok(Step::Done(self.serve(&op, stale)));
+            }
+        }
+        let what = format!("the build of `{}` in another process", self.recipe.name);
+        let timeout = self.cache.options().lock_timeout;
+        let guard = lock::lock(&lock_path, Mode::Exclusive, timeout, &what).map_err(CacheError::from)?;
+        Ok(Step::Next(guard))
+    }
+
+    /// Lock, then re-check: whoever held the lock may have built or failed already.
+    fn recheck(&self) -> Result<Step<EntryState>, EnsureError> {
+        let op = self.cache.operation()?;
+        let state = self.cache.entry_state(&op, &self.recipe.name)?;
+        // A refresh that waited for another process's build of the same inputs, finished after
+        // this call began, reuses it instead of building twice.
+        let fresh = state.last_good.as_ref().is_some_and(|g| g.fingerprint == self.fp)
+            && state.present
+            && state.updated_at() >= self.started;
+        let decision = self.decide(&state, self.options.refresh && !fresh);
+        Ok(match self.conclude(&op, decision, &state) {
+            Some(done) => Step::Done(done),
+            None => Step::Next(state),
+        })
+    }
+
+    /// With a remote, a verified artifact from it replaces the build; not on `--refresh`, which
+    /// asks for a build.
+    fn pull(&self) -> Result<Step<Option<RemoteActivity>>, EnsureError> {
+        let Some(sharing) = self.options.remote.as_ref() else {
+            return Ok(Step::Next(None));
+        };
+        if self.options.refresh {
+            return Ok(Step::Next(Some(super::share::activity(sharing))));
+        }
+        let (pulled, activity) = super::share::ensure_pull(self.cache, &self.recipe.name, &self.fp, sharing)
+            .map_err(EnsureError::Remote)?;
+        let Some(pulled) = pulled else {
+            return Ok(Step::Next(Some(activity)));
+        };
+        let op = self.cache.operation()?;
+        let state = self.cache.entry_state(&op, &self.recipe.name)?;
+        let built = Ensured {
+            remote: Some(activity),
+            ..self.result(EnsureStatus::Built, &pulled.artifact, &state, None, None)
+        };
+        Ok(Step::Done(self.serve(&op, built)))
+    }
+
+    /// Runs the builder into private staging with the root lock *not* held (a long build must
+    /// not hold off garbage collection), then publishes and records under the root lock, or
+    /// records the failure.
+    fn build(
+        &self,
+        state: EntryState,
+        build_lock: LockGuard,
+        remote: Option<RemoteActivity>,
+    ) -> Result<Ensured, EnsureError> {
+        let staged = self.cache.store().stage("build").map_err(CacheError::from)?;
+        let out = content_path_in(&staged);
+        let outcome = run(self.recipe, &out, staged.path(), DEFAULT_TAIL_BYTES);
+        let Some(failure) = outcome.failure else {
+            let op = self.cache.operation()?;
+            let published = self
+                .cache
+                .store()
+                .publish_staged(&op, staged, &Progress::none())
+                .map_err(CacheError::from)?;
+            self.cache
+                .record(&op, Some(&self.recipe.name), &published, Some(&self.fp), "build")?;
+            let state = self.cache.entry_state(&op, &self.recipe.name)?;
+            let built = self.serve(
+                &op,
+                self.result(EnsureStatus::Built, &published.id, &state, None, None),
+            )?;
+            drop(op);
+            // Waiters need not wait for the upload.
+            drop(build_lock);
+            return self.push(built, remote);
+        };
+        drop(staged);
+        let record = record_failure(
+            state.failure.as_ref(),
+            &self.fp,
+            failure.kind,
+            &failure.cause.to_string(),
+            &outcome.tail,
+            self.cache.now_ms(),
+            &self.recipe.backoff,
+            random_jitter(),
+        );
+        let op = self.cache.operation()?;
+        self.cache
+            .catalog()
+            .record_failure(&self.recipe.name, &record)
+            .map_err(CacheError::from)?;
+        match state.servable_stale(self.recipe.stale) {
+            Some(good) => {
+                let why = format!("building from the current inputs failed: {}", record.exit);
+                let stale = self.result(
+                    EnsureStatus::Stale,
+                    &good.artifact,
+                    &state,
+                    Some(&record),
+                    Some(why),
+                );
+                self.serve(&op, stale)
+            }
+            None => Err(EnsureError::BuildFailed {
+                name: self.recipe.name.clone(),
+                now: self.cache.now_ms(),
+                failure: Box::new(record),
+            }),
+        }
+    }
+
+    /// Pushes a fresh local build when the remote asks for it.
+    fn push(&self, built: Ensured, remote: Option<RemoteActivity>) -> Result<Ensured, EnsureError> {
+        let (Some(sharing), Some(mut activity)) = (self.options.remote.as_ref(), remote) else {
+            return Ok(built);
+        };
+        if sharing.push {
+            super::share::ensure_push(
+                self.cache,
+                &self.recipe.name,
+                &self.fp,
+                &built.artifact,
+                sharing,
+                &mut activity,
+            )
+            .map_err(EnsureError::Remote)?;
+        }
+        Ok(Ensured {
+            remote: Some(activity),
+            ..built
+        })
+    }
+}
+
+impl Cache {
+    /// Returns an artifact built from the recipe's current inputs, building it if needed, and
+    /// following the entry state machine for recorded failures (docs/DESIGN.md).
+    pub fn ensure(&self, recipe: &Recipe, options: &EnsureOptions) -> Result<Ensured, EnsureError> {
+        let started = self.now_ms();
+        let fingerprinted = self.fingerprint(recipe)?;
+        let call = Call {
+            cache: self,
+            recipe,
+            options,
+            fp: fingerprinted.digest,
+            unmatched: fingerprinted.unmatched_globs,
+            started,
+        };
+        if let Step::Done(done) = call.look()? {
+            return done;
+        }
+        let build_lock = match call.lock_entry()? {
+            Step::Done(done) => return done,
+            Step::Next(guard) => guard,
+        };
+        let state = match call.recheck()? {
+            Step::Done(done) => return done,
+            Step::Next(state) => state,
+        };
+        let remote = match call.pull()? {
+            Step::Done(done) => return done,
+            Step::Next(remote) => remote,
+        };
+        call.build(state, build_lock, remote)
+    }
+
+    fn entry_state(&self, _op: &OpGuard, name: &EntryName) -> Result<EntryState, CacheError> {
+        let catalog = self.catalog();
+        let entry = catalog.entry(name)?;
+        let failure = catalog.failure(name)?;
+        drop(catalog);
+        let last_good = entry.as_ref().and_then(|e| match (&e.artifact, &e.fingerprint) {
+            (Some(artifact), Some(fingerprint)) => Some(LastGood {
+                artifact: artifact.clone(),
+                fingerprint: fingerprint.clone(),
+            }),
+            _ => None,
+        });
+        let present = last_good
+            .as_ref()
+            .is_some_and(|g| self.store().is_present(&g.artifact));
+        Ok(EntryState {
+            entry,
+            last_good,
+            present,
+            failure,
+        })
+    }
+
+    /// Fingerprints a recipe, keeping its stat cache in memory for this `Cache` (a daemon pays only
+    /// for what changed) and in the catalog (a fresh process does too).
+    pub(super) fn fingerprint(&self, recipe: &Recipe) -> Result<Fingerprinted, EnsureError> {
+        let mut caches = self.stat_caches();
+        let cache = match caches.get_mut(&recipe.name) {
+            Some(cache) => cache,
+            None => {
+                // An undecodable stat cache only costs re-hashing.
+                let saved = self
+                    .catalog()
+                    .stat_cache(&recipe.name)
+                    .map_err(CacheError::from)?;
+                let loaded = saved.map(|b| StatCache::from_bytes(&b)).unwrap_or_default();
+                caches.entry(recipe.name.clone()).or_insert(loaded)
+            }
+        };
+        let fp = fingerprint(recipe, cache)?;
+        if fp.cache_changed {
+            let bytes = cache.to_bytes();
+            drop(caches);
+            self.catalog()
+                .set_stat_cache(&recipe.name, &bytes)
+                .map_err(CacheError::from)?;
+        }
+        Ok(fp)
+    }
+}
+
+fn blocked_reason(failure: &FailureRecord) -> String {
+    match failure.kind {
+        FailureKind::Deterministic => {
+            format!(
+                "the current inputs failed to build deterministically ({}); not retried until they change",
+                failure.exit
+            )
+        }
+        FailureKind::Transient => format!(
+            "the current inputs failed to build ({}); waiting to retry",
+            failure.exit
+        ),
+    }
+}

@@ -1,0 +1,320 @@
+//! The cache: one root's store, catalog and locks behind the operations users call. This is the
+//! only orchestrator; the parts below it (`build`, `catalog`, `store`, `archive`, `activate`,
+//! `remote`, `fs`, `lock`) never name [`Cache`].
+//!
+//! Every operation takes the root lock shared for its own length ([`OpGuard`]), so garbage
+//! collection (which takes it exclusive for its short critical part) can never remove what an
+//! operation is about to record or hand out. A `Cache` is `Send + Sync`: a daemon can share one
+//! across threads and call it thousands of times; each call opens its own lock handle because
+//! `flock` locks belong to an open file, not a thread.
+
+mod activate;
+mod ensure;
+mod gc;
+mod import;
+mod inspect;
+mod lease;
+mod share;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use activate::Activated;
+pub use ensure::{EnsureError, EnsureOptions, EnsureStatus, Ensured, FailureReport, WaitPolicy};
+pub use gc::{GcError, GcOptions, GcReport, Reason, Removed};
+pub use import::{ImportError, ImportOptions, Imported, ModeRule};
+pub use inspect::{DamagedArtifact, EntryStatus, VerifyReport};
+pub use lease::Lease;
+pub use share::{IndexOutcome, Pulled, PushReport, RemoteActivity, ShareError, Sharing, degraded};
+
+use crate::build::StatCache;
+use crate::catalog::{ArtifactRow, Catalog, CatalogError, EntryRow};
+use crate::clock::Clock;
+use crate::ids::{ArtifactId, EntryName};
+use crate::layout::Layout;
+use crate::lock::{LockError, Mode, OpGuard};
+use crate::store::{Published, Store, StoreError};
+
+/// The default for how long to wait for a lock held by another process.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Errors of cache operations.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The root cannot be created or written.
+    #[error("cannot use `{root}` as a cache root: {source}")]
+    Root {
+        /// The root.
+        root: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An invalid entry name.
+    #[error(transparent)]
+    Name(#[from] crate::ids::NameError),
+    /// No entry of that name.
+    #[error(
+        "no entry named `{name}` in the cache at `{root}`; create it with `warmcache import PATH \
+         --name {name}` or `warmcache ensure {name}`"
+    )]
+    NoEntry {
+        /// The name asked for.
+        name: EntryName,
+        /// The cache root.
+        root: PathBuf,
+    },
+    /// The entry exists but its artifact is gone.
+    #[error(
+        "entry `{name}` has no artifact in the cache (it was removed or found damaged); build it \
+         again with `warmcache ensure {name}` or import it again"
+    )]
+    NoArtifact {
+        /// The entry.
+        name: EntryName,
+    },
+    /// Neither an entry nor a present artifact goes by that name.
+    #[error("`{source_name}` is neither an entry nor an artifact in the cache at `{root}`")]
+    Unknown {
+        /// What was asked for.
+        source_name: String,
+        /// The cache root.
+        root: PathBuf,
+    },
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Catalog failure.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// Lock failure.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// An archive could not be imported.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    /// An import's permission rule or hook was refused or failed.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// An activation failed (DEST is untouched).
+    #[error(transparent)]
+    Activate(#[from] crate::activate::ActivateError),
+    /// Other I/O (the message names the path).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Settings of an open cache.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// How long to wait for locks held by other processes.
+    pub lock_timeout: Duration,
+    /// The clock failure backoff, leases and access times are decided by.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        Self {
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            clock: crate::clock::system(),
+        }
+    }
+}
+
+/// Where an entry's last good artifact is, from [`Cache::path`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EntryPath {
+    /// The entry.
+    pub name: EntryName,
+    /// The content path of its artifact.
+    pub path: PathBuf,
+    /// The artifact.
+    pub artifact: ArtifactId,
+    /// When the lease taken with it ends (unix ms), if one was asked for.
+    pub lease_expires_at: Option<i64>,
+}
+
+/// An open cache root.
+#[derive(Debug)]
+pub struct Cache {
+    layout: Layout,
+    store: Store,
+    catalog: Mutex<Catalog>,
+    options: CacheOptions,
+    /// Per-entry stat caches of input files, kept in memory so that a long-running process
+    /// re-fingerprints only what changed.
+    stat_caches: Mutex<HashMap<EntryName, StatCache>>,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache at `root` with default options.
+    pub fn open(root: &Path) -> Result<Self, CacheError> {
+        Self::open_with(root, CacheOptions::default())
+    }
+
+    /// Opens (creating if needed) the cache at `root`, and sweeps staging leftovers of crashed
+    /// processes.
+    pub fn open_with(root: &Path, options: CacheOptions) -> Result<Self, CacheError> {
+        let root_error = |source| CacheError::Root {
+            root: root.to_path_buf(),
+            source,
+        };
+        // Absolute, so that the paths handed out stay valid from any working directory.
+        let absolute = std::path::absolute(root).map_err(root_error)?;
+        let layout = Layout::new(&absolute);
+        layout.create().map_err(root_error)?;
+        let store = Store::new(&layout).map_err(root_error)?;
+        let catalog = Catalog::open(&layout.catalog())?;
+        let cache = Self {
+            layout,
+            store,
+            catalog: Mutex::new(catalog),
+            options,
+            stat_caches: Mutex::new(HashMap::new()),
+        };
+        {
+            let _op = cache.operation()?;
+            let swept = cache.store.staging().sweep()?;
+            if swept.removed > 0 {
+                tracing::info!("swept {} staging leftover(s) of crashed processes", swept.removed);
+            }
+        }
+        Ok(cache)
+    }
+
+    /// The cache root.
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// The options the cache was opened with.
+    pub fn options(&self) -> &CacheOptions {
+        &self.options
+    }
+
+    /// The path of an artifact's content (which may or may not exist).
+    pub fn content_path(&self, id: &ArtifactId) -> PathBuf {
+        self.store.content_path(id)
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Now, by the cache's clock (unix ms).
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    /// The catalog connection (one per cache; calls from several threads take turns).
+    pub(crate) fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back), so a poisoned mutex is still usable.
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The in-memory stat caches, by entry name.
+    pub(crate) fn stat_caches(&self) -> MutexGuard<'_, HashMap<EntryName, StatCache>> {
+        self.stat_caches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds the root lock shared for the length of one operation.
+    pub(crate) fn operation(&self) -> Result<OpGuard, CacheError> {
+        Ok(OpGuard::take(
+            &self.layout.root_lock(),
+            Mode::Shared,
+            self.options.lock_timeout,
+        )?)
+    }
+
+    /// Records a published artifact in the catalog, as the last good artifact of `name` when one
+    /// is given. Takes the operation guard the artifact was published under, so garbage
+    /// collection cannot remove it between publication and this row.
+    pub(crate) fn record(
+        &self,
+        _op: &OpGuard,
+        name: Option<&EntryName>,
+        published: &Published,
+        fingerprint: Option<&crate::ids::Fingerprint>,
+        source: &str,
+    ) -> Result<ArtifactRow, CacheError> {
+        let now = self.now_ms();
+        let row = ArtifactRow {
+            id: published.id.clone(),
+            kind: published.kind,
+            size: published.size,
+            files: published.files,
+            disk_usage: published.disk_usage,
+            created_at: now,
+            accessed_at: now,
+        };
+        let mut catalog = self.catalog();
+        match name {
+            Some(name) => catalog.set_last_good(name, &row, fingerprint, source)?,
+            None => catalog.record_artifact(&row)?,
+        }
+        Ok(row)
+    }
+
+    /// The entry `name` with its present artifact, under the caller's operation guard. A missing
+    /// artifact is [`CacheError::NoArtifact`] (a miss), never a crash.
+    fn present_entry(&self, _op: &OpGuard, name: &EntryName) -> Result<(EntryRow, ArtifactId), CacheError> {
+        let entry = self.catalog().entry(name)?.ok_or_else(|| CacheError::NoEntry {
+            name: name.clone(),
+            root: self.root().to_path_buf(),
+        })?;
+        let artifact = entry
+            .artifact
+            .clone()
+            .filter(|id| self.store.is_present(id))
+            .ok_or_else(|| CacheError::NoArtifact { name: name.clone() })?;
+        Ok((entry, artifact))
+    }
+
+    /// The path of entry `name`'s last good artifact, without building anything; with `lease`,
+    /// the artifact is also held against garbage collection for that long, taken in the same
+    /// step under the lock, so the path handed out is never one a collection already removed.
+    pub fn path(&self, name: &EntryName, lease: Option<Duration>) -> Result<EntryPath, CacheError> {
+        let op = self.operation()?;
+        let (entry, artifact) = self.present_entry(&op, name)?;
+        self.catalog().touch(&entry, self.now_ms())?;
+        let lease_expires_at = match lease {
+            Some(duration) => {
+                let lease = self.lease_locked(&op, &artifact, duration)?;
+                let expires = lease.expires_at();
+                lease.keep();
+                Some(expires)
+            }
+            None => None,
+        };
+        Ok(EntryPath {
+            name: entry.name,
+            path: self.store.content_path(&artifact),
+            artifact,
+            lease_expires_at,
+        })
+    }
+
+    /// Resolves an artifact id, or an entry name, to a present artifact, under the caller's
+    /// operation guard.
+    pub(crate) fn resolve(&self, op: &OpGuard, source: &str) -> Result<ArtifactId, CacheError> {
+        if let Ok(id) = ArtifactId::new(source)
+            && self.store.is_present(&id)
+        {
+            return Ok(id);
+        }
+        match EntryName::new(source) {
+            Ok(name) => Ok(self.present_entry(op, &name)?.1),
+            Err(_) => Err(CacheError::Unknown {
+                source_name: source.to_string(),
+                root: self.root().to_path_buf(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! What garbage collection asks of the catalog: which artifacts are protected, leases, removing
+//! rows of collected artifacts, and when the last collection ran.
+
+use std::collections::HashSet;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Catalog, CatalogError};
+use crate::ids::ArtifactId;
+
+/// The `meta` key of the time (unix ms) the last collection ran or was started.
+const LAST_GC_AT: &str = "last_gc_at";
+
+impl Catalog {
+    /// The artifacts that must not be collected: every entry's artifact and every lease live at
+    /// `now`.
+    pub fn protected_artifacts(&self, now: i64) -> Result<HashSet<ArtifactId>, CatalogError> {
+        let err = self.err("list protected artifacts");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT artifact FROM entries WHERE artifact IS NOT NULL
+                 UNION SELECT artifact FROM leases WHERE expires_at > ?1",
+            )
+            .map_err(&err)?;
+        let rows = stmt.query_map([now], |r| r.get::<_, String>(0)).map_err(&err)?;
+        let mut out = HashSet::new();
+        for row in rows {
+            // An id that does not decode names nothing in the store; nothing to protect.
+            out.extend(ArtifactId::new(&row.map_err(&err)?).ok());
+        }
+        Ok(out)
+    }
+
+    /// Deletes the rows of the artifacts in `ids` that were not used since `decided_at`, in one
+    /// transaction; returns those deleted (the caller then moves their directories away). An
+    /// artifact used since the decision is left for a later collection.
+    pub fn remove_unused_artifacts(
+        &mut self,
+        ids: &[ArtifactId],
+        decided_at: i64,
+    ) -> Result<Vec<ArtifactId>, CatalogError> {
+        self.write("remove artifacts", |tx| {
+            let mut removed = Vec::new();
+            for id in ids {
+                let accessed: Option<i64> = tx
+                    .query_row(
+                        "SELECT accessed_at FROM artifacts WHERE id = ?1",
+                        [id.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if accessed.is_some_and(|a| a >= decided_at) {
+                    continue;
+                }
+                tx.execute("DELETE FROM artifacts WHERE id = ?1", [id.as_str()])?;
+                tx.execute("DELETE FROM sources WHERE artifact = ?1", [id.as_str()])?;
+                removed.push(id.clone());
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Records a lease on `artifact` until `expires_at`; returns its id.
+    pub fn add_lease(
+        &mut self,
+        artifact: &ArtifactId,
+        holder: &str,
+        expires_at: i64,
+    ) -> Result<i64, CatalogError> {
+        self.write("take a lease", |tx| {
+            tx.execute(
+                "INSERT INTO leases (artifact, holder, expires_at) VALUES (?1, ?2, ?3)",
+                params![artifact.as_str(), holder, expires_at],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Ends a lease before its time.
+    pub fn release_lease(&mut self, lease: i64) -> Result<(), CatalogError> {
+        self.conn
+            .execute("DELETE FROM leases WHERE id = ?1", [lease])
+            .map(drop)
+            .map_err(self.err("release a lease"))
+    }
+
+    /// Deletes the leases that ended by `now`.
+    pub fn expire_leases(&mut self, now: i64) -> Result<(), CatalogError> {
+        self.conn
+            .execute("DELETE FROM leases WHERE expires_at <= ?1", [now])
+            .map(drop)
+            .map_err(self.err("expire leases"))
+    }
+
+    /// Records that a collection ran at `now`.
+    pub fn set_last_gc(&mut self, now: i64) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![LAST_GC_AT, now.to_string()],
+            )
+            .map(drop)
+            .map_err(self.err("write metadata"))
+    }
+
+    /// Whether a background collection is due at `now`: the artifacts take more than
+    /// `max_size`, and none ran (or was started) within `interval_ms`. Marks one started when
+    /// it returns true, in the same transaction, so concurrent commands do not all start one.
+    pub fn claim_gc_if_due(
+        &mut self,
+        max_size: u64,
+        interval_ms: i64,
+        now: i64,
+    ) -> Result<bool, CatalogError> {
+        self.write("check the size budget", |tx| {
+            let last: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key = ?1", [LAST_GC_AT], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let last = last.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            if now - last < interval_ms {
+                return Ok(false);
+            }
+            let total: i64 = tx.query_row("SELECT COALESCE(SUM(disk_usage), 0) FROM artifacts", [], |r| {
+                r.get(0)
+            })?;
+            if (total.max(0) as u64) <= max_size {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![LAST_GC_AT, now.to_string()],
+            )?;
+            Ok(true)
+        })
+    }
+}

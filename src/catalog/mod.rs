@@ -1,0 +1,391 @@
+//! The catalog: what each named entry points to, its failures, leases and access times, in SQLite.
+//!
+//! SQLite in WAL mode lets a daemon and many short CLI processes read and write the same catalog
+//! at once; every change is a transaction (`BEGIN IMMEDIATE`, so writers queue on the busy
+//! timeout instead of failing half-way). `synchronous = FULL` because a call that returned must
+//! survive a power loss. The catalog only ever names artifacts that exist: callers publish the
+//! artifact first and write the row after.
+//!
+//! The schema is versioned with `PRAGMA user_version` and migrated forward on open; a catalog from
+//! a newer warmcache is refused rather than misread. A row that cannot be decoded is treated as
+//! missing (a miss), never as an error that stops the cache.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+mod collect;
+mod entries;
+mod records;
+
+pub use records::{ArtifactRow, EntryRow};
+
+/// How long a writer waits for another process's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Schema migrations; `user_version` is the number applied. Append, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: entries, artifacts, failures, leases, stat caches, key-value metadata.
+    "CREATE TABLE artifacts (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        disk_usage INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        accessed_at INTEGER NOT NULL
+    );
+    CREATE TABLE entries (
+        name TEXT PRIMARY KEY,
+        artifact TEXT,
+        fingerprint TEXT,
+        source TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        accessed_at INTEGER NOT NULL
+    );
+    CREATE INDEX entries_artifact ON entries(artifact);
+    CREATE TABLE failures (
+        name TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        exit TEXT NOT NULL,
+        error_tail TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        first_failed_at INTEGER NOT NULL,
+        last_failed_at INTEGER NOT NULL,
+        next_retry_at INTEGER
+    );
+    CREATE TABLE leases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        artifact TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX leases_artifact ON leases(artifact);
+    CREATE TABLE stat_caches (
+        name TEXT PRIMARY KEY,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
+    // 2: which artifact an imported archive became, so an archive is extracted once.
+    "CREATE TABLE sources (
+        key TEXT PRIMARY KEY,
+        artifact TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX sources_artifact ON sources(artifact);",
+];
+
+/// Errors of the catalog. Each names the catalog file.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The database could not be opened or migrated, for a reason other than damage (a full or
+    /// read-only file system, permissions): the file itself is fine, so nothing is advised
+    /// that would throw it away.
+    #[error("failed to open the catalog `{path}`: {source}")]
+    Open {
+        /// The catalog file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The file is not a database, or SQLite found it damaged.
+    #[error(
+        "the catalog `{path}` is damaged ({source}); move it aside to start a new one (the \
+         cache's artifacts stay; entries must be imported or built again)"
+    )]
+    Corrupt {
+        /// The catalog file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// Written by a newer warmcache.
+    #[error(
+        "the catalog `{path}` has schema version {found}, newer than this warmcache understands \
+         ({known}); upgrade warmcache or use another --root"
+    )]
+    TooNew {
+        /// The catalog file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+        /// The newest version known.
+        known: i64,
+    },
+    /// A query failed.
+    #[error("catalog `{path}`: failed to {op}: {source}")]
+    Sql {
+        /// The catalog file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+}
+
+/// Access times are written at most this often per entry, so cache hits stay read-only.
+pub const ACCESS_GRANULARITY_MS: i64 = 60_000;
+
+/// A connection to the catalog of one cache root. Every SQL statement of warmcache lives in this
+/// module, behind typed methods; the connection never leaves it.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating and migrating if needed) the catalog at `path`.
+    ///
+    /// Some first-open steps (switching a new database to WAL, recovering the WAL index) report
+    /// "database is locked" at once instead of waiting on the busy timeout when several
+    /// processes open a fresh catalog together, so those are retried here, within the same
+    /// bound.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match Self::open_once(path) {
+                Err(CatalogError::Open { source, .. })
+                    if is_busy(&source) && start.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, CatalogError> {
+        let open_err = |source| open_error(path, source);
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+                .map_err(open_err)?;
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        let known = MIGRATIONS.len() as i64;
+        let current: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if current > known {
+            return Err(CatalogError::TooNew {
+                path: path.to_path_buf(),
+                found: current,
+                known,
+            });
+        }
+        if current < known {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(open_err)?;
+            // Re-read inside the write lock: another process may have migrated meanwhile.
+            let current: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(open_err)?;
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                tx.execute_batch(sql).map_err(open_err)?;
+                tx.pragma_update(None, "user_version", (i + 1) as i64)
+                    .map_err(open_err)?;
+            }
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A closure that wraps a SQLite error with the catalog's path and the operation.
+    fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> CatalogError + use<> {
+        sql_err(&self.path, op)
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction (writers queue on the busy timeout instead
+    /// of failing half-way) and commits it; `op` names the work in errors.
+    fn write<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, CatalogError> {
+        let err = sql_err(&self.path, op);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let value = f(&tx).map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(value)
+    }
+}
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// An open failure: damage only when SQLite says the file is corrupt or not a database, so that
+/// the advice to move the file aside is never given for a full or read-only disk.
+fn open_error(path: &Path, source: rusqlite::Error) -> CatalogError {
+    let path = path.to_path_buf();
+    match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            CatalogError::Corrupt { path, source }
+        }
+        _ => CatalogError::Open { path, source },
+    }
+}
+
+fn sql_err(path: &Path, op: &'static str) -> impl Fn(rusqlite::Error) -> CatalogError + use<> {
+    let path = path.to_path_buf();
+    move |source| CatalogError::Sql {
+        path: path.clone(),
+        op,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{FailureKind, FailureRecord};
+    use crate::ids::{ArtifactId, EntryName, Fingerprint};
+    use crate::store::ArtifactKind;
+
+    fn artifact(c: char) -> ArtifactRow {
+        ArtifactRow {
+            id: id(c),
+            kind: ArtifactKind::File,
+            size: 3,
+            files: 1,
+            disk_usage: 4096,
+            created_at: 1,
+            accessed_at: 1,
+        }
+    }
+
+    fn id(c: char) -> ArtifactId {
+        ArtifactId::new(&c.to_string().repeat(64)).unwrap()
+    }
+
+    fn fp(c: char) -> Fingerprint {
+        Fingerprint::new(&c.to_string().repeat(64)).unwrap()
+    }
+
+    fn name(s: &str) -> EntryName {
+        EntryName::new(s).unwrap()
+    }
+
+    #[test]
+    fn migrates_once_and_reopens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.sqlite");
+        let mut c = Catalog::open(&path).unwrap();
+        c.set_last_good(&name("a"), &artifact('a'), Some(&fp('f')), "build")
+            .unwrap();
+        drop(c);
+        let c = Catalog::open(&path).unwrap();
+        let e = c.entry(&name("a")).unwrap().unwrap();
+        assert_eq!(e.artifact, Some(id('a')));
+        assert_eq!(e.fingerprint, Some(fp('f')));
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.sqlite");
+        let c = Catalog::open(&path).unwrap();
+        c.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(CatalogError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn only_a_damaged_file_is_called_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.sqlite");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        let err = Catalog::open(&path).unwrap_err();
+        assert!(matches!(err, CatalogError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("move it aside"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_rows_are_misses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&tmp.path().join("c.sqlite")).unwrap();
+        c.set_last_good(&name("a"), &artifact('b'), None, "import")
+            .unwrap();
+        c.conn
+            .execute("UPDATE entries SET artifact = 'not-an-id'", [])
+            .unwrap();
+        assert_eq!(c.entry(&name("a")).unwrap().unwrap().artifact, None);
+        c.conn
+            .execute("UPDATE entries SET created_at = 'garbage'", [])
+            .unwrap();
+        assert_eq!(c.entry(&name("a")).unwrap(), None);
+        c.conn.execute("UPDATE artifacts SET kind = 'weird'", []).unwrap();
+        assert_eq!(c.artifact(&id('b')).unwrap(), None);
+    }
+
+    #[test]
+    fn failures_never_touch_last_good_and_success_clears_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&tmp.path().join("c.sqlite")).unwrap();
+        let good = artifact('c');
+        let e = name("e");
+        c.set_last_good(&e, &good, Some(&fp('0')), "build").unwrap();
+        let failure = FailureRecord {
+            fingerprint: fp('1'),
+            kind: FailureKind::Transient,
+            exit: "build command exited with code 1".into(),
+            error_tail: "boom".into(),
+            attempts: 1,
+            first_failed_at: 5,
+            last_failed_at: 5,
+            next_retry_at: Some(10),
+        };
+        c.record_failure(&e, &failure).unwrap();
+        let row = c.entry(&e).unwrap().unwrap();
+        assert_eq!(row.fingerprint, Some(fp('0')));
+        assert_eq!(c.failure(&e).unwrap(), Some(failure));
+        c.set_last_good(&e, &good, Some(&fp('1')), "build").unwrap();
+        assert_eq!(c.failure(&e).unwrap(), None);
+    }
+
+    #[test]
+    fn leases_protect_until_they_expire_and_used_artifacts_are_not_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&tmp.path().join("c.sqlite")).unwrap();
+        c.record_artifact(&artifact('a')).unwrap();
+        c.record_artifact(&artifact('b')).unwrap();
+        let lease = c.add_lease(&id('a'), "test", 100).unwrap();
+        assert!(c.protected_artifacts(99).unwrap().contains(&id('a')));
+        assert!(!c.protected_artifacts(100).unwrap().contains(&id('a')));
+        c.release_lease(lease).unwrap();
+        assert!(c.protected_artifacts(0).unwrap().is_empty());
+        let removed = c.remove_unused_artifacts(&[id('a'), id('b')], 1).unwrap();
+        assert!(removed.is_empty(), "both were used at the decision time");
+        let removed = c.remove_unused_artifacts(&[id('a')], 2).unwrap();
+        assert_eq!(removed, [id('a')]);
+    }
+}
