@@ -18,6 +18,7 @@ pub mod layout;
 pub mod lock;
 pub mod name;
 pub mod parallel;
+pub mod place;
 pub mod progress;
 pub mod remote;
 pub mod shell;

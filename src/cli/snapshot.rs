@@ -1,6 +1,6 @@
 //! `warmcache snapshot` and `warmcache restore`: directory snapshots in object storage.
 //!
-//! Advisory by default (DESIGN.md, "Remote is advisory"): when the remote is unreachable, slow or
+//! Advisory by default (docs/DESIGN.md, "Remote is advisory"): when the remote is unreachable, slow or
 //! serves bad data, the command says so loudly on stderr and exits 0, having changed nothing
 //! (restore leaves DIR as it was; snapshot leaves the pointer as it was). `--strict` makes those
 //! exit 1. Problems with DIR itself are errors either way.
