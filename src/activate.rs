@@ -3,7 +3,7 @@
 //! whole, and never a mix (docs/DESIGN.md, problem 3, "Torn activation").
 //!
 //! This module decides what to build (the link mode, the kind checks) and builds the staging copy
-//! ([`link`]); the staging, hooks, durability, swap and sweeping of crashed leftovers are the
+//! (`link`); the staging, hooks, durability, swap and sweeping of crashed leftovers are the
 //! place-and-swap primitive of [`crate::place`].
 
 mod link;

@@ -13,7 +13,7 @@ use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 
 use super::breaker::Breaker;
 use super::error::RemoteError;
-use super::settings::RemoteSettings;
+use super::settings::{RemoteSettings, S3Overrides};
 use super::url::RemoteUrl;
 
 type Result<T, E = RemoteError> = std::result::Result<T, E>;
@@ -23,7 +23,7 @@ type Result<T, E = RemoteError> = std::result::Result<T, E>;
 /// The rest of warmcache stays synchronous: every method blocks until its operation finishes,
 /// fails, or runs out of time ([`RemoteSettings::overall_timeout`], or the deadline given to
 /// [`Self::with_deadline`]). Operations run on one tokio runtime per process, built on first use
-/// ([`super::runtime`]). Calling it from inside another async runtime does not panic: the
+/// (`runtime`). Calling it from inside another async runtime does not panic: the
 /// operation then runs on a helper thread, and the calling thread (one of that runtime's
 /// workers) is blocked for its duration, so async callers should prefer `spawn_blocking`.
 ///
@@ -32,15 +32,15 @@ type Result<T, E = RemoteError> = std::result::Result<T, E>;
 /// breaker.
 #[derive(Clone)]
 pub struct Remote {
-    pub(crate) inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
     /// A deadline for every operation of this handle, on top of the overall timeout.
     deadline: Option<Instant>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) store: Arc<dyn ObjectStore>,
-    pub(crate) bucket: String,
-    pub(crate) settings: RemoteSettings,
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) bucket: String,
+    pub(super) settings: RemoteSettings,
     breaker: Arc<Breaker>,
 }
 
@@ -140,30 +140,11 @@ impl Remote {
             detail: e.to_string(),
         };
 
-        let s3 = &settings.s3;
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket);
-        if let Some(endpoint) = &s3.endpoint {
-            // AWS_ENDPOINT_URL_S3 would otherwise take precedence over the explicit endpoint.
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_config(AmazonS3ConfigKey::S3Endpoint, endpoint.as_str());
-        }
-        if let Some(region) = &s3.region {
-            builder = builder.with_region(region);
-        }
-        if let Some(key) = &s3.access_key_id {
-            builder = builder.with_access_key_id(key);
-        }
-        if let Some(secret) = &s3.secret_access_key {
-            builder = builder.with_secret_access_key(secret);
-        }
-        if let Some(token) = &s3.session_token {
-            builder = builder.with_token(token);
-        }
+        let mut builder = connection(&bucket, &settings.s3);
         let endpoint = builder
             .get_config_value(&AmazonS3ConfigKey::S3Endpoint)
             .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
-        match s3.allow_http {
+        match settings.s3.allow_http {
             Some(allow) => builder = builder.with_allow_http(allow),
             None if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) => {
                 builder = builder.with_allow_http(true);
@@ -237,7 +218,7 @@ impl Remote {
     }
 
     /// Validates a key and converts it to the store's path type.
-    pub(crate) fn path(&self, key: &str) -> Result<StorePath> {
+    pub(super) fn path(&self, key: &str) -> Result<StorePath> {
         if key.is_empty() {
             return Err(RemoteError::BadKey {
                 key: key.to_owned(),
@@ -252,14 +233,14 @@ impl Remote {
 
     /// When an operation starting now must be done: [`RemoteSettings::overall_timeout`] from
     /// now, or the deadline of [`Self::with_deadline`] if that comes first.
-    pub(crate) fn deadline(&self) -> Instant {
+    pub(super) fn deadline(&self) -> Instant {
         let own = Instant::now() + self.inner.settings.overall_timeout;
         self.deadline.map_or(own, |cap| cap.min(own))
     }
 
     /// Runs one operation: refuses it while the breaker is open, bounds it by `deadline`,
     /// and feeds the outcome to the breaker.
-    pub(crate) fn run<T: Send>(
+    pub(super) fn run<T: Send>(
         &self,
         op: &'static str,
         target: &str,
@@ -313,8 +294,8 @@ impl Remote {
         result
     }
 
-    /// Drives `fut` to completion on the process's remote runtime ([`super::runtime`]).
-    pub(crate) fn block_on<F>(&self, fut: F) -> Result<F::Output>
+    /// Drives `fut` to completion on the process's remote runtime (`runtime`).
+    pub(super) fn block_on<F>(&self, fut: F) -> Result<F::Output>
     where
         F: Future + Send,
         F::Output: Send,
@@ -323,7 +304,31 @@ impl Remote {
     }
 
     /// Enters the process's remote runtime, so that tasks spawned meanwhile run on it.
-    pub(crate) fn enter(&self) -> Result<tokio::runtime::EnterGuard<'static>> {
+    pub(super) fn enter(&self) -> Result<tokio::runtime::EnterGuard<'static>> {
         super::runtime::enter()
     }
+}
+
+/// The builder for `bucket` from the AWS environment, with the explicit overrides applied.
+fn connection(bucket: &str, s3: &S3Overrides) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &s3.endpoint {
+        // AWS_ENDPOINT_URL_S3 would otherwise take precedence over the explicit endpoint.
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_config(AmazonS3ConfigKey::S3Endpoint, endpoint.as_str());
+    }
+    if let Some(region) = &s3.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    if let Some(token) = &s3.session_token {
+        builder = builder.with_token(token);
+    }
+    builder
 }

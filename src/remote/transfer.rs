@@ -42,7 +42,7 @@ impl Remote {
     }
 
     /// A small object (a pointer or a manifest) in memory, or `None` when missing. Refuses
-    /// objects larger than [`RemoteSettings::max_small_object`].
+    /// objects larger than [`super::RemoteSettings::max_small_object`].
     pub fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         Ok(self.get_versioned(key)?.map(|(bytes, _)| bytes))
     }
@@ -90,7 +90,7 @@ impl Remote {
     }
 
     /// Downloads `key` into `dest` (created or truncated) with up to
-    /// [`RemoteSettings::parallelism`] ranged requests of [`RemoteSettings::part_size`] in
+    /// [`super::RemoteSettings::parallelism`] ranged requests of [`super::RemoteSettings::part_size`] in
     /// flight, writing parts in order while hashing them, so memory stays near
     /// `(parallelism + 1) * part_size` whatever the object's size.
     ///
@@ -157,10 +157,7 @@ impl Remote {
         };
         let mut file = fs_err::File::create(dest).map_err(io_err)?;
 
-        let part_size = settings.part_size.max(1) as u64;
-        let ranges: Vec<Range<u64>> = (0..size.div_ceil(part_size))
-            .map(|i| i * part_size..((i + 1) * part_size).min(size))
-            .collect();
+        let ranges = part_ranges(size, settings.part_size.max(1) as u64);
         let parts = ranges.len();
         let received = AtomicU64::new(0);
         let transfer = Transfer {
@@ -173,7 +170,7 @@ impl Remote {
         // Every part must come from the version we sized: a concurrent replacement fails the
         // download (412) instead of mixing two objects.
         let e_tag = meta.e_tag.clone();
-        let mut pieces = stream::iter(ranges)
+        let pieces = stream::iter(ranges)
             .map(|range| {
                 let options = GetOptions {
                     range: Some(GetRange::Bounded(range.clone())),
@@ -192,15 +189,7 @@ impl Remote {
             // and never runs more than `parallelism` at once.
             .buffered(settings.parallelism.max(1));
 
-        let mut hasher = blake3::Hasher::new();
-        let mut written = 0u64;
-        while let Some(piece) = pieces.next().await {
-            let piece = piece?;
-            file.write_all(&piece).map_err(io_err)?;
-            hasher.update(&piece);
-            written += piece.len() as u64;
-        }
-        file.flush().map_err(io_err)?;
+        let (written, blake3) = write_in_order(pieces, &mut file, target).await?;
         if written != size {
             return Err(RemoteError::Truncated {
                 target: target.to_owned(),
@@ -210,7 +199,7 @@ impl Remote {
         }
         Ok(GetReport {
             bytes: written,
-            blake3: hasher.finalize().to_hex().to_string(),
+            blake3,
             parts,
             version,
             elapsed: Duration::ZERO,
@@ -278,6 +267,38 @@ impl Remote {
             }
         })
     }
+}
+
+/// Byte ranges covering `size` bytes in parts of `part_size`.
+fn part_ranges(size: u64, part_size: u64) -> Vec<Range<u64>> {
+    (0..size.div_ceil(part_size))
+        .map(|i| i * part_size..((i + 1) * part_size).min(size))
+        .collect()
+}
+
+/// Writes the parts to `file` in order while hashing them; returns the bytes written and their
+/// BLAKE3 (lowercase hex).
+async fn write_in_order(
+    pieces: impl futures::Stream<Item = Result<Bytes>>,
+    file: &mut fs_err::File,
+    target: &str,
+) -> Result<(u64, String)> {
+    let io_err = |source| RemoteError::Io {
+        target: target.to_owned(),
+        op: "download",
+        source,
+    };
+    let mut pieces = std::pin::pin!(pieces);
+    let mut hasher = blake3::Hasher::new();
+    let mut written = 0u64;
+    while let Some(piece) = pieces.next().await {
+        let piece = piece?;
+        file.write_all(&piece).map_err(io_err)?;
+        hasher.update(&piece);
+        written += piece.len() as u64;
+    }
+    file.flush().map_err(io_err)?;
+    Ok((written, hasher.finalize().to_hex().to_string()))
 }
 
 /// What a body collector needs to report progress and stalls.

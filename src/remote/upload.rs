@@ -83,12 +83,12 @@ impl Remote {
         writer.finish()
     }
 
-    /// A [`Write`] that uploads to `key`, or `None` when an object already has that key.
+    /// A [`std::io::Write`] that uploads to `key`, or `None` when an object already has that key.
     ///
     /// Bytes are buffered up to one part; larger uploads become multipart uploads with at most
-    /// [`RemoteSettings::parallelism`] parts in flight (writes block for capacity). Call
+    /// [`super::RemoteSettings::parallelism`] parts in flight (writes block for capacity). Call
     /// [`RemoteWriter::finish`]; dropping it unfinished aborts the upload and writes nothing.
-    /// The whole upload must finish within [`RemoteSettings::overall_timeout`] of this call.
+    /// The whole upload must finish within [`super::RemoteSettings::overall_timeout`] of this call.
     pub fn writer(&self, key: &str) -> Result<Option<RemoteWriter>> {
         if self.head(key)?.is_some() {
             return Ok(None);

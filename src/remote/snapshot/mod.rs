@@ -21,8 +21,8 @@
 //! (see [`SnapshotError::is_local`]). Either way a restore never touches DIR unless it swaps in
 //! a complete, verified tree, and a snapshot never moves the pointer to anything incomplete.
 //!
-//! [`create`] makes a snapshot, [`restore`](mod@restore) brings one back through the
-//! place-and-swap primitive ([`crate::place`]), [`format`] is what the key holds.
+//! Modules: `create` makes a snapshot ([`snapshot`]); `restore` brings one back ([`restore()`])
+//! through the place-and-swap primitive ([`crate::place`]); [`format`](mod@format) is what the key holds.
 
 mod create;
 pub mod format;
