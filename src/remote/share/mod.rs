@@ -244,4 +244,29 @@ mod tests {
             "built once, shared by clones"
         );
     }
+
+    #[test]
+    fn a_local_hit_never_builds_the_client() {
+        use crate::build::{EnsureOptions, EnsureStatus, Recipe};
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = crate::Cache::open(&tmp.path().join("cache")).unwrap();
+        let entry = crate::config::EntryConfig {
+            build: Some("echo hi > \"$WARMCACHE_OUT\"".into()),
+            ..Default::default()
+        };
+        let recipe = Recipe::new("tool", &entry, tmp.path()).unwrap();
+        cache.ensure(&recipe, &EnsureOptions::default()).unwrap();
+
+        let sharing = Sharing::new(
+            RemoteUrl::parse("s3://bucket/p").unwrap(),
+            RemoteSettings::default(),
+        );
+        let options = EnsureOptions {
+            remote: Some(sharing.clone()),
+            ..Default::default()
+        };
+        let ensured = cache.ensure(&recipe, &options).unwrap();
+        assert_eq!(ensured.status, EnsureStatus::Hit);
+        assert!(sharing.remote.get().is_none(), "a hit must not build a client");
+    }
 }
