@@ -1,24 +1,14 @@
 //! Activation: placing a published artifact (a file or a directory tree in the cache) at a path
 //! outside the cache, so that every reader of that path sees the old version or the new one,
-//! whole, and never a mix (DESIGN.md, problem 3, "Torn activation").
+//! whole, and never a mix (docs/DESIGN.md, problem 3, "Torn activation").
 //!
-//! The steps, each of which leaves the destination untouched when it fails:
-//! 1. sweep leftovers of crashed activations beside the destination;
-//! 2. build a staging copy next to the destination (same directory, hence same file system) under
-//!    a hidden name that carries our PID: `.NAME.warmcache-stage-PID-TIME-N`;
-//! 3. run the hooks on the staging copy (code signing, chmod, validation);
-//! 4. make the staging copy durable;
-//! 5. swap it into place: an atomic exchange when the destination exists (the old version ends up
-//!    under the staging name and is removed), a rename without replace when it does not;
-//! 6. fsync the destination's directory, then remove the old version.
-//!
-//! Where the platform has no atomic exchange, a file is renamed over the destination (still
-//! atomic) and a directory falls back to two renames: the old tree is moved aside to
-//! `.NAME.warmcache-prev-PID-TIME-N`, the new one renamed into place, and the old one moved back
-//! if that fails. Between those two renames the destination is briefly missing, never partial; if
-//! the process dies there, the next activation into the directory moves the old tree back.
+//! This module decides what to build (the link mode, the kind checks) and builds the staging copy
+//! (`link`); the staging, hooks, durability, swap and sweeping of crashed leftovers are the
+//! place-and-swap primitive of [`crate::place`].
 
-use std::ffi::{OsStr, OsString};
+mod link;
+
+use std::ffi::OsStr;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,8 +16,11 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 
 pub use crate::fs::LinkMode;
-use crate::fs::{annotate, copy_file, fsync_dir, remove_tree, sync_tree, unique_name};
+use crate::fs::annotate;
+pub use crate::place::SwapMethod;
+use crate::place::{PlaceError, Stage, StagedKind};
 use crate::shell::Termination;
+use link::{Linker, stage_tree};
 
 /// How to activate: the link mode and the hooks to run on the staging copy.
 #[derive(Debug, Clone)]
@@ -65,20 +58,6 @@ impl fmt::Display for ArtifactKind {
             ArtifactKind::Dir => "directory",
         })
     }
-}
-
-/// How the new version was put in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SwapMethod {
-    /// The destination did not exist: renamed into place without replacing anything.
-    Created,
-    /// Atomically exchanged with the existing destination, which was then removed.
-    Exchanged,
-    /// Renamed over the existing destination (no exchange available; files and symlinks only).
-    Renamed,
-    /// No exchange available for a directory: old moved aside, new renamed in, old removed.
-    TwoRenames,
 }
 
 /// The result of a successful [`activate`].
@@ -205,8 +184,30 @@ pub enum ActivateError {
     Swap { dest: PathBuf, err: io::Error },
 
     /// The swap happened, but making it durable failed and it could not be undone.
-    #[error("`{}` was replaced, but making that durable failed: {err}; after a crash the old version may reappear: activate again", dest.display())]
-    NotDurable { dest: PathBuf, err: io::Error },
+    #[error("`{}` was replaced, but making that durable failed: {err}; undoing the swap failed too: {undo}; after a crash the old version may reappear: activate again", dest.display())]
+    NotDurable {
+        dest: PathBuf,
+        err: io::Error,
+        undo: io::Error,
+    },
+}
+
+impl From<PlaceError> for ActivateError {
+    fn from(e: PlaceError) -> Self {
+        match e {
+            PlaceError::InvalidDest { dest } => ActivateError::InvalidDest { dest },
+            PlaceError::NoParentDir { dest, parent } => ActivateError::NoParentDir { dest, parent },
+            PlaceError::Inspect { dest, err } => ActivateError::Dest { dest, err },
+            PlaceError::HookBrokeStage { hook, dest, stage } => ActivateError::HookBrokeStaging {
+                hook,
+                dest,
+                staging: stage,
+            },
+            PlaceError::Sync { dest, err } => ActivateError::Sync { dest, err },
+            PlaceError::Swap { dest, err } => ActivateError::Swap { dest, err },
+            PlaceError::NotDurable { dest, err, undo } => ActivateError::NotDurable { dest, err, undo },
+        }
+    }
 }
 
 fn output_tail(output: &str) -> String {
@@ -220,12 +221,6 @@ fn output_tail(output: &str) -> String {
 
 /// How much of a hook's output (stdout and stderr together) is kept for the error message.
 const HOOK_OUTPUT_TAIL: usize = 8 * 1024;
-/// Destination names longer than this are left out of staging names (which must stay under the
-/// file system's name limit); such leftovers are still swept, but a moved-aside tree cannot be
-/// moved back by name.
-const MAX_LABEL: usize = 128;
-const STAGE_MARK: &str = ".warmcache-stage-";
-const PREV_MARK: &str = ".warmcache-prev-";
 
 /// Places `artifact` (a read-only published file or directory tree inside the cache) at `dest`,
 /// atomically: readers of `dest` see the previous version or the new one, whole.
@@ -242,193 +237,110 @@ pub fn activate(artifact: &Path, dest: &Path, opts: &ActivateOptions) -> Result<
             mode: opts.link,
         });
     }
-    let artifact_err = |err| ActivateError::Artifact {
-        artifact: artifact.to_path_buf(),
-        dest: dest.to_path_buf(),
-        err,
-    };
-    let meta = fs::metadata(artifact).map_err(artifact_err)?;
-    let kind = if meta.is_dir() {
-        ArtifactKind::Dir
-    } else if meta.is_file() {
-        ArtifactKind::File
-    } else {
-        return Err(ActivateError::UnsupportedEntry {
-            artifact: artifact.to_path_buf(),
-            dest: dest.to_path_buf(),
-            entry: artifact.to_path_buf(),
-        });
-    };
-
-    let (parent, name) = split_dest(dest)?;
+    let kind = artifact_kind(artifact, dest)?;
+    let stage = Stage::beside(dest)?;
     let existing = existing_kind(dest)?;
-    match existing {
-        Existing::Missing => {}
-        Existing::Present(found) if found == kind => {}
-        // A dangling symlink stands for nothing in particular; replacing it is what a user wants.
-        Existing::Dangling => {}
-        Existing::Present(found) => {
-            return Err(ActivateError::KindMismatch {
-                dest: dest.to_path_buf(),
-                existing: if found == ArtifactKind::Dir {
-                    "directory"
-                } else {
-                    "file"
-                },
-                artifact: artifact.to_path_buf(),
-                new: kind,
-            });
-        }
-        Existing::Special => {
-            return Err(ActivateError::KindMismatch {
-                dest: dest.to_path_buf(),
-                existing: "special file",
-                artifact: artifact.to_path_buf(),
-                new: kind,
-            });
-        }
-    }
-    check_no_overlap(artifact, dest, &parent, name)?;
+    check_replaceable(existing, kind, artifact, dest)?;
+    check_no_overlap(artifact, dest, stage.parent(), stage.name())?;
 
-    sweep_leftovers(&parent);
-
-    let mut staging = StagingGuard::new(&parent, name, STAGE_MARK);
-    let link = if opts.link == LinkMode::Symlink {
-        // An absolute target: the link must not depend on where `dest` is.
-        let target = std::path::absolute(artifact).map_err(artifact_err)?;
-        crate::fs::symlink(&target, staging.path()).map_err(|err| ActivateError::Stage {
-            dest: dest.to_path_buf(),
-            artifact: artifact.to_path_buf(),
-            err,
-        })?;
-        LinkMode::Symlink
-    } else {
-        let mut linker = Linker::new(opts.link, has_hooks);
-        match kind {
-            ArtifactKind::File => linker.place(artifact, staging.path()),
-            ArtifactKind::Dir => stage_tree(artifact, staging.path(), &mut linker),
-        }
-        .map_err(|e| e.into_error(artifact, dest))?;
-        linker.used()
+    let link = build_staging(&stage, artifact, kind, opts)?;
+    let staged_kind = match kind {
+        ArtifactKind::File => StagedKind::File,
+        ArtifactKind::Dir => StagedKind::Tree,
     };
-
     for hook in &opts.hooks {
-        run_hook(hook, staging.path(), dest, artifact, &parent)?;
-        let still_there = std::fs::symlink_metadata(staging.path()).is_ok_and(|m| match kind {
-            ArtifactKind::File => m.is_file(),
-            ArtifactKind::Dir => m.is_dir(),
-        });
-        if !still_there {
-            return Err(ActivateError::HookBrokeStaging {
-                hook: hook.clone(),
-                dest: dest.to_path_buf(),
-                staging: staging.path().to_path_buf(),
-            });
-        }
+        stage.run_hook(hook, staged_kind, |staging| {
+            run_hook(hook, staging, dest, artifact, stage.parent())
+        })?;
     }
-
-    let sync_err = |err| ActivateError::Sync {
-        dest: dest.to_path_buf(),
-        err,
-    };
-    match (link, kind) {
-        // A symlink's target is written with its directory entry; the directory fsync covers it.
-        (LinkMode::Symlink, _) => {}
-        (_, ArtifactKind::File) => {
-            let file = std::fs::File::open(staging.path())
-                .map_err(|e| sync_err(annotate(e, "open", staging.path())))?;
-            file.sync_all()
-                .map_err(|e| sync_err(annotate(e, "fsync", staging.path())))?;
-        }
-        (_, ArtifactKind::Dir) => sync_tree(staging.path()).map_err(sync_err)?,
-    }
-
-    let prev = staging_path(&parent, name, PREV_MARK);
-    let swap = put_in_place(staging.path(), dest, &prev).map_err(|err| ActivateError::Swap {
-        dest: dest.to_path_buf(),
-        err,
+    stage.make_durable(if link == LinkMode::Symlink {
+        StagedKind::Symlink
+    } else {
+        staged_kind
     })?;
-
-    if let Err(err) = fsync_dir(&parent) {
-        return Err(undo_swap(swap, staging.path(), dest, &prev, err));
-    }
-    // What is left under the staging name (the old version after an exchange) or beside it (the
-    // old tree after two renames) is garbage now; if removal fails the next activation sweeps it.
-    staging.remove_now();
-    if swap == SwapMethod::TwoRenames
-        && let Err(e) = remove_tree(&prev)
-    {
-        tracing::warn!(
-            "could not remove the previous version of `{}`: {e}",
-            dest.display()
-        );
-    }
+    let placed = stage.swap()?;
     Ok(Activation {
         dest: dest.to_path_buf(),
         link,
         kind,
         replaced: !matches!(existing, Existing::Missing),
-        swap,
+        swap: placed.swap,
     })
 }
 
-/// Undoes a swap whose durability could not be established, so `dest` is as before.
-fn undo_swap(swap: SwapMethod, staging: &Path, dest: &Path, prev: &Path, err: io::Error) -> ActivateError {
-    let undone = match swap {
-        SwapMethod::Exchanged => crate::fs::exchange(staging, dest),
-        SwapMethod::Created => std::fs::rename(dest, staging).map_err(|e| annotate(e, "rename", dest)),
-        SwapMethod::TwoRenames => std::fs::rename(dest, staging)
-            .and_then(|()| std::fs::rename(prev, dest))
-            .map_err(|e| annotate(e, "rename", dest)),
-        // The old file is gone: nothing to go back to.
-        SwapMethod::Renamed => Err(io::Error::other("the old version was already replaced")),
-    };
-    match undone {
-        Ok(()) => {
-            let _ = fsync_dir(dest.parent().unwrap_or(Path::new(".")));
-            ActivateError::Swap {
-                dest: dest.to_path_buf(),
-                err,
-            }
-        }
-        Err(undo) => {
-            tracing::warn!("could not undo the activation of `{}`: {undo}", dest.display());
-            ActivateError::NotDurable {
-                dest: dest.to_path_buf(),
-                err,
-            }
-        }
+/// Whether the artifact is a file or a tree (anything else cannot be activated).
+fn artifact_kind(artifact: &Path, dest: &Path) -> Result<ArtifactKind, ActivateError> {
+    let meta = fs::metadata(artifact).map_err(|err| ActivateError::Artifact {
+        artifact: artifact.to_path_buf(),
+        dest: dest.to_path_buf(),
+        err,
+    })?;
+    if meta.is_dir() {
+        Ok(ArtifactKind::Dir)
+    } else if meta.is_file() {
+        Ok(ArtifactKind::File)
+    } else {
+        Err(ActivateError::UnsupportedEntry {
+            artifact: artifact.to_path_buf(),
+            dest: dest.to_path_buf(),
+            entry: artifact.to_path_buf(),
+        })
     }
 }
 
-fn split_dest(dest: &Path) -> Result<(PathBuf, &OsStr), ActivateError> {
-    let name = match dest.components().next_back() {
-        Some(std::path::Component::Normal(name)) => name,
-        _ => {
-            return Err(ActivateError::InvalidDest {
-                dest: dest.to_path_buf(),
-            });
-        }
+/// Refuses to replace something of another kind than the artifact.
+fn check_replaceable(
+    existing: Existing,
+    kind: ArtifactKind,
+    artifact: &Path,
+    dest: &Path,
+) -> Result<(), ActivateError> {
+    let found = match existing {
+        Existing::Missing => return Ok(()),
+        Existing::Present(found) if found == kind => return Ok(()),
+        // A dangling symlink stands for nothing in particular; replacing it is what a user wants.
+        Existing::Dangling => return Ok(()),
+        Existing::Present(ArtifactKind::Dir) => "directory",
+        Existing::Present(ArtifactKind::File) => "file",
+        Existing::Special => "special file",
     };
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    match std::fs::metadata(&parent) {
-        Ok(m) if m.is_dir() => Ok((parent, name)),
-        Ok(_) => Err(ActivateError::NoParentDir {
+    Err(ActivateError::KindMismatch {
+        dest: dest.to_path_buf(),
+        existing: found,
+        artifact: artifact.to_path_buf(),
+        new: kind,
+    })
+}
+
+/// Builds the staging copy at the stage's path; returns the link mode actually used.
+fn build_staging(
+    stage: &Stage,
+    artifact: &Path,
+    kind: ArtifactKind,
+    opts: &ActivateOptions,
+) -> Result<LinkMode, ActivateError> {
+    let dest = stage.dest();
+    if opts.link == LinkMode::Symlink {
+        // An absolute target: the link must not depend on where `dest` is.
+        let target = std::path::absolute(artifact).map_err(|err| ActivateError::Artifact {
+            artifact: artifact.to_path_buf(),
             dest: dest.to_path_buf(),
-            parent,
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ActivateError::NoParentDir {
+            err,
+        })?;
+        crate::fs::symlink(&target, stage.path()).map_err(|err| ActivateError::Stage {
             dest: dest.to_path_buf(),
-            parent,
-        }),
-        Err(e) => Err(ActivateError::Dest {
-            dest: dest.to_path_buf(),
-            err: annotate(e, "inspect", &parent),
-        }),
+            artifact: artifact.to_path_buf(),
+            err,
+        })?;
+        return Ok(LinkMode::Symlink);
     }
+    let mut linker = Linker::new(opts.link, !opts.hooks.is_empty());
+    match kind {
+        ArtifactKind::File => linker.place(artifact, stage.path()),
+        ArtifactKind::Dir => stage_tree(artifact, stage.path(), &mut linker),
+    }
+    .map_err(|e| e.into_error(artifact, dest))?;
+    Ok(linker.used())
 }
 
 /// What is at the destination now.
@@ -490,387 +402,6 @@ fn check_no_overlap(artifact: &Path, dest: &Path, parent: &Path, name: &OsStr) -
     Ok(())
 }
 
-/// `.LABEL.warmcache-stage-PID-TIME-N` (or `-prev-`) in `parent`, where LABEL is `name` unless it
-/// is too long to fit.
-fn staging_path(parent: &Path, name: &OsStr, mark: &str) -> PathBuf {
-    let mut file_name = OsString::from(".");
-    if name.len() <= MAX_LABEL {
-        file_name.push(name);
-    }
-    file_name.push(mark);
-    file_name.push(unique_name(""));
-    parent.join(file_name)
-}
-
-/// A staging location that is removed when dropped, so every early return cleans up.
-struct StagingGuard {
-    path: PathBuf,
-}
-
-impl StagingGuard {
-    fn new(parent: &Path, name: &OsStr, mark: &str) -> Self {
-        Self {
-            path: staging_path(parent, name, mark),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn remove_now(&mut self) {
-        if let Err(e) = remove_tree(&self.path) {
-            tracing::warn!(
-                "could not remove the staging leftover `{}`: {e}",
-                self.path.display()
-            );
-        }
-    }
-}
-
-impl Drop for StagingGuard {
-    fn drop(&mut self) {
-        self.remove_now();
-    }
-}
-
-/// A staging name parsed back: what it was for and which process made it.
-#[derive(Debug, PartialEq, Eq)]
-struct Leftover {
-    /// The destination's file name, when it fitted into the staging name.
-    label: Option<OsString>,
-    /// `true` for a moved-aside previous version (`-prev-`), `false` for a staging copy.
-    prev: bool,
-    pid: u32,
-}
-
-fn parse_leftover(name: &OsStr) -> Option<Leftover> {
-    let bytes = name.as_encoded_bytes();
-    let rest = bytes.strip_prefix(b".")?;
-    let find = |mark: &str| {
-        rest.windows(mark.len())
-            .rposition(|w| w == mark.as_bytes())
-            .map(|at| (at, at + mark.len()))
-    };
-    let (at, after, prev) = match (find(STAGE_MARK), find(PREV_MARK)) {
-        (Some((at, after)), _) => (at, after, false),
-        (None, Some((at, after))) => (at, after, true),
-        (None, None) => return None,
-    };
-    let tail = &rest[after..];
-    let digits = tail.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || tail.get(digits) != Some(&b'-') {
-        return None;
-    }
-    let pid = std::str::from_utf8(&tail[..digits]).ok()?.parse().ok()?;
-    let label = &rest[..at];
-    Some(Leftover {
-        label: if label.is_empty() {
-            None
-        } else {
-            os_string_from(label)
-        },
-        prev,
-        pid,
-    })
-}
-
-/// Rebuilds a name from bytes that were split at ASCII characters of an `OsStr`.
-fn os_string_from(bytes: &[u8]) -> Option<OsString> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        Some(OsStr::from_bytes(bytes).to_owned())
-    }
-    #[cfg(not(unix))]
-    {
-        std::str::from_utf8(bytes).ok().map(OsString::from)
-    }
-}
-
-/// Whether process `pid` is known to be gone. Our own PID (another thread's activation) and PIDs
-/// we cannot check count as alive: a leftover is only ever removed when its owner is surely dead.
-fn process_is_gone(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return false;
-    }
-    #[cfg(unix)]
-    {
-        let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
-            return false;
-        };
-        rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
-    }
-    #[cfg(not(unix))]
-    {
-        false
-    }
-}
-
-/// Removes the staging copies of dead activations in `parent` and moves back any previous version
-/// a dead activation had moved aside (when nothing has taken its place since). Best effort: a
-/// failure here is logged and never fails the activation.
-fn sweep_leftovers(parent: &Path) {
-    let entries = match std::fs::read_dir(parent) {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!(
-                "could not look for activation leftovers in `{}`: {e}",
-                parent.display()
-            );
-            return;
-        }
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(leftover) = parse_leftover(&file_name) else {
-            continue;
-        };
-        if !process_is_gone(leftover.pid) {
-            continue;
-        }
-        let path = entry.path();
-        // A previous version moved aside, and nothing took its place since: put it back.
-        if leftover.prev
-            && let Some(label) = &leftover.label
-            && let dest = parent.join(label)
-            && matches!(std::fs::symlink_metadata(&dest), Err(e) if e.kind() == io::ErrorKind::NotFound)
-        {
-            match crate::fs::rename_noreplace(&path, &dest) {
-                Ok(true) => {
-                    tracing::warn!(
-                        "restored `{}`, which a crashed activation had moved aside",
-                        dest.display()
-                    );
-                    let _ = fsync_dir(parent);
-                    continue;
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!("could not restore `{}`: {e}", dest.display());
-                    continue;
-                }
-            }
-        }
-        match remove_tree(&path) {
-            Ok(()) => tracing::info!("removed `{}`, left by a crashed activation", path.display()),
-            Err(e) => tracing::warn!("could not remove activation leftover `{}`: {e}", path.display()),
-        }
-    }
-}
-
-/// Places files into the staging copy with the requested link mode, falling back (for `Auto`)
-/// from reflink to hard link to copy, and sticking with the first that works so a tree of
-/// thousands of files does not retry a failing reflink for each.
-struct Linker {
-    candidates: &'static [LinkMode],
-    next: usize,
-}
-
-/// A failure to place one file, with the mode that failed.
-struct PlaceError {
-    mode: LinkMode,
-    explicit: bool,
-    err: io::Error,
-    unsupported: Option<PathBuf>,
-}
-
-impl PlaceError {
-    fn io(err: io::Error) -> Self {
-        Self {
-            mode: LinkMode::Copy,
-            explicit: false,
-            err,
-            unsupported: None,
-        }
-    }
-
-    fn into_error(self, artifact: &Path, dest: &Path) -> ActivateError {
-        if let Some(entry) = self.unsupported {
-            return ActivateError::UnsupportedEntry {
-                artifact: artifact.to_path_buf(),
-                dest: dest.to_path_buf(),
-                entry,
-            };
-        }
-        if self.explicit && matches!(self.mode, LinkMode::Reflink | LinkMode::Hardlink) {
-            ActivateError::LinkUnsupported {
-                mode: self.mode,
-                artifact: artifact.to_path_buf(),
-                dest: dest.to_path_buf(),
-                err: self.err,
-            }
-        } else {
-            ActivateError::Stage {
-                dest: dest.to_path_buf(),
-                artifact: artifact.to_path_buf(),
-                err: self.err,
-            }
-        }
-    }
-}
-
-impl Linker {
-    fn new(mode: LinkMode, has_hooks: bool) -> Self {
-        let candidates: &'static [LinkMode] = match mode {
-            // A reflink is a private copy-on-write copy: a hook's writes never reach the cache.
-            LinkMode::Auto if has_hooks => &[LinkMode::Reflink, LinkMode::Copy],
-            LinkMode::Auto => &[LinkMode::Reflink, LinkMode::Hardlink, LinkMode::Copy],
-            LinkMode::Reflink => &[LinkMode::Reflink],
-            LinkMode::Hardlink => &[LinkMode::Hardlink],
-            // Symlink mode links the whole artifact and never gets here.
-            LinkMode::Copy | LinkMode::Symlink => &[LinkMode::Copy],
-        };
-        Self { candidates, next: 0 }
-    }
-
-    fn used(&self) -> LinkMode {
-        self.candidates[self.next]
-    }
-
-    fn place(&mut self, from: &Path, to: &Path) -> Result<(), PlaceError> {
-        loop {
-            let mode = self.candidates[self.next];
-            match place_file(from, to, mode) {
-                Ok(()) => return Ok(()),
-                Err(err) if self.next + 1 < self.candidates.len() => {
-                    tracing::debug!("{} unavailable, falling back: {err}", mode.as_str());
-                    // A failed attempt may leave a partial file; the next mode needs the name.
-                    let _ = std::fs::remove_file(to);
-                    self.next += 1;
-                }
-                Err(err) => {
-                    return Err(PlaceError {
-                        mode,
-                        explicit: self.candidates.len() == 1,
-                        err,
-                        unsupported: None,
-                    });
-                }
-            }
-        }
-    }
-}
-
-fn place_file(from: &Path, to: &Path, mode: LinkMode) -> io::Result<()> {
-    match mode {
-        LinkMode::Reflink => {
-            crate::fs::reflink(from, to)?;
-            // The clone carries the cache's read-only mode; hooks need to write it. It is a private
-            // copy, so this does not touch the cache.
-            let executable = crate::fs::is_executable(&fs::metadata(from)?);
-            crate::fs::set_permissions(
-                to,
-                crate::fs::mode_permissions(if executable { 0o755 } else { 0o644 }),
-            )
-        }
-        // Never chmod a hard link: it is the cached file itself.
-        LinkMode::Hardlink => fs::hard_link(from, to),
-        LinkMode::Copy | LinkMode::Auto | LinkMode::Symlink => copy_file(from, to),
-    }
-}
-
-/// Recreates the tree at `from` as the new directory `to`: directories created (writable, so
-/// hooks can add files and the tree can later be removed), symlinks re-created with the same
-/// target, files placed by `linker`.
-fn stage_tree(from: &Path, to: &Path, linker: &mut Linker) -> Result<(), PlaceError> {
-    fs::create_dir(to).map_err(PlaceError::io)?;
-    for (rel, file_type) in crate::fs::walk_sorted(from).map_err(PlaceError::io)? {
-        let (src, dst) = (from.join(&rel), to.join(&rel));
-        if file_type.is_dir() {
-            fs::create_dir(&dst).map_err(PlaceError::io)?;
-        } else if file_type.is_symlink() {
-            let target = fs::read_link(&src).map_err(PlaceError::io)?;
-            crate::fs::symlink(&target, &dst).map_err(PlaceError::io)?;
-        } else if file_type.is_file() {
-            linker.place(&src, &dst)?;
-        } else {
-            return Err(PlaceError {
-                unsupported: Some(src),
-                ..PlaceError::io(io::Error::other("unsupported file type"))
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Swaps the staged version into place at `dest` and says how. `prev` is the name used to move a
-/// directory aside where no exchange is available.
-fn put_in_place(staged: &Path, dest: &Path, prev: &Path) -> io::Result<SwapMethod> {
-    // Another process may create or remove `dest` between our look and our move; a few rounds
-    // settle it, and every round is atomic on its own.
-    for _ in 0..4 {
-        let current = match std::fs::symlink_metadata(dest) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if crate::fs::rename_noreplace(staged, dest)? {
-                    return Ok(SwapMethod::Created);
-                }
-                continue;
-            }
-            Err(e) => return Err(annotate(e, "inspect", dest)),
-        };
-        match crate::fs::exchange(staged, dest) {
-            Ok(()) => return Ok(SwapMethod::Exchanged),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                let staged_is_dir = std::fs::symlink_metadata(staged).is_ok_and(|m| m.is_dir());
-                if current.is_dir() || staged_is_dir {
-                    two_rename_swap(staged, dest, prev)?;
-                    return Ok(SwapMethod::TwoRenames);
-                }
-                crate::fs::rename_with_retry(staged, dest)?;
-                return Ok(SwapMethod::Renamed);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other(format!(
-        "`{}` kept appearing and disappearing while it was being replaced",
-        dest.display()
-    )))
-}
-
-/// The swap for directories where the platform has no atomic exchange: move `dest` aside to
-/// `prev`, rename `staged` to `dest`; if the second step fails, move `prev` back. `dest` is missing
-/// (never partial) between the two renames; a crash there is repaired by [`sweep_leftovers`].
-fn two_rename_swap(staged: &Path, dest: &Path, prev: &Path) -> io::Result<()> {
-    crate::fs::rename_with_retry(dest, prev)?;
-    match crate::fs::rename_noreplace(staged, dest) {
-        Ok(true) => Ok(()),
-        outcome => {
-            let err = match outcome {
-                Err(e) => e,
-                _ => io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "`{}` was recreated by someone else during the swap",
-                        dest.display()
-                    ),
-                ),
-            };
-            match crate::fs::rename_noreplace(prev, dest) {
-                Ok(true) => Err(err),
-                Ok(false) => Err(io::Error::new(
-                    err.kind(),
-                    format!(
-                        "{err}; the previous version was kept at `{}` because `{}` is taken",
-                        prev.display(),
-                        dest.display()
-                    ),
-                )),
-                Err(undo) => Err(io::Error::new(
-                    err.kind(),
-                    format!(
-                        "{err}; moving the previous version back from `{}` failed too: {undo}",
-                        prev.display()
-                    ),
-                )),
-            }
-        }
-    }
-}
-
 /// Runs one hook on the staging copy, keeping the tail of its output for the error message.
 fn run_hook(
     hook: &str,
@@ -909,7 +440,6 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use std::process::Command;
 
     /// A temp "cache" with a published (read-only) file and tree, and a temp "app" directory.
     struct Fixture {
@@ -1197,65 +727,5 @@ mod tests {
             err.to_string().contains("does not exist; create it first"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn two_rename_swap_replaces_and_rolls_back() {
-        let fx = Fixture::new();
-        let (staged, dest, prev) = (fx.app.join(".new"), fx.app.join("d"), fx.app.join(".prev"));
-        std::fs::create_dir(&dest).unwrap();
-        std::fs::write(dest.join("v"), b"old").unwrap();
-        // Second step fails (nothing staged): the old tree goes back.
-        let err = two_rename_swap(&staged, &dest, &prev).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
-        assert_eq!(std::fs::read(dest.join("v")).unwrap(), b"old");
-        assert!(!prev.exists());
-        // Success: new in place, old aside for the caller to remove.
-        std::fs::create_dir(&staged).unwrap();
-        std::fs::write(staged.join("v"), b"new").unwrap();
-        two_rename_swap(&staged, &dest, &prev).unwrap();
-        assert_eq!(std::fs::read(dest.join("v")).unwrap(), b"new");
-        assert_eq!(std::fs::read(prev.join("v")).unwrap(), b"old");
-    }
-
-    fn dead_pid() -> u32 {
-        let mut child = Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        pid
-    }
-
-    #[test]
-    fn staging_names_parse_back() {
-        let path = staging_path(Path::new("/x"), OsStr::new("my.tool"), STAGE_MARK);
-        let parsed = parse_leftover(path.file_name().unwrap()).unwrap();
-        assert_eq!(
-            parsed,
-            Leftover {
-                label: Some("my.tool".into()),
-                prev: false,
-                pid: std::process::id()
-            }
-        );
-        let long = "n".repeat(MAX_LABEL + 1);
-        let path = staging_path(Path::new("/x"), OsStr::new(&long), PREV_MARK);
-        let parsed = parse_leftover(path.file_name().unwrap()).unwrap();
-        assert_eq!((parsed.label, parsed.prev), (None, true));
-        assert_eq!(parse_leftover(OsStr::new(".tool.warmcache-stage-x-1")), None);
-        assert_eq!(parse_leftover(OsStr::new("tool")), None);
-    }
-
-    #[test]
-    fn sweep_restores_a_tree_moved_aside_by_a_crashed_activation() {
-        let fx = Fixture::new();
-        let pid = dead_pid();
-        let aside = fx.app.join(format!(".bundle{PREV_MARK}{pid}-abc-0"));
-        std::fs::create_dir(&aside).unwrap();
-        std::fs::write(aside.join("v"), b"old").unwrap();
-        let stale = fx.app.join(format!(".bundle{STAGE_MARK}{pid}-abc-1"));
-        std::fs::create_dir(&stale).unwrap();
-        sweep_leftovers(&fx.app);
-        assert_eq!(std::fs::read(fx.app.join("bundle/v")).unwrap(), b"old");
-        assert_eq!(fx.app_entries(), vec!["bundle"]);
     }
 }

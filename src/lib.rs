@@ -22,6 +22,7 @@ pub mod ids;
 pub(crate) mod layout;
 pub(crate) mod lock;
 pub(crate) mod parallel;
+pub(crate) mod place;
 pub mod progress;
 pub mod remote;
 pub(crate) mod shell;

@@ -180,9 +180,8 @@ fn index_claiming_another_artifact_than_its_content_is_refused() {
     let sharing = Sharing::new(
         RemoteUrl::parse(&format!("s3://{BUCKET}/{PREFIX}")).unwrap(),
         server.settings(),
-    )
-    .unwrap();
-    let remote = sharing.remote();
+    );
+    let remote = sharing.remote().unwrap();
     let other_doc = remote
         .get_bytes(&sharing.artifact_key(other_id))
         .unwrap()

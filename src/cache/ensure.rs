@@ -396,7 +396,7 @@ impl Call<'_> {
             return Ok(Step::Next(None));
         };
         if self.options.refresh {
-            return Ok(Step::Next(Some(super::share::activity(sharing))));
+            return Ok(Step::Next(Some(sharing.activity())));
         }
         let (pulled, activity) = super::share::ensure_pull(self.cache, &self.recipe.name, &self.fp, sharing)
             .map_err(EnsureError::Remote)?;

@@ -13,13 +13,12 @@ use super::{Cache, CacheError};
 use crate::archive::{self, ArchiveError, Format, Limits};
 use crate::ids::{ArtifactId, EntryName, Fingerprint};
 use crate::progress::Progress;
-use crate::remote::share::{
-    ArchiveDoc, ArtifactDoc, Hashing, IndexDoc, SHARE_FORMAT, SINGLE_FILE_ENTRY, ZSTD_LEVEL, hostname,
-    lease_time, parse_artifact, parse_index, single_file_tar_zst, to_json,
+use crate::remote::share::protocol::{
+    Hashing, SINGLE_FILE_ENTRY, ZSTD_LEVEL, hostname, parse_artifact, parse_index, single_file_tar_zst,
+    to_json,
 };
-pub use crate::remote::share::{
-    BadObject, IndexOutcome, Pulled, PushReport, RemoteActivity, Sharing, activity,
-};
+use crate::remote::share::{ArchiveDoc, ArtifactDoc, IndexDoc, SHARE_FORMAT};
+pub use crate::remote::share::{BadObject, IndexOutcome, Pulled, PushReport, RemoteActivity, Sharing};
 use crate::remote::{CondPut, NoProgress, PutOutcome, RemoteError};
 use crate::store::{ArtifactKind, StoreError, content_path_in};
 
@@ -64,8 +63,12 @@ pub enum ShareError {
     /// The remote could not be reached or refused the request (the message names the object).
     #[error(transparent)]
     Remote(#[from] RemoteError),
-    /// A remote object is not what warmcache wrote there.
-    #[error(transparent)]
+    /// A remote object is not what warmcache wrote there (undecodable, another format, or
+    /// inconsistent with its key).
+    #[error(
+        "{0}; this remote object is unusable (warmcache never overwrites remote objects: delete it \
+         on the remote to let a new push replace it)"
+    )]
     BadObject(#[from] BadObject),
     /// The index names an artifact whose description is missing.
     #[error(
@@ -156,7 +159,7 @@ fn push(cache: &Cache, name: &EntryName, sharing: &Sharing) -> Result<PushReport
         let (entry, artifact) = cache.present_entry(&op, name)?;
         // Held against garbage collection while the content is read, without holding the root
         // lock (and so collection) off for the length of an upload.
-        let lease = cache.lease_locked(&op, &artifact, lease_time(sharing))?;
+        let lease = cache.lease_locked(&op, &artifact, sharing.lease_time())?;
         (entry, artifact, lease)
     };
     push_artifact(cache, name, entry.fingerprint.as_ref(), &artifact, sharing)
@@ -171,7 +174,7 @@ fn push_artifact(
     artifact: &ArtifactId,
     sharing: &Sharing,
 ) -> Result<PushReport> {
-    let remote = sharing.remote();
+    let remote = sharing.remote()?;
     let mut report = PushReport {
         url: sharing.url().to_string(),
         name: name.clone(),
@@ -284,6 +287,7 @@ fn write_archive(
             op: "write the archive",
             error,
         })?;
+    let (blake3, size) = out.digest();
     let doc = ArtifactDoc {
         format: SHARE_FORMAT,
         id: artifact.clone(),
@@ -293,8 +297,8 @@ fn write_archive(
         entries: manifest.entries.len() as u64,
         archive: ArchiveDoc {
             format: Format::TarZst,
-            blake3: out.hasher.finalize().to_hex().to_string(),
-            size: out.bytes,
+            blake3,
+            size,
         },
     };
     Ok((doc, staged))
@@ -312,7 +316,7 @@ fn pull(
     fingerprint: &Fingerprint,
     sharing: &Sharing,
 ) -> Result<Option<Pulled>> {
-    let remote = sharing.remote();
+    let remote = sharing.remote()?;
     let index_key = sharing.index_key(name, fingerprint);
     let index_target = remote.describe(&index_key);
     let Some(bytes) = remote.get_bytes(&index_key)? else {
@@ -377,7 +381,7 @@ fn pull(
 /// it, bounded by what `doc` declares, into a staging directory ready to publish. Returns the
 /// staging directory and the bytes downloaded.
 fn fetch_content(cache: &Cache, sharing: &Sharing, doc: &ArtifactDoc) -> Result<(crate::fs::Staged, u64)> {
-    let remote = sharing.remote();
+    let remote = sharing.remote()?;
     let archive_key = sharing.archive_key(&doc.id, &doc.archive.blake3);
     let archive_target = remote.describe(&archive_key);
     let local = |op| {
@@ -498,7 +502,7 @@ pub fn ensure_pull(
     fingerprint: &Fingerprint,
     sharing: &Sharing,
 ) -> Result<(Option<Pulled>, RemoteActivity)> {
-    let mut activity = activity(sharing);
+    let mut activity = sharing.activity();
     match pull(cache, name, fingerprint, sharing) {
         Ok(Some(pulled)) => {
             activity.pulled = true;
@@ -533,7 +537,7 @@ pub fn ensure_push(
             // nothing left to push, and nothing wrong with the remote.
             return Ok(());
         }
-        cache.lease_locked(&op, artifact, lease_time(sharing))?
+        cache.lease_locked(&op, artifact, sharing.lease_time())?
     };
     match push_artifact(cache, name, Some(fingerprint), artifact, sharing) {
         Ok(report) => {
@@ -562,4 +566,36 @@ pub fn degraded(sharing: &Sharing, err: &ShareError, fallback: &str) -> String {
         "remote {} {what}, {fallback} (ran degraded; --strict makes this an error): {detail}",
         sharing.url()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::build::{EntryConfig, Recipe};
+    use crate::cache::{EnsureOptions, EnsureStatus};
+    use crate::remote::share::Sharing;
+    use crate::remote::{RemoteSettings, RemoteUrl};
+
+    #[test]
+    fn a_local_hit_never_builds_the_client() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = crate::Cache::open(&tmp.path().join("cache")).unwrap();
+        let entry = EntryConfig {
+            build: Some("echo hi > \"$WARMCACHE_OUT\"".into()),
+            ..Default::default()
+        };
+        let recipe = Recipe::new("tool", &entry, tmp.path()).unwrap();
+        cache.ensure(&recipe, &EnsureOptions::default()).unwrap();
+
+        let sharing = Sharing::new(
+            RemoteUrl::parse("s3://bucket/p").unwrap(),
+            RemoteSettings::default(),
+        );
+        let options = EnsureOptions {
+            remote: Some(sharing.clone()),
+            ..Default::default()
+        };
+        let ensured = cache.ensure(&recipe, &options).unwrap();
+        assert_eq!(ensured.status, EnsureStatus::Hit);
+        assert!(!sharing.is_connected(), "a hit must not build a client");
+    }
 }

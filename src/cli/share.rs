@@ -104,11 +104,12 @@ fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> 
         (None, None, None) => return Ok(None),
     };
     let settings = remote_settings(config.as_ref());
-    let connected = parsed.and_then(|url| Sharing::new(url, settings).map_err(anyhow::Error::from));
-    match connected {
-        Ok(sharing) => {
+    // No client is built here: the remote is contacted (and its client built) only when a
+    // command needs it, never on a local `ensure` hit.
+    match parsed {
+        Ok(url) => {
             let warn = out.clone();
-            let mut sharing = sharing.on_warning(move |message| warn.warn(message));
+            let mut sharing = Sharing::new(url, settings).on_warning(move |message| warn.warn(message));
             sharing.push = push_flag || config.as_ref().is_some_and(|c| c.push);
             sharing.strict = args.strict;
             Ok(Some(sharing))

@@ -1,13 +1,15 @@
 //! The remote tier's transport: S3-compatible object storage through `object_store`.
 //!
-//! DESIGN.md, "Remote is advisory": with a remote configured and unreachable, slow or corrupt,
+//! docs/DESIGN.md, "Remote is advisory": with a remote configured and unreachable, slow or corrupt,
 //! every command still does its local job within its timeout. This module supplies the pieces
 //! that make that possible; snapshots, restores and artifact sharing are composed on top.
 //!
 //! - [`RemoteUrl`]: `s3://bucket/prefix` as a user types it.
 //! - [`RemoteSettings`]: timeouts (connect, per request, stall, overall), retries, the outage
 //!   breaker, part sizes; endpoint and credentials follow the AWS environment conventions.
-//! - [`Remote`]: a synchronous client for one bucket. Every operation is bounded in time and
+//! - [`Remote`]: a synchronous client for one bucket, built without any I/O; the process's one
+//!   tokio runtime is built on the first operation. Every operation is bounded in time (one
+//!   mechanism: the overall timeout, capped by [`Remote::with_deadline`]) and
 //!   returns a [`RemoteError`] that names the object and what happened. Downloads are ranged
 //!   and parallel, bounded in memory, and verified against a BLAKE3 digest when one is given;
 //!   uploads never overwrite; [`Remote::put_if`] is the compare-and-swap for pointer objects.
@@ -17,7 +19,9 @@
 //!   put) and their atomic restore.
 
 mod breaker;
+mod client;
 mod error;
+mod runtime;
 mod settings;
 pub mod share;
 pub mod snapshot;
@@ -25,8 +29,8 @@ mod transfer;
 mod upload;
 mod url;
 
+pub use client::{CondPut, GetReport, NoProgress, ObjectMeta, ObjectVersion, Progress, PutOutcome, Remote};
 pub use error::RemoteError;
 pub use settings::{RemoteSettings, S3Overrides};
-pub use transfer::{CondPut, GetReport, NoProgress, ObjectMeta, ObjectVersion, Progress, PutOutcome, Remote};
 pub use upload::RemoteWriter;
 pub use url::{RemoteUrl, UrlError};

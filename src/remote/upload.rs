@@ -1,16 +1,106 @@
-//! [`RemoteWriter`]: a synchronous `Write` that streams into an object with bounded memory.
+//! Uploads of a [`Remote`] that never overwrite: [`Remote::put_file`], [`Remote::put_stream`]
+//! and [`RemoteWriter`], a synchronous `Write` that streams into an object with bounded memory.
 
-use std::io;
+use std::io::{self, Read};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
 
+use super::client::{NoProgress, Progress, PutOutcome, Remote};
 use super::error::RemoteError;
-use super::transfer::{PutOutcome, Remote};
 
 type Result<T, E = RemoteError> = std::result::Result<T, E>;
+
+impl Remote {
+    /// Uploads the file at `src` to `key` unless an object already has that key.
+    ///
+    /// Files smaller than one part go up in one `PutObject` with `If-None-Match: *`, which the
+    /// store applies atomically. Larger files use a multipart upload (memory stays bounded);
+    /// S3's multipart API offers no portable create-only completion, so two writers that both
+    /// found the key absent can both complete, and the last one wins. Keys that name content
+    /// by its digest make that race harmless: both wrote the same bytes.
+    pub fn put_file(&self, key: &str, src: &Path, progress: &dyn Progress) -> Result<PutOutcome> {
+        let target = self.describe(key);
+        let io_err = |source| RemoteError::Io {
+            target: target.clone(),
+            op: "upload",
+            source,
+        };
+        let file = fs_err::File::open(src).map_err(io_err)?;
+        let size = file.metadata().map_err(io_err)?.len();
+        self.put_reader(key, file, Some(size), progress)
+    }
+
+    /// Uploads everything `reader` yields to `key` unless an object already has that key, with
+    /// the same guarantees as [`Self::put_file`]. An error reading `reader` aborts the upload.
+    pub fn put_stream(&self, key: &str, reader: impl Read) -> Result<PutOutcome> {
+        self.put_reader(key, reader, None, &NoProgress)
+    }
+
+    fn put_reader(
+        &self,
+        key: &str,
+        mut reader: impl Read,
+        size: Option<u64>,
+        progress: &dyn Progress,
+    ) -> Result<PutOutcome> {
+        let Some(mut writer) = self.writer(key)? else {
+            return Ok(PutOutcome::AlreadyExisted);
+        };
+        progress.start(size);
+        let part_size = self.inner.settings.part_size.max(1);
+        loop {
+            let mut chunk = BytesMut::zeroed(part_size);
+            let mut filled = 0;
+            while filled < part_size {
+                match reader.read(&mut chunk[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        let target = self.describe(key);
+                        return Err(RemoteError::Io {
+                            target,
+                            op: "read the upload source",
+                            source,
+                        });
+                    }
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            chunk.truncate(filled);
+            writer.write_bytes(chunk.freeze())?;
+            progress.advance(filled as u64);
+            if filled < part_size {
+                break;
+            }
+        }
+        writer.finish()
+    }
+
+    /// A [`std::io::Write`] that uploads to `key`, or `None` when an object already has that key.
+    ///
+    /// Bytes are buffered up to one part; larger uploads become multipart uploads with at most
+    /// [`super::RemoteSettings::parallelism`] parts in flight (writes block for capacity). Call
+    /// [`RemoteWriter::finish`]; dropping it unfinished aborts the upload and writes nothing.
+    /// The whole upload must finish within [`super::RemoteSettings::overall_timeout`] of this call.
+    pub fn writer(&self, key: &str) -> Result<Option<RemoteWriter>> {
+        if self.head(key)?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(RemoteWriter::new(
+            self.clone(),
+            key.to_owned(),
+            self.path(key)?,
+            self.deadline(),
+        )))
+    }
+}
 
 /// Streams bytes into one new object; made by [`Remote::writer`].
 ///
@@ -86,8 +176,8 @@ impl RemoteWriter {
             let mut multipart = WriteMultipart::new_with_chunk_size(upload, part_size);
             let first = std::mem::take(&mut self.pending).freeze();
             {
-                // Parts are spawned as tasks, which must land on this client's runtime.
-                let _runtime = self.remote.enter();
+                // Parts are spawned as tasks, which must land on the remote runtime.
+                let _runtime = self.remote.enter()?;
                 multipart.put(first);
             }
             self.multipart = Some(multipart);
@@ -103,7 +193,7 @@ impl RemoteWriter {
                 .await
                 .map_err(|e| RemoteError::from_store(e, &target, "upload"))
         })?;
-        let _runtime = self.remote.enter();
+        let _runtime = self.remote.enter()?;
         multipart.put(bytes);
         Ok(())
     }

@@ -429,11 +429,27 @@ impl Store {
 /// new files. [`Manifest::id`] of the result is the tree's content digest, the same one the tree
 /// would get as an artifact. Fails like an import would on entries a manifest cannot hold
 /// (sockets, devices, names that are not UTF-8).
-pub fn describe_tree(root: &Path, progress: &Progress) -> Result<Manifest, StoreError> {
-    Ok(Manifest::new(
-        ArtifactKind::Dir,
-        tree::describe_tree(root, progress)?,
-    ))
+pub fn describe_tree(root: &Path, progress: &Progress) -> Result<DescribedTree, StoreError> {
+    let manifest = Manifest::new(ArtifactKind::Dir, tree::describe_tree(root, progress)?);
+    let id = manifest.id()?;
+    Ok(DescribedTree { manifest, id })
+}
+
+/// A tree described by [`describe_tree`]: its manifest and the digest that names it.
+#[derive(Debug, Clone)]
+pub struct DescribedTree {
+    /// What the tree holds.
+    pub manifest: Manifest,
+    /// The digest of the manifest: the id the tree would have as an artifact.
+    pub id: ArtifactId,
+}
+
+impl std::ops::Deref for DescribedTree {
+    type Target = Manifest;
+
+    fn deref(&self) -> &Manifest {
+        &self.manifest
+    }
 }
 
 /// Where content goes inside a staging directory from [`Store::stage`].
@@ -473,6 +489,7 @@ mod tests {
         let before = modes(&root);
 
         let described = describe_tree(&root, &Progress::none()).unwrap();
+        let described_id = described.id.clone();
         assert_eq!(modes(&root), before, "describing a tree must not chmod it");
         assert_eq!(described.files, 2);
         assert_eq!(described.size, 14);
@@ -481,7 +498,7 @@ mod tests {
         let entries = tree::copy_tree(&root, &copy, &Progress::none()).unwrap();
         assert_eq!(
             Manifest::new(ArtifactKind::Dir, entries).id().unwrap(),
-            described.id().unwrap()
+            described_id
         );
     }
 }

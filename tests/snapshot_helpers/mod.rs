@@ -104,10 +104,11 @@ pub fn current_manifest(server: &TestS3, key: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-/// Entries of `dir` whose names mark them as restore staging areas.
+/// Entries of `dir` whose names mark them as restore staging (the stage and scratch space beside
+/// DIR, a tree moved aside, or the staging area of older versions).
 pub fn staging_leftovers(dir: &Path) -> Vec<String> {
     common::list(dir)
         .into_iter()
-        .filter(|name| name.contains("warmcache-staging"))
+        .filter(|name| name.contains("warmcache-stag") || name.contains("warmcache-prev"))
         .collect()
 }

@@ -1,0 +1,334 @@
+//! [`Remote`]: a client for one bucket, and the one place where its operations are bounded in
+//! time (its own overall timeout, or a whole operation's deadline: [`Remote::with_deadline`]),
+//! refused while the outage breaker is open, and driven on the process's runtime.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
+
+use super::breaker::Breaker;
+use super::error::RemoteError;
+use super::settings::{RemoteSettings, S3Overrides};
+use super::url::RemoteUrl;
+
+type Result<T, E = RemoteError> = std::result::Result<T, E>;
+
+/// A connection to one bucket of S3-compatible object storage.
+///
+/// The rest of warmcache stays synchronous: every method blocks until its operation finishes,
+/// fails, or runs out of time ([`RemoteSettings::overall_timeout`], or the deadline given to
+/// [`Self::with_deadline`]). Operations run on one tokio runtime per process, built on first use
+/// (`runtime`). Calling it from inside another async runtime does not panic: the
+/// operation then runs on a helper thread, and the calling thread (one of that runtime's
+/// workers) is blocked for its duration, so async callers should prefer `spawn_blocking`.
+///
+/// Building one makes no request and starts no thread. Cloning is cheap and shares the
+/// connection pool. All clients of the same endpoint and bucket in a process share one outage
+/// breaker.
+#[derive(Clone)]
+pub struct Remote {
+    pub(super) inner: Arc<Inner>,
+    /// A deadline for every operation of this handle, on top of the overall timeout.
+    deadline: Option<Instant>,
+}
+
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) bucket: String,
+    pub(super) settings: RemoteSettings,
+    breaker: Arc<Breaker>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("bucket", &self.inner.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Size and identity of a remote object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the store last wrote it.
+    pub last_modified: SystemTime,
+    /// Its ETag and version, for conditional requests.
+    pub version: ObjectVersion,
+}
+
+/// Identifies one version of an object, for [`Remote::put_if`]. Stores use the ETag, the
+/// version id or both; keep both.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectVersion {
+    /// The ETag as the store reported it (with its quotes).
+    pub e_tag: Option<String>,
+    /// The version id on versioned buckets.
+    pub version: Option<String>,
+}
+
+/// The result of an upload that never overwrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was written.
+    Created,
+    /// An object already had that key; it was left untouched and nothing was uploaded (or the
+    /// upload lost a race and was discarded by the store).
+    AlreadyExisted,
+}
+
+/// The result of a conditional put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CondPut {
+    /// Written; the new version, to pass as `expect` next time.
+    Done(ObjectVersion),
+    /// The precondition failed: the object exists (create) or changed (replace). Nothing was
+    /// written; re-read and decide again.
+    Conflict,
+}
+
+/// What a download did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetReport {
+    /// Bytes written to the destination.
+    pub bytes: u64,
+    /// BLAKE3 of those bytes, lowercase hex (computed whether or not one was expected).
+    pub blake3: String,
+    /// Ranged requests used.
+    pub parts: usize,
+    /// The object's ETag and version.
+    pub version: ObjectVersion,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Receives transfer progress (for a progress bar). Called from the transfer's thread.
+pub trait Progress: Send + Sync {
+    /// The transfer is starting; `total` is its size when known.
+    fn start(&self, total: Option<u64>) {
+        let _ = total;
+    }
+    /// `bytes` more bytes were transferred.
+    fn advance(&self, bytes: u64);
+}
+
+/// A [`Progress`] that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn advance(&self, _bytes: u64) {}
+}
+
+impl Remote {
+    /// Connects to the bucket of `url` (its key is not used: operations take full keys, see
+    /// [`RemoteUrl::join`]). Configuration comes from the AWS environment, overridden by
+    /// `settings.s3`; no request is made until the first operation.
+    pub fn new(url: &RemoteUrl, settings: RemoteSettings) -> Result<Self> {
+        let bucket = url.bucket().to_owned();
+        let target = format!("s3://{bucket}");
+        let config_err = |e: object_store::Error| RemoteError::Config {
+            target: target.clone(),
+            detail: e.to_string(),
+        };
+
+        let mut builder = connection(&bucket, &settings.s3);
+        let endpoint = builder
+            .get_config_value(&AmazonS3ConfigKey::S3Endpoint)
+            .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
+        match settings.s3.allow_http {
+            Some(allow) => builder = builder.with_allow_http(allow),
+            None if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) => {
+                builder = builder.with_allow_http(true);
+            }
+            None => {}
+        }
+        // Set through config keys rather than `with_client_options`, which would discard the
+        // client settings `from_env` read (AWS_ALLOW_HTTP, proxies, certificates).
+        let millis = |d: Duration| format!("{}ms", d.as_millis().max(1));
+        builder = builder
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                millis(settings.connect_timeout),
+            )
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                millis(settings.request_timeout),
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: settings.retry_backoff,
+                    max_backoff: Duration::from_secs(5).max(settings.retry_backoff),
+                    base: 2.0,
+                },
+                max_retries: settings.retries,
+                retry_timeout: settings.overall_timeout,
+            });
+        let region = builder
+            .get_config_value(&AmazonS3ConfigKey::Region)
+            .unwrap_or_default();
+        let store = builder.build().map_err(config_err)?;
+
+        let breaker_key = match &endpoint {
+            Some(endpoint) => format!("{endpoint}|{bucket}"),
+            None => format!("aws:{region}|{bucket}"),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store: Arc::new(store),
+                bucket,
+                settings,
+                breaker: Breaker::for_key(&breaker_key),
+            }),
+            deadline: None,
+        })
+    }
+
+    /// The same client, with every operation also bounded by `deadline`: how a command bounds a
+    /// whole operation made of several requests (a restore's pointer, manifest and download).
+    /// An operation cut short by it fails with [`RemoteError::TimedOut`].
+    pub fn with_deadline(&self, deadline: Instant) -> Remote {
+        Remote {
+            inner: self.inner.clone(),
+            deadline: Some(self.deadline.map_or(deadline, |d| d.min(deadline))),
+        }
+    }
+
+    /// The bucket this client talks to.
+    pub fn bucket(&self) -> &str {
+        &self.inner.bucket
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &RemoteSettings {
+        &self.inner.settings
+    }
+
+    /// `s3://bucket/key`, for messages.
+    pub fn describe(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.inner.bucket)
+    }
+
+    /// Validates a key and converts it to the store's path type.
+    pub(super) fn path(&self, key: &str) -> Result<StorePath> {
+        if key.is_empty() {
+            return Err(RemoteError::BadKey {
+                key: key.to_owned(),
+                reason: "the key is empty".to_owned(),
+            });
+        }
+        StorePath::parse(key).map_err(|e| RemoteError::BadKey {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// When an operation starting now must be done: [`RemoteSettings::overall_timeout`] from
+    /// now, or the deadline of [`Self::with_deadline`] if that comes first.
+    pub(super) fn deadline(&self) -> Instant {
+        let own = Instant::now() + self.inner.settings.overall_timeout;
+        self.deadline.map_or(own, |cap| cap.min(own))
+    }
+
+    /// Runs one operation: refuses it while the breaker is open, bounds it by `deadline`,
+    /// and feeds the outcome to the breaker.
+    pub(super) fn run<T: Send>(
+        &self,
+        op: &'static str,
+        target: &str,
+        deadline: Instant,
+        fut: impl Future<Output = Result<T>> + Send,
+    ) -> Result<T> {
+        let settings = &self.inner.settings;
+        let breaker = &self.inner.breaker;
+        if let Err(open) = breaker.check() {
+            return Err(RemoteError::CoolingDown {
+                target: target.to_owned(),
+                remaining: open.remaining,
+                failures: open.failures,
+                last_error: open.last_error,
+            });
+        }
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let result = self
+            .block_on(async {
+                match tokio::time::timeout(budget, fut).await {
+                    Ok(result) => result,
+                    Err(_) => Err(RemoteError::TimedOut {
+                        target: target.to_owned(),
+                        op,
+                        detail: format!(
+                            "not finished within the overall timeout of {:?}",
+                            settings.overall_timeout
+                        ),
+                    }),
+                }
+            })
+            .and_then(|result| result);
+        match &result {
+            Err(e) if e.is_outage() => {
+                breaker.record_failure(
+                    settings.breaker_threshold,
+                    settings.breaker_cooldown,
+                    &e.to_string(),
+                );
+            }
+            // The server answered, even if with "no such key" or "denied": it is up.
+            Ok(_)
+            | Err(
+                RemoteError::NotFound { .. }
+                | RemoteError::Status { .. }
+                | RemoteError::Denied { .. }
+                | RemoteError::DigestMismatch { .. },
+            ) => breaker.record_success(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Drives `fut` to completion on the process's remote runtime (`runtime`).
+    pub(super) fn block_on<F>(&self, fut: F) -> Result<F::Output>
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        super::runtime::block_on(fut)
+    }
+
+    /// Enters the process's remote runtime, so that tasks spawned meanwhile run on it.
+    pub(super) fn enter(&self) -> Result<tokio::runtime::EnterGuard<'static>> {
+        super::runtime::enter()
+    }
+}
+
+/// The builder for `bucket` from the AWS environment, with the explicit overrides applied.
+fn connection(bucket: &str, s3: &S3Overrides) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &s3.endpoint {
+        // AWS_ENDPOINT_URL_S3 would otherwise take precedence over the explicit endpoint.
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_config(AmazonS3ConfigKey::S3Endpoint, endpoint.as_str());
+    }
+    if let Some(region) = &s3.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    if let Some(token) = &s3.session_token {
+        builder = builder.with_token(token);
+    }
+    builder
+}

@@ -1,0 +1,346 @@
+//! Directory snapshots in object storage (docs/DESIGN.md, problem 4): [`snapshot`] uploads a tree as a
+//! standard tar.zst, [`restore`] brings it back and swaps it into place atomically.
+//!
+//! Layout under the URL's key `KEY`:
+//!
+//! - `KEY/pointer.json`: which snapshot is current ([`Pointer`]). Small, and only ever replaced
+//!   by a conditional put against the version read at the start, so two machines snapshotting at
+//!   once cannot overwrite each other unnoticed.
+//! - `KEY/snapshots/<digest>.json`: the manifest ([`SnapshotManifest`]) of the snapshot of a tree
+//!   whose content digest is `<digest>`; created once, never replaced (unless unreadable).
+//! - `KEY/snapshots/<digest>-<upload>.tar.zst`: the archive that manifest names. Each upload gets
+//!   a key of its own because the same tree archived on two machines gives different bytes
+//!   (modification times), and S3 multipart uploads cannot be made create-only: with one shared
+//!   key, a second upload could replace the archive after the first one's manifest recorded its
+//!   BLAKE3, and every restore would then fail verification.
+//!
+//! The digest is [`crate::store::Manifest::id`] of the tree: paths, kinds, executable bits, sizes,
+//! content digests and symlink targets, not times. Hashing the tree is read-only.
+//!
+//! Advisory: every remote failure is an error here; the command line turns it into a warning
+//! (see [`SnapshotError::is_local`]). Either way a restore never touches DIR unless it swaps in
+//! a complete, verified tree, and a snapshot never moves the pointer to anything incomplete.
+//!
+//! Modules: `create` makes a snapshot ([`snapshot`]); `restore` brings one back ([`restore()`])
+//! through the place-and-swap primitive ([`crate::place`]); [`format`](mod@format) is what the key holds.
+
+mod create;
+pub mod format;
+mod restore;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use create::snapshot;
+pub use format::{POINTER_VERSION, Pointer, SNAPSHOT_MANIFEST_VERSION, SnapshotManifest};
+pub use restore::restore;
+
+use crate::archive::ArchiveError;
+use crate::place::PlaceError;
+use crate::remote::{RemoteError, RemoteSettings};
+use crate::store::StoreError;
+
+/// The warmth guard: whether a tree of `files` files and `bytes` bytes is colder than the remote
+/// snapshot `remote`, so that replacing it would lose content.
+///
+/// The rule: colder means strictly fewer files AND strictly fewer bytes. A cold or half-installed
+/// dependency tree is smaller on both counts; a tree that legitimately changed (an upgrade, a
+/// package swapped for another) usually grows on at least one. A tree that legitimately shrank on
+/// both counts (dependencies removed) needs `--force` once.
+pub fn is_colder(files: u64, bytes: u64, remote: &Pointer) -> bool {
+    files < remote.files && bytes < remote.bytes
+}
+
+/// How [`snapshot`] runs.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Replace the remote snapshot even when the warmth guard says the local tree is colder.
+    pub force: bool,
+    /// Return refusals and conflicts as errors instead of reports.
+    pub strict: bool,
+    /// Connection, timeouts and transfer sizes.
+    pub settings: RemoteSettings,
+    /// zstd level (1–22).
+    pub level: i32,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        Self {
+            force: false,
+            strict: false,
+            settings: RemoteSettings::default(),
+            level: 3,
+        }
+    }
+}
+
+/// How [`restore`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Bound on the whole restore (reading the pointer, downloading, extracting). Default:
+    /// [`RemoteSettings::overall_timeout`].
+    pub timeout: Option<Duration>,
+    /// Return "no snapshot yet" as an error instead of a report.
+    pub strict: bool,
+    /// Connection, timeouts and transfer sizes.
+    pub settings: RemoteSettings,
+}
+
+/// The steps of a snapshot or a restore, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Reading the local tree to compute its digest.
+    Hashing,
+    /// Streaming the compressed archive up.
+    Uploading,
+    /// Downloading the archive.
+    Downloading,
+    /// Unpacking the archive into staging.
+    Extracting,
+}
+
+impl Phase {
+    /// A short word for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Hashing => "hashing",
+            Phase::Uploading => "uploading",
+            Phase::Downloading => "downloading",
+            Phase::Extracting => "extracting",
+        }
+    }
+}
+
+/// Receives progress of a snapshot or a restore. Called from worker threads.
+pub trait SnapshotProgress: Send + Sync {
+    /// A phase starts; `total` bytes when known.
+    fn phase(&self, phase: Phase, total: Option<u64>) {
+        let _ = (phase, total);
+    }
+    /// Bytes done so far in the current phase.
+    fn position(&self, bytes: u64) {
+        let _ = bytes;
+    }
+}
+
+impl SnapshotProgress for crate::remote::NoProgress {}
+
+/// What [`snapshot`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStatus {
+    /// The pointer now names this tree's snapshot (uploaded now, or already there).
+    Uploaded,
+    /// The pointer already named this tree: nothing was uploaded.
+    Unchanged,
+    /// The warmth guard refused: the remote snapshot holds more. Nothing changed.
+    Refused,
+    /// Another writer replaced the pointer meanwhile; it was left as they wrote it.
+    Conflict,
+}
+
+/// The result of [`snapshot`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotReport {
+    /// What happened.
+    pub status: SnapshotStatus,
+    /// The snapshot URL.
+    pub url: String,
+    /// The local tree's content digest.
+    pub digest: String,
+    /// Files in the local tree.
+    pub files: u64,
+    /// Bytes of file content in the local tree.
+    pub bytes: u64,
+    /// Compressed bytes uploaded (0 when nothing was).
+    pub uploaded_bytes: u64,
+    /// The archive now current or offered, when one exists.
+    pub archive: Option<String>,
+    /// The pointer before this snapshot (or, on a conflict, the one that won).
+    pub remote: Option<Pointer>,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreStatus {
+    /// DIR now holds the snapshot.
+    Restored,
+    /// DIR already held it: nothing was downloaded.
+    Unchanged,
+    /// There is no snapshot at the URL yet; DIR was left as it was.
+    NoSnapshot,
+}
+
+/// The result of [`restore`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// What happened.
+    pub status: RestoreStatus,
+    /// The directory.
+    pub dir: PathBuf,
+    /// The snapshot URL.
+    pub url: String,
+    /// Content digest of the snapshot (None when there is none).
+    pub digest: Option<String>,
+    /// Files in the snapshot.
+    pub files: u64,
+    /// Bytes of file content in the snapshot.
+    pub bytes: u64,
+    /// Compressed bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+/// Why a snapshot or a restore did not happen. [`SnapshotError::is_local`] separates problems
+/// with DIR (always errors) from problems with the remote (warnings unless `--strict`).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// DIR does not exist.
+    #[error("`{path}` does not exist; give the directory to snapshot")]
+    DirMissing { path: PathBuf },
+    /// DIR (or, for a restore, its parent) is something else than a directory.
+    #[error("`{path}` is not a directory; give a directory path")]
+    NotADirectory { path: PathBuf },
+    /// The parent of DIR is missing.
+    #[error("cannot restore into `{path}`: its parent directory does not exist; create it first")]
+    ParentMissing { path: PathBuf },
+    /// Nothing can be written next to DIR.
+    #[error(
+        "cannot restore into `{path}`: cannot write in `{parent}` to stage the new tree ({source}); \
+         make it writable or restore somewhere else"
+    )]
+    NotWritable {
+        path: PathBuf,
+        parent: PathBuf,
+        source: io::Error,
+    },
+    /// DIR could not be read (or holds something a snapshot cannot).
+    #[error("cannot snapshot `{path}`: {source}")]
+    Read { path: PathBuf, source: StoreError },
+    /// Archiving DIR failed locally.
+    #[error("cannot snapshot `{path}`: {source}")]
+    Archive {
+        path: PathBuf,
+        source: Box<ArchiveError>,
+    },
+    /// DIR changed between hashing and archiving.
+    #[error(
+        "`{path}` changed while it was being snapshotted ({detail}); the upload was abandoned and the \
+         remote left as it was; run the snapshot again once the directory is quiet"
+    )]
+    Changed { path: PathBuf, detail: String },
+    /// A local file operation of a restore failed (the message names the path).
+    #[error("cannot restore into `{path}`: {source}; `{path}` was left untouched")]
+    Local { path: PathBuf, source: io::Error },
+    /// Putting the restored tree in place failed (the message says whether DIR changed).
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+    /// Talking to the remote failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// A pointer or manifest in the remote is unusable.
+    #[error("{target}: {reason}")]
+    BadObject { target: String, reason: String },
+    /// The (verified) archive could not be unpacked.
+    #[error("{target}: cannot unpack the snapshot: {source}; `{dir}` was left untouched")]
+    Extract {
+        target: String,
+        dir: PathBuf,
+        source: Box<ArchiveError>,
+    },
+    /// The restore ran out of time.
+    #[error(
+        "restoring `{dir}` from {url} did not finish within {}: abandoned while {phase}; `{dir}` was \
+         left untouched (raise --timeout for slow links)",
+        crate::units::format_duration(*.timeout)
+    )]
+    TimedOut {
+        dir: PathBuf,
+        url: String,
+        timeout: Duration,
+        phase: &'static str,
+    },
+    /// Nothing has been snapshotted at the URL yet.
+    #[error("{target}: no snapshot yet; `{dir}` was left as it was")]
+    NoSnapshot { target: String, dir: PathBuf },
+    /// The warmth guard refused (strict mode).
+    #[error(
+        "refused to replace the snapshot at {url}: it holds {remote_files} files / {remote_bytes} bytes \
+         (from {remote_host}) and `{path}` only {files} files / {bytes} bytes, so it looks cold or \
+         incomplete; pass --force to replace it anyway"
+    )]
+    Refused {
+        path: PathBuf,
+        url: String,
+        files: u64,
+        bytes: u64,
+        remote_files: u64,
+        remote_bytes: u64,
+        remote_host: String,
+    },
+    /// Another writer moved the pointer meanwhile (strict mode).
+    #[error(
+        "{url}: another snapshot was published while this one was uploading ({winner}); the pointer \
+         was left as they wrote it and this snapshot ({digest}) is not current; run again to replace it"
+    )]
+    Conflict {
+        url: String,
+        digest: String,
+        winner: String,
+    },
+}
+
+impl SnapshotError {
+    /// Whether this is a problem with the local directory (always reported as an error) rather
+    /// than with the remote or its data (advisory: a warning unless `--strict`).
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Self::DirMissing { .. }
+                | Self::NotADirectory { .. }
+                | Self::ParentMissing { .. }
+                | Self::NotWritable { .. }
+                | Self::Read { .. }
+                | Self::Archive { .. }
+                | Self::Changed { .. }
+                | Self::Local { .. }
+                | Self::Place(_)
+        )
+    }
+}
+
+type Result<T, E = SnapshotError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colder_means_fewer_files_and_fewer_bytes() {
+        let remote = Pointer {
+            version: POINTER_VERSION,
+            digest: "a".repeat(64),
+            files: 100,
+            bytes: 1000,
+            created_at_ms: 0,
+            host: "h".into(),
+            nonce: "n".into(),
+        };
+        assert!(is_colder(99, 999, &remote));
+        assert!(!is_colder(99, 1000, &remote), "as many bytes");
+        assert!(!is_colder(100, 10, &remote), "as many files");
+        assert!(
+            !is_colder(150, 10, &remote),
+            "more files, fewer bytes: changed, not cold"
+        );
+    }
+}
