@@ -53,7 +53,7 @@ class Ctx:
 def build():
     subprocess.run(
         ["cargo", "build", "--release", "--locked", "-q", "--bin", "warmcache"]
-        + ["--example", "bench_ensure", "--example", "bench_gc"],
+        + ["--example", "bench_ensure", "--example", "bench_gc", "--features", "internals"],
         cwd=REPO,
         check=True,
     )

@@ -18,7 +18,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
 use warmcache::Cache;
-use warmcache::build::{EnsureOptions, EnsureStatus, Recipe, StatCache, fingerprint};
+use warmcache::build::{Recipe, StatCache, fingerprint};
+use warmcache::cache::{EnsureOptions, EnsureStatus};
 use warmcache::config::EntryConfig;
 
 #[derive(Debug, Parser)]

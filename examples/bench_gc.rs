@@ -21,10 +21,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use warmcache::Cache;
-use warmcache::catalog::{ArtifactRow, now_ms};
-use warmcache::import::ImportOptions;
+use warmcache::EntryName;
+use warmcache::cache::ImportOptions;
+use warmcache::clock::now_ms;
 use warmcache::progress::Progress;
-use warmcache::store::{ArtifactKind, EntryKind, Manifest, ManifestEntry};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -52,7 +52,7 @@ enum Cmd {
         count: usize,
         /// The entry that protects one artifact (the one the hit loops read).
         #[arg(long)]
-        protected: String,
+        protected: EntryName,
         /// Bytes per artifact.
         #[arg(long, default_value_t = 1024)]
         size: usize,
@@ -70,7 +70,7 @@ enum Cmd {
         #[arg(long)]
         root: PathBuf,
         #[arg(long)]
-        name: String,
+        name: EntryName,
         #[arg(long)]
         stop_file: PathBuf,
         /// Stop after this long even without the stop file.
@@ -114,7 +114,7 @@ fn content(i: usize, size: usize) -> Vec<u8> {
 fn populate(
     root: &Path,
     count: usize,
-    protected: &str,
+    protected: &EntryName,
     size: usize,
     method: Method,
     probe: usize,
@@ -124,7 +124,7 @@ fn populate(
     let cache = Cache::open(root)?;
     let scratch = tempfile::tempdir_in(root).context("create a scratch directory in the root")?;
     let options = ImportOptions::default();
-    let import = |path: &Path, bytes: &[u8], name: Option<&str>| -> Result<()> {
+    let import = |path: &Path, bytes: &[u8], name: Option<&EntryName>| -> Result<()> {
         std::fs::write(path, bytes).with_context(|| format!("write {}", path.display()))?;
         cache.import(path, name, &options, &Progress::none())?;
         std::fs::remove_file(path)?;
@@ -172,54 +172,16 @@ fn populate(
     Ok(())
 }
 
-/// Writes artifacts in the store's on-disk format without a per-artifact fsync: content and
-/// manifest in `objects/ab/<id>/`, read-only content, then one `syncfs`, then every catalog row
-/// in one transaction (artifacts before rows, as publish does).
+/// Writes artifacts in the store's on-disk format without a per-artifact fsync
+/// ([`Cache::bulk_publish_files`]), with access times spread so that least-recently-used order
+/// means something.
 fn write_direct(cache: &Cache, range: std::ops::Range<usize>, size: usize) -> Result<()> {
-    let _op = cache.operation()?;
     let now = now_ms();
     let total = range.len() as i64;
-    let mut rows = Vec::with_capacity(range.len());
-    for (n, i) in range.enumerate() {
-        let bytes = content(i, size);
-        let manifest = Manifest::new(
-            ArtifactKind::File,
-            vec![ManifestEntry {
-                path: String::new(),
-                kind: EntryKind::File,
-                exec: false,
-                size: bytes.len() as u64,
-                digest: Some(blake3::hash(&bytes).to_hex().to_string()),
-                target: None,
-            }],
-        );
-        let id = manifest.id();
-        let dir = cache.layout().object_dir(&id);
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let content_path = cache.store().content_path(&id);
-        std::fs::write(&content_path, &bytes)?;
-        std::fs::set_permissions(&content_path, warmcache::fs::published_file_permissions(false))?;
-        // The store's manifest file name; `Store` has no public accessor for it.
-        std::fs::write(dir.join("manifest.json"), manifest.to_bytes())?;
-        // Spread the access times so that least-recently-used order means something.
-        let at = now - (total - n as i64) * 1000;
-        rows.push(ArtifactRow {
-            id,
-            kind: ArtifactKind::File,
-            size: bytes.len() as u64,
-            files: 1,
-            disk_usage: warmcache::fs::disk_usage(&dir)?,
-            created_at: at,
-            accessed_at: at,
-        });
-    }
-    warmcache::fs::sync_tree(cache.root())?;
-    let mut catalog = cache.catalog();
-    catalog.connection().execute_batch("BEGIN IMMEDIATE")?;
-    for row in &rows {
-        catalog.record_artifact(row)?;
-    }
-    catalog.connection().execute_batch("COMMIT")?;
+    let files = range
+        .enumerate()
+        .map(|(n, i)| (content(i, size), now - (total - n as i64) * 1000));
+    cache.bulk_publish_files(files)?;
     Ok(())
 }
 
@@ -230,7 +192,7 @@ fn unix_ns() -> u128 {
         .unwrap_or(0)
 }
 
-fn hits(root: &Path, name: &str, stop_file: &Path, max_seconds: f64, pause_us: u64) -> Result<()> {
+fn hits(root: &Path, name: &EntryName, stop_file: &Path, max_seconds: f64, pause_us: u64) -> Result<()> {
     let cache = Cache::open(root)?;
     let deadline = Instant::now() + Duration::from_secs_f64(max_seconds);
     let pause = Duration::from_micros(pause_us);
@@ -238,14 +200,14 @@ fn hits(root: &Path, name: &str, stop_file: &Path, max_seconds: f64, pause_us: u
     while !stop_file.exists() && Instant::now() < deadline {
         let at = unix_ns();
         let t = Instant::now();
-        let result = cache.path(name);
+        let result = cache.path(name, None);
         let lat = t.elapsed().as_nanos();
         match result {
-            Ok((_, path)) if path.is_file() => {
+            Ok(found) if found.path.is_file() => {
                 starts.push(at);
                 lats.push(lat);
             }
-            Ok((_, path)) => errors.push(format!("{} is not a file", path.display())),
+            Ok(found) => errors.push(format!("{} is not a file", found.path.display())),
             Err(e) => errors.push(e.to_string()),
         }
         if !pause.is_zero() {

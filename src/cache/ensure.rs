@@ -233,7 +233,7 @@ struct Call<'a> {
 
 /// The outcome of a step: the call's result, or go on.
 enum Step<T> {
-    Done(Result<Ensured, EnsureError>),
+    Done(Box<Result<Ensured, EnsureError>>),
     Next(T),
 }
 
@@ -340,7 +340,7 @@ impl Call<'_> {
                 .map_err(CacheError::from)?;
         }
         Ok(match self.conclude(&op, decision, &state) {
-            Some(done) => Step::Done(done),
+            Some(done) => Step::Done(Box::new(done)),
             None => Step::Next(()),
         })
     }
@@ -364,7 +364,7 @@ impl Call<'_> {
                     state.failure.as_ref(),
                     Some(why),
                 );
-                return Ok(Step::Done(self.serve(&op, stale)));
+                return Ok(Step::Done(Box::new(self.serve(&op, stale))));
             }
         }
         let what = format!("the build of `{}` in another process", self.recipe.name);
@@ -384,7 +384,7 @@ impl Call<'_> {
             && state.updated_at() >= self.started;
         let decision = self.decide(&state, self.options.refresh && !fresh);
         Ok(match self.conclude(&op, decision, &state) {
-            Some(done) => Step::Done(done),
+            Some(done) => Step::Done(Box::new(done)),
             None => Step::Next(state),
         })
     }
@@ -409,7 +409,7 @@ impl Call<'_> {
             remote: Some(activity),
             ..self.result(EnsureStatus::Built, &pulled.artifact, &state, None, None)
         };
-        Ok(Step::Done(self.serve(&op, built)))
+        Ok(Step::Done(Box::new(self.serve(&op, built))))
     }
 
     /// Runs the builder into private staging with the root lock *not* held (a long build must
@@ -517,18 +517,18 @@ impl Cache {
             started,
         };
         if let Step::Done(done) = call.look()? {
-            return done;
+            return *done;
         }
         let build_lock = match call.lock_entry()? {
-            Step::Done(done) => return done,
+            Step::Done(done) => return *done,
             Step::Next(guard) => guard,
         };
         let state = match call.recheck()? {
-            Step::Done(done) => return done,
+            Step::Done(done) => return *done,
             Step::Next(state) => state,
         };
         let remote = match call.pull()? {
-            Step::Done(done) => return done,
+            Step::Done(done) => return *done,
             Step::Next(remote) => remote,
         };
         call.build(state, build_lock, remote)

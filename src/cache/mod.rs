@@ -9,6 +9,8 @@
 //! `flock` locks belong to an open file, not a thread.
 
 mod activate;
+#[cfg(feature = "internals")]
+mod bulk;
 mod ensure;
 mod gc;
 mod import;

@@ -104,6 +104,17 @@ impl Catalog {
             .map_err(self.err("record an artifact"))
     }
 
+    /// Records many artifacts without naming them, in one transaction.
+    #[cfg(feature = "internals")]
+    pub fn record_artifacts(&mut self, artifacts: &[ArtifactRow]) -> Result<(), CatalogError> {
+        self.write("record artifacts", |tx| {
+            for artifact in artifacts {
+                insert_artifact(tx, artifact)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Notes that `entry` (and its artifact) was used, at most once per
     /// [`ACCESS_GRANULARITY_MS`] so that cache hits do not write on every call.
     pub fn touch(&mut self, entry: &EntryRow, now: i64) -> Result<(), CatalogError> {

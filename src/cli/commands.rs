@@ -117,7 +117,12 @@ pub(super) fn open(cli: &Cli) -> Result<Cache> {
         lock_timeout: cli.global.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
         ..CacheOptions::default()
     };
-    Ok(Cache::open_with(&root, options)?)
+    Cache::open_with(&root, options).map_err(|e| match e {
+        warmcache::CacheError::Root { .. } => {
+            anyhow::anyhow!("{e}; choose a writable directory with --root DIR or WARMCACHE_ROOT")
+        }
+        e => e.into(),
+    })
 }
 
 /// The recipe for `ensure`: `[entry.NAME]` of the nearest `warmcache.toml`, with the flags

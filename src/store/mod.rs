@@ -172,15 +172,7 @@ impl Store {
     /// Whether an artifact's content is there. Opens rather than stats, so the answer describes
     /// a handle that existed; a reader must still treat a later failure to open as a miss.
     pub fn is_present(&self, id: &ArtifactId) -> bool {
-        let path = self.content_path(id);
-        #[cfg(unix)]
-        {
-            std::fs::File::open(path).is_ok()
-        }
-        #[cfg(not(unix))]
-        {
-            std::fs::symlink_metadata(path).is_ok()
-        }
+        crate::fs::open_existing(&self.content_path(id)).is_ok_and(|opened| opened.is_some())
     }
 
     /// Copies a file or directory into the cache and publishes it (under the operation lock, so
@@ -364,6 +356,41 @@ impl Store {
             size: manifest.size,
             files: manifest.files,
             created,
+        })
+    }
+
+    /// Writes a single-file artifact in the store's format without fsyncing it (the caller makes
+    /// the whole store durable afterwards): for benchmark fills only (feature `internals`).
+    #[cfg(feature = "internals")]
+    pub fn write_file_unsynced(&self, _op: &OpGuard, bytes: &[u8]) -> Result<Published, StoreError> {
+        use crate::store::EntryKind;
+        let manifest = Manifest::new(
+            ArtifactKind::File,
+            vec![manifest::ManifestEntry {
+                path: String::new(),
+                kind: EntryKind::File,
+                exec: false,
+                size: bytes.len() as u64,
+                digest: Some(blake3::hash(bytes).to_hex().to_string()),
+                target: None,
+            }],
+        );
+        let encoded = manifest.to_bytes()?;
+        let id = manifest::id_of_bytes(&encoded);
+        let dir = self.layout.object_dir(&id);
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(CONTENT);
+        fs::write(&path, bytes)?;
+        crate::fs::set_permissions(&path, crate::fs::published_file_permissions(false))?;
+        fs::write(dir.join(MANIFEST_FILE), &encoded)?;
+        Ok(Published {
+            disk_usage: crate::fs::disk_usage(&dir)?,
+            id,
+            path,
+            kind: ArtifactKind::File,
+            size: bytes.len() as u64,
+            files: 1,
+            created: true,
         })
     }
 

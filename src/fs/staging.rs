@@ -1,0 +1,219 @@
+//! Private staging locations beside what they publish into, owned through lock files, and the
+//! sweep that removes those of dead processes.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fs_err as fs;
+
+use super::annotate;
+use super::perms::remove_tree;
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A name unlikely to collide with any other process's: pid, time and a counter.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}{}-{:x}-{n}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    )
+}
+
+/// A directory of private staging locations, on the same file system as what they publish into.
+///
+/// Each staging location `NAME` (a file or directory) is owned through `NAME.lock`, which its
+/// creator holds locked for as long as it lives. The lock file appears under its final name only
+/// once it is locked (it is locked under a temporary name, then renamed), so a sweeper that can
+/// lock `NAME.lock` knows the owner is gone.
+#[derive(Debug, Clone)]
+pub struct StagingArea {
+    dir: PathBuf,
+}
+
+/// What [`StagingArea::sweep`] removed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SweepReport {
+    /// Staging locations of dead processes that were removed.
+    pub removed: u64,
+    /// Live staging locations left alone.
+    pub live: u64,
+}
+
+const LOCK_SUFFIX: &str = ".lock";
+const PENDING_PREFIX: &str = ".pending-";
+/// A lock file still under its temporary name after this long belongs to a crashed process.
+const PENDING_GRACE: Duration = Duration::from_secs(600);
+
+impl StagingArea {
+    /// A staging area rooted at `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    /// The directory holding the staging locations.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reserves a fresh staging path (nothing is created at it yet), locked for this process.
+    pub fn reserve(&self, purpose: &str) -> io::Result<Staged> {
+        let name = unique_name(&format!("{purpose}-"));
+        let pending = self.dir.join(format!("{PENDING_PREFIX}{name}"));
+        let lock = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&pending)
+            .map_err(|e| annotate(e, "create staging lock", &pending))?;
+        lock.lock().map_err(|e| annotate(e, "lock", &pending))?;
+        let lock_path = self.dir.join(format!("{name}{LOCK_SUFFIX}"));
+        fs::rename(&pending, &lock_path)?;
+        Ok(Staged {
+            path: self.dir.join(name),
+            lock_path,
+            lock: Some(lock),
+            keep: false,
+        })
+    }
+
+    /// Reserves a staging directory and creates it.
+    pub fn create_dir(&self, purpose: &str) -> io::Result<Staged> {
+        let staged = self.reserve(purpose)?;
+        fs::create_dir(&staged.path)?;
+        Ok(staged)
+    }
+
+    /// Removes staging locations whose owner is gone (its lock can be taken), leaving live ones.
+    pub fn sweep(&self) -> io::Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+            Err(e) => return Err(annotate(e, "read staging directory", &self.dir)),
+        };
+        let mut names: Vec<OsString> = Vec::new();
+        for entry in entries {
+            names.push(
+                entry
+                    .map_err(|e| annotate(e, "read staging directory", &self.dir))?
+                    .file_name(),
+            );
+        }
+        for name in &names {
+            let name_str = name.to_string_lossy();
+            let path = self.dir.join(name);
+            if let Some(base) = name_str.strip_suffix(LOCK_SUFFIX) {
+                if base.starts_with(PENDING_PREFIX) {
+                    continue;
+                }
+                // A lock file: if we can lock it, its owner died; remove what it guarded.
+                let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+                    continue;
+                };
+                match file.try_lock() {
+                    Ok(()) => {
+                        remove_tree(&self.dir.join(base))?;
+                        remove_tree(&path)?;
+                        report.removed += 1;
+                    }
+                    Err(_) => report.live += 1,
+                }
+            } else if name_str.starts_with(PENDING_PREFIX) {
+                let old = std::fs::symlink_metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > PENDING_GRACE);
+                if old {
+                    remove_tree(&path)?;
+                }
+            } else {
+                // A staging location whose lock file is gone: the owner always creates the lock
+                // first and a sweeper removes it last, so nobody owns this one.
+                let lock = self.dir.join(format!("{name_str}{LOCK_SUFFIX}"));
+                // Already removed above through its lock file, earlier in this listing.
+                let still_there = std::fs::symlink_metadata(&path).is_ok();
+                if still_there && !lock.exists() {
+                    remove_tree(&path)?;
+                    report.removed += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// A reserved staging path. Dropping it removes whatever is at the path and releases the lock,
+/// unless [`Staged::keep`] was called (the content was moved away by a successful publish).
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    lock_path: PathBuf,
+    lock: Option<File>,
+    keep: bool,
+}
+
+impl Staged {
+    /// The staging path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Marks the staging content as moved away; only the lock is cleaned up on drop.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = remove_tree(&self.path)
+        {
+            tracing::warn!("could not remove staging leftover: {e}");
+        }
+        let _ = std::fs::remove_file(&self.lock_path);
+        drop(self.lock.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_sweep_spares_live_and_removes_dead() {
+        let tmp = tempfile::tempdir().unwrap();
+        let area = StagingArea::new(tmp.path().join("staging")).unwrap();
+        let live = area.create_dir("live").unwrap();
+        std::fs::write(live.path().join("x"), b"x").unwrap();
+        // A dead owner: the staging dir and its lock file exist but nobody holds the lock.
+        let mut dead = area.create_dir("dead").unwrap();
+        let dead_path = dead.path().to_path_buf();
+        dead.keep();
+        let dead_lock = dead.lock_path.clone();
+        let lock_file = dead.lock.take();
+        dead.lock_path = PathBuf::from("/nonexistent/none");
+        drop(dead);
+        drop(lock_file);
+        assert!(dead_path.exists() && dead_lock.exists());
+        let report = area.sweep().unwrap();
+        assert_eq!(report.removed, 1);
+        assert_eq!(report.live, 1);
+        assert!(!dead_path.exists() && !dead_lock.exists());
+        assert!(live.path().join("x").exists());
+        drop(live);
+        assert_eq!(std::fs::read_dir(area.dir()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,157 @@
+//! The remote is advisory: when the server is down, stalls mid-download, answers 500s or serves
+//! altered bytes, `warmcache restore` warns, exits 0 (within its `--timeout` when it stalls) and
+//! leaves DIR exactly as it was, with no staging left behind; `--strict` makes each case exit 1.
+//! Problems with DIR itself are errors whatever the mode.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::support;
+use crate::support::s3_server::TestS3;
+use crate::support::snapshots::{current_manifest, restore, snapshot, staging_leftovers};
+use crate::support::{json_ok, stderr};
+
+const KEY: &str = "sandbox/site/node_modules";
+
+struct Setup {
+    server: TestS3,
+    _tmp: tempfile::TempDir,
+    cache: PathBuf,
+    /// An existing directory holding an older tree.
+    dir: PathBuf,
+    /// A directory that does not exist.
+    missing: PathBuf,
+}
+
+fn setup() -> Setup {
+    let server = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let src = support::make_tree(&tmp.path().join("src"), 80, 8 * 1024, 11);
+    // Far more than the 64 KiB a stalled response sends.
+    std::fs::write(src.join("big.bin"), support::Rng::new(5).bytes(3 * 1024 * 1024)).unwrap();
+    json_ok(&snapshot(&server, &cache, &src, KEY, &[]));
+    let work = tmp.path().join("work");
+    let dir = support::make_tree(&work.join("node_modules"), 10, 1024, 77);
+    let missing = work.join("absent");
+    Setup {
+        server,
+        cache,
+        dir,
+        missing,
+        _tmp: tmp,
+    }
+}
+
+/// Restores `dir` in advisory and strict mode and checks both leave it untouched.
+fn assert_untouched_both_ways(
+    s: &Setup,
+    dir: &Path,
+    extra: &[&str],
+    expect_in_stderr: &str,
+) -> Vec<Duration> {
+    let before = dir.exists().then(|| support::describe_tree(dir));
+    let mut elapsed = Vec::new();
+    for strict in [false, true] {
+        let mut args = extra.to_vec();
+        if strict {
+            args.push("--strict");
+        }
+        let started = Instant::now();
+        let out: Output = restore(&s.server, &s.cache, dir, KEY, &args);
+        elapsed.push(started.elapsed());
+        let err = stderr(&out);
+        if strict {
+            assert_eq!(out.status.code(), Some(1), "--strict must fail: {err}");
+            assert!(err.contains("error:"), "{err}");
+        } else {
+            let report = json_ok(&out);
+            assert_eq!(report["status"], "degraded", "{report}");
+            assert!(err.contains("warning:"), "{err}");
+        }
+        assert!(
+            err.to_lowercase().contains(expect_in_stderr),
+            "expected `{expect_in_stderr}` in: {err}"
+        );
+        assert_eq!(
+            dir.exists().then(|| support::describe_tree(dir)),
+            before,
+            "DIR changed"
+        );
+        assert!(staging_leftovers(dir.parent().unwrap()).is_empty());
+    }
+    elapsed
+}
+
+#[test]
+fn server_down() {
+    let s = setup();
+    s.server.set_down(true);
+    assert_untouched_both_ways(&s, &s.dir, &[], "unreachable");
+    assert_untouched_both_ways(&s, &s.missing, &[], "unreachable");
+}
+
+#[test]
+fn server_stalls_mid_download_and_the_timeout_is_honoured() {
+    let s = setup();
+    s.server.set_stall(true);
+    let timeout = Duration::from_secs(3);
+    for elapsed in assert_untouched_both_ways(&s, &s.dir, &["--timeout", "3s"], "did not finish within 3s") {
+        // Without the overall bound the stall timeout (20 s) or the request timeout (60 s)
+        // would end it; the margin is for process start-up on a loaded machine.
+        assert!(elapsed < timeout + Duration::from_secs(5), "took {elapsed:?}");
+    }
+}
+
+#[test]
+fn server_answers_500() {
+    let s = setup();
+    s.server.fail_next(1_000_000);
+    assert_untouched_both_ways(&s, &s.dir, &[], "500");
+    assert_untouched_both_ways(&s, &s.missing, &[], "500");
+}
+
+#[test]
+fn altered_archive_bytes_are_detected_and_not_extracted() {
+    let s = setup();
+    let manifest = current_manifest(&s.server, KEY);
+    let archive = s
+        .server
+        .object_path(&format!("{KEY}/{}", manifest["archive"].as_str().unwrap()));
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&archive, &bytes).unwrap();
+    assert_untouched_both_ways(&s, &s.dir, &[], "digest mismatch");
+    assert_untouched_both_ways(&s, &s.missing, &[], "digest mismatch");
+}
+
+#[test]
+fn bytes_corrupted_in_transit_are_detected() {
+    let s = setup();
+    s.server.set_corrupt(true);
+    assert_untouched_both_ways(&s, &s.dir, &[], "pointer");
+}
+
+#[test]
+fn problems_with_dir_itself_are_errors_even_when_advisory() {
+    let s = setup();
+    let parentless = s.missing.join("no/such/parent");
+    let out = restore(&s.server, &s.cache, &parentless, KEY, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("parent directory does not exist"),
+        "{}",
+        stderr(&out)
+    );
+
+    let file = s.dir.join("d0/s0/f0.bin");
+    let out = restore(&s.server, &s.cache, &file, KEY, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+
+    let out = snapshot(&s.server, &s.cache, &s.missing, KEY, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}

@@ -1,0 +1,81 @@
+//! Helpers for the snapshot and restore tests: the real `warmcache snapshot` and `restore`
+//! pointed at the in-process S3 server, and a look at what the server holds on disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+use super::s3_server::TestS3;
+use super::{list, run, warmcache_s3};
+
+/// Runs `warmcache snapshot DIR --remote URL --json [extra]`.
+pub fn snapshot(server: &TestS3, root: &Path, dir: &Path, key: &str, extra: &[&str]) -> Output {
+    let mut cmd = warmcache_s3(server, root);
+    cmd.arg("snapshot")
+        .arg(dir)
+        .arg("--remote")
+        .arg(server.url(key))
+        .arg("--json")
+        .args(extra);
+    run(&mut cmd)
+}
+
+/// Runs `warmcache restore DIR --remote URL --json [extra]`.
+pub fn restore(server: &TestS3, root: &Path, dir: &Path, key: &str, extra: &[&str]) -> Output {
+    let mut cmd = warmcache_s3(server, root);
+    cmd.arg("restore")
+        .arg(dir)
+        .arg("--remote")
+        .arg(server.url(key))
+        .arg("--json")
+        .args(extra);
+    run(&mut cmd)
+}
+
+/// Every object in the test bucket, with a digest of its bytes.
+pub fn objects(server: &TestS3) -> BTreeMap<String, String> {
+    let bucket = server.object_path("");
+    let mut out = BTreeMap::new();
+    let mut stack = vec![bucket.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let key = path.strip_prefix(&bucket).unwrap().to_string_lossy().into_owned();
+                out.insert(
+                    key,
+                    blake3::hash(&std::fs::read(&path).unwrap()).to_hex().to_string(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The pointer object under `key`, parsed.
+pub fn pointer(server: &TestS3, key: &str) -> serde_json::Value {
+    let bytes = std::fs::read(server.object_path(&format!("{key}/pointer.json"))).expect("pointer object");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The snapshot manifest the pointer under `key` names, parsed.
+pub fn current_manifest(server: &TestS3, key: &str) -> serde_json::Value {
+    let digest = pointer(server, key)["digest"].as_str().unwrap().to_owned();
+    let bytes =
+        std::fs::read(server.object_path(&format!("{key}/snapshots/{digest}.json"))).expect("manifest");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Entries of `dir` whose names mark them as restore staging (the stage and scratch space beside
+/// DIR, a tree moved aside, or the staging area of older versions).
+pub fn staging_leftovers(dir: &Path) -> Vec<String> {
+    list(dir)
+        .into_iter()
+        .filter(|name| name.contains("warmcache-stag") || name.contains("warmcache-prev"))
+        .collect()
+}

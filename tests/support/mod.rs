@@ -1,3 +1,0 @@
-//! Shared helpers for black-box tests.
-
-pub mod s3_server;
