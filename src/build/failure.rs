@@ -1,5 +1,5 @@
 //! Failure memory: how a failed build is classified, when it may be retried, and the pure decision
-//! table of the entry state machine (DESIGN.md, "The entry state machine").
+//! table of the entry state machine (docs/DESIGN.md, "The entry state machine").
 //!
 //! Everything here is pure (no clock, no randomness, no I/O) so the state machine can be tested
 //! row by row; callers pass `now` (unix milliseconds) and a jitter value from [`random_jitter`].
@@ -103,7 +103,7 @@ pub struct FailurePolicy {
     /// Substrings of the builder's output (plain, case-sensitive substring match, no regex) that
     /// mark a failure transient, e.g. `"Could not resolve host"`.
     pub transient_patterns: Vec<String>,
-    /// What any other non-zero exit is (DESIGN.md: transient by default).
+    /// What any other non-zero exit is (docs/DESIGN.md: transient by default).
     pub other_exit: FailureKind,
 }
 
@@ -354,7 +354,7 @@ pub fn decide(
         let blocked = match failure.kind {
             FailureKind::Deterministic => true,
             // A transient record without a retry time cannot come from record_failure; treat it as
-            // due rather than pinning the entry forever (problem 2 of DESIGN.md).
+            // due rather than pinning the entry forever (problem 2 of docs/DESIGN.md).
             FailureKind::Transient => failure.next_retry_at.is_some_and(|at| now < at),
         };
         if blocked {

@@ -1,4 +1,4 @@
-//! The current fingerprint of a recipe: BLAKE3 over its inputs and settings (DESIGN.md, "The entry
+//! The current fingerprint of a recipe: BLAKE3 over its inputs and settings (docs/DESIGN.md, "The entry
 //! state machine"), with a stat cache so unchanged files are not re-read.
 //!
 //! The digest covers, in a versioned encoding where every variable-length field is length-prefixed

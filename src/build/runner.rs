@@ -168,7 +168,7 @@ fn run_command(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EntryConfig;
+    use crate::build::EntryConfig;
 
     fn recipe(base: &Path, entry: EntryConfig) -> Recipe {
         Recipe::new("t/entry", &entry, base).unwrap()

@@ -1,16 +1,12 @@
 //! One function per command: open the cache, call the library, report.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use anyhow::{Context, Result};
 use serde_json::json;
-use warmcache::EntryName;
-use warmcache::cache::{Cache, CacheOptions, DEFAULT_LOCK_TIMEOUT};
-use warmcache::config::Config;
+use warmcache::cache::Cache;
 
+use super::context::{config, open, recipe};
 use super::progress::spinner;
-use super::{ActivateArgs, Cli, Command, EnsureArgs, GcArgs, ImportArgs, Output, PathArgs, StatusArgs};
+use super::{ActivateArgs, Cli, EnsureArgs, GcArgs, ImportArgs, Output, PathArgs, StatusArgs};
 
 /// A command's outcome that was printed in full but must exit 1 (for example `verify` that found
 /// and quarantined damage): nothing more is printed.
@@ -18,53 +14,8 @@ use super::{ActivateArgs, Cli, Command, EnsureArgs, GcArgs, ImportArgs, Output, 
 #[error("{0}")]
 pub(super) struct Reported(pub String);
 
-/// Runs the command.
-pub fn dispatch(cli: &Cli, out: &Output) -> Result<()> {
-    match &cli.command {
-        Command::Ensure(args) => ensure(cli, out, args),
-        Command::Import(args) => import(cli, out, args),
-        Command::Path(args) => path(cli, out, args),
-        Command::Status(args) => status(cli, out, args),
-        Command::Verify => verify(cli, out),
-        Command::Gc(args) => gc(cli, out, args),
-        Command::Activate(args) => activate(cli, out, args),
-        Command::Push(args) => super::share::push(cli, out, args),
-        Command::Pull(args) => super::share::pull(cli, out, args),
-        Command::Snapshot(args) => super::snapshot::run_snapshot(cli, out, args),
-        Command::Restore(args) => super::snapshot::run_restore(cli, out, args),
-    }
-}
-
-/// The root from `--root`/`WARMCACHE_ROOT`, else the platform cache directory.
-fn root(cli: &Cli) -> Result<PathBuf> {
-    if let Some(root) = &cli.global.root {
-        return Ok(root.clone());
-    }
-    let base = dirs::cache_dir().context(
-        "no platform cache directory is known for this user; give one with --root DIR or WARMCACHE_ROOT",
-    )?;
-    Ok(base.join("warmcache"))
-}
-
 /// The default for how often a standing budget may trigger a background collection.
 const DEFAULT_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// The nearest `warmcache.toml` (upwards from the working directory), read at most once per
-/// command and only by the commands that need it.
-pub(super) fn config() -> Result<Option<&'static Config>> {
-    static CONFIG: OnceLock<Result<Option<Config>, String>> = OnceLock::new();
-    let loaded = CONFIG.get_or_init(|| {
-        let cwd = std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
-        warmcache::config::find_config(&cwd)
-            .map(|path| Config::load(&path))
-            .transpose()
-            .map_err(|e| e.to_string())
-    });
-    match loaded {
-        Ok(config) => Ok(config.as_ref()),
-        Err(message) => Err(anyhow::anyhow!("{message}")),
-    }
-}
 
 /// The standing size budget and collection interval: `WARMCACHE_MAX_SIZE` and
 /// `WARMCACHE_GC_INTERVAL`, else `[cache]` of the nearest warmcache.toml.
@@ -111,57 +62,7 @@ fn collect_in_background(cache: &Cache, out: &Output) {
     }
 }
 
-pub(super) fn open(cli: &Cli) -> Result<Cache> {
-    let root = root(cli)?;
-    let options = CacheOptions {
-        lock_timeout: cli.global.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
-        ..CacheOptions::default()
-    };
-    Cache::open_with(&root, options).map_err(|e| match e {
-        warmcache::CacheError::Root { .. } => {
-            anyhow::anyhow!("{e}; choose a writable directory with --root DIR or WARMCACHE_ROOT")
-        }
-        e => e.into(),
-    })
-}
-
-/// The recipe for `ensure`: `[entry.NAME]` of the nearest `warmcache.toml`, with the flags
-/// overriding its fields; or the flags alone, relative to the working directory.
-pub(super) fn recipe(name: &EntryName, args: &super::RecipeArgs) -> Result<warmcache::build::Recipe> {
-    let cwd = std::env::current_dir().context("cannot read the working directory")?;
-    let config = config()?;
-    let (mut entry, base) = match config.and_then(|c| c.entries.get(name.as_str()).map(|e| (e, c))) {
-        Some((entry, config)) => (entry.clone(), config.dir.clone()),
-        None => (warmcache::config::EntryConfig::default(), cwd.clone()),
-    };
-    if !args.inputs.is_empty() {
-        entry.inputs = args.inputs.clone();
-    }
-    if !args.keys.is_empty() {
-        entry.keys = args.keys.clone();
-    }
-    if !args.env.is_empty() {
-        entry.env = args.env.clone();
-    }
-    entry.build = args.build.clone().or(entry.build);
-    entry.output = args.output.or(entry.output);
-    entry.validate = args.validate.clone().or(entry.validate);
-    entry.timeout = args.timeout.or(entry.timeout);
-    entry.stale = args.stale.or(entry.stale);
-    match warmcache::build::Recipe::new(name.as_str(), &entry, &base) {
-        Ok(recipe) => Ok(recipe),
-        Err(warmcache::build::RecipeError::MissingBuild { name }) if config.is_none() => {
-            Err(anyhow::anyhow!(
-                "entry `{name}` has no recipe: no warmcache.toml was found upwards from `{}` and no --build \
-             was given; add `[entry.\"{name}\"]` with `build = \"...\"` to a warmcache.toml, or pass --build CMD",
-                cwd.display()
-            ))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
+pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
     let recipe = recipe(&args.name, &args.recipe)?;
     let cache = open(cli)?;
     let options = warmcache::cache::EnsureOptions {
@@ -223,7 +124,7 @@ fn stale_warning(e: &warmcache::cache::Ensured) -> String {
     text
 }
 
-fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
+pub(super) fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
     Cache::check_import(&args.source)?;
     let cache = open(cli)?;
     let mut limits = warmcache::archive::Limits::default();
@@ -252,14 +153,14 @@ fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
     Ok(())
 }
 
-fn path(cli: &Cli, out: &Output, args: &PathArgs) -> Result<()> {
+pub(super) fn path(cli: &Cli, out: &Output, args: &PathArgs) -> Result<()> {
     let cache = open(cli)?;
     let found = cache.path(&args.name, args.lease)?;
     out.result(&json!(found), || found.path.display().to_string());
     Ok(())
 }
 
-fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
+pub(super) fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
     let cache = open(cli)?;
     let entries = cache.status(args.name.as_ref())?;
     out.result(&json!({ "root": cache.root(), "entries": entries }), || {
@@ -307,7 +208,7 @@ fn status(cli: &Cli, out: &Output, args: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
-fn verify(cli: &Cli, out: &Output) -> Result<()> {
+pub(super) fn verify(cli: &Cli, out: &Output) -> Result<()> {
     let cache = open(cli)?;
     let (progress, bar) = spinner(out, "verifying");
     let report = cache.verify(&progress)?;
@@ -345,7 +246,7 @@ fn verify(cli: &Cli, out: &Output) -> Result<()> {
     Ok(())
 }
 
-fn activate(cli: &Cli, out: &Output, args: &ActivateArgs) -> Result<()> {
+pub(super) fn activate(cli: &Cli, out: &Output, args: &ActivateArgs) -> Result<()> {
     let cache = open(cli)?;
     let options = warmcache::activate::ActivateOptions {
         link: args.link,
@@ -358,7 +259,7 @@ fn activate(cli: &Cli, out: &Output, args: &ActivateArgs) -> Result<()> {
     Ok(())
 }
 
-fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
+pub(super) fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
     let cache = open(cli)?;
     let options = warmcache::cache::GcOptions {
         max_size: args.max_size,

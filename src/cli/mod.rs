@@ -5,6 +5,7 @@
 //! for failures (`{"error": "..."}`).
 
 mod commands;
+mod context;
 mod output;
 mod progress;
 mod share;
@@ -258,7 +259,7 @@ pub fn run() -> ExitCode {
     };
     let out = Output::new(cli.global.json, cli.global.quiet, cli.global.verbose);
     out.init_logging();
-    match commands::dispatch(&cli, &out) {
+    match dispatch(&cli, &out) {
         Ok(()) => ExitCode::SUCCESS,
         // The result was printed in full; the exit code says it was not clean.
         Err(err) if err.is::<commands::Reported>() => ExitCode::from(1),
@@ -274,6 +275,23 @@ pub fn run() -> ExitCode {
             );
             ExitCode::from(1)
         }
+    }
+}
+
+/// Runs the command.
+fn dispatch(cli: &Cli, out: &Output) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Ensure(args) => commands::ensure(cli, out, args),
+        Command::Import(args) => commands::import(cli, out, args),
+        Command::Path(args) => commands::path(cli, out, args),
+        Command::Status(args) => commands::status(cli, out, args),
+        Command::Verify => commands::verify(cli, out),
+        Command::Gc(args) => commands::gc(cli, out, args),
+        Command::Activate(args) => commands::activate(cli, out, args),
+        Command::Push(args) => share::push(cli, out, args),
+        Command::Pull(args) => share::pull(cli, out, args),
+        Command::Snapshot(args) => snapshot::run_snapshot(cli, out, args),
+        Command::Restore(args) => snapshot::run_restore(cli, out, args),
     }
 }
 

@@ -9,11 +9,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::commands::{open, recipe};
+use super::context::{configured_remote, open, recipe, remote_settings};
 use super::{Cli, Output};
 use warmcache::EntryName;
 use warmcache::cache::{IndexOutcome, ShareError, Sharing, degraded as degraded_message};
-use warmcache::remote::{RemoteSettings, RemoteUrl};
+use warmcache::remote::RemoteUrl;
 
 /// Where the remote is and how strictly to treat its problems.
 #[derive(Debug, Args)]
@@ -69,23 +69,6 @@ fn parse_url(s: &str) -> Result<RemoteUrl, String> {
 /// runs locally, unless `--strict`.
 pub(super) fn ensure_sharing(out: &Output, args: &EnsureRemoteArgs) -> Result<Option<Sharing>> {
     sharing(out, &args.remote, args.push, false)
-}
-
-/// The `[remote]` table of the nearest `warmcache.toml`, if any.
-pub(super) fn configured_remote() -> Result<Option<warmcache::config::RemoteConfig>> {
-    Ok(super::commands::config()?.and_then(|c| c.remote.clone()))
-}
-
-/// Transfer settings, with `[remote] timeout` bounding the whole operation and each of its steps.
-pub(super) fn remote_settings(config: Option<&warmcache::config::RemoteConfig>) -> RemoteSettings {
-    let mut settings = RemoteSettings::default();
-    if let Some(timeout) = config.and_then(|c| c.timeout) {
-        settings.overall_timeout = timeout;
-        settings.request_timeout = settings.request_timeout.min(timeout);
-        settings.stall_timeout = settings.stall_timeout.min(timeout);
-        settings.connect_timeout = settings.connect_timeout.min(timeout);
-    }
-    settings
 }
 
 /// Resolves the remote; `required` makes its absence an error.

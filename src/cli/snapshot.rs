@@ -60,7 +60,7 @@ pub struct RestoreArgs {
 /// The URL from the flag or environment, else from `warmcache.toml`, with the transfer settings
 /// and the configured timeout.
 fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>)> {
-    let remote = super::share::configured_remote()?;
+    let remote = super::context::configured_remote()?;
     let url = match (flag, &remote) {
         (Some(url), _) => url.to_owned(),
         (None, Some(remote)) => remote.url.clone(),
@@ -69,7 +69,7 @@ fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, RemoteSettings, Option<D
              `[remote] url = \"s3://...\"` to a warmcache.toml"
         ),
     };
-    let settings = super::share::remote_settings(remote.as_ref());
+    let settings = super::context::remote_settings(remote.as_ref());
     Ok((RemoteUrl::parse(&url)?, settings, remote.and_then(|r| r.timeout)))
 }
 

@@ -44,24 +44,6 @@ pub fn rename_with_retry(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Rename-without-replace where the kernel has no flag for it: a hard link fails if the name
-/// exists (files); a directory rename fails onto a non-empty directory, and our published
-/// directories are never empty (they hold a manifest).
-// Unused on macOS, whose kernel has a flag for every case.
-#[cfg_attr(target_os = "macos", allow(dead_code))]
-pub(super) fn portable_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(from)?;
-    if meta.is_dir() {
-        if std::fs::symlink_metadata(to).is_ok() {
-            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-        }
-        std::fs::rename(from, to)
-    } else {
-        std::fs::hard_link(from, to)?;
-        std::fs::remove_file(from)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,9 @@
 //! The platform calls behind no-replace renames, atomic exchange and reflinks; each platform
 //! gets the same three functions, unannotated (callers add the operation and paths).
 
+use std::io;
+use std::path::Path;
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod imp {
     use std::fs::File;
@@ -14,7 +17,7 @@ mod imp {
             Ok(()) => Ok(()),
             // File systems without RENAME_NOREPLACE (some network and FUSE file systems).
             Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-                crate::fs::rename::portable_noreplace(from, to)
+                super::portable_noreplace(from, to)
             }
             Err(e) => Err(e.into()),
         }
@@ -105,7 +108,7 @@ mod imp {
     use std::path::Path;
 
     pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-        crate::fs::rename::portable_noreplace(from, to)
+        super::portable_noreplace(from, to)
     }
 
     pub fn exchange(_: &Path, _: &Path) -> io::Result<()> {
@@ -124,3 +127,21 @@ mod imp {
 }
 
 pub(super) use imp::{exchange, reflink, rename_noreplace};
+
+/// Rename-without-replace where the kernel has no flag for it: a hard link fails if the name
+/// exists (files); a directory rename fails onto a non-empty directory, and our published
+/// directories are never empty (they hold a manifest).
+// Unused on macOS, whose kernel has a flag for every case.
+#[cfg_attr(target_os = "macos", allow(dead_code))]
+fn portable_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    if meta.is_dir() {
+        if std::fs::symlink_metadata(to).is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        std::fs::rename(from, to)
+    } else {
+        std::fs::hard_link(from, to)?;
+        std::fs::remove_file(from)
+    }
+}
