@@ -12,6 +12,7 @@
 //!     trash/                     artifacts being deleted by `gc`
 //!     locks/                     the root lock and per-entry build locks
 //!     catalog.sqlite             entries, failures, leases (SQLite, WAL)
+//!     reserve                    1 MiB that `gc` deletes first, so it can work on a full disk
 //! ```
 
 use std::io;
@@ -27,6 +28,9 @@ pub const LAYOUT_VERSION: &str = "v1";
 const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by warmcache.\n\
 # For information about cache directory tags see https://bford.info/cachedir/\n";
+
+/// The largest size of [`Layout::reserve`]: room for the catalog writes of a collection batch.
+const RESERVE_BYTES: usize = 1 << 20;
 
 /// Paths of one cache root.
 #[derive(Debug, Clone)]
@@ -59,6 +63,7 @@ impl Layout {
         ] {
             create_dir_all_durable(&dir).map_err(|e| annotate(e, "create cache directory", &dir))?;
         }
+        self.restore_reserve();
         Ok(())
     }
 
@@ -131,5 +136,40 @@ impl Layout {
     /// The SQLite catalog.
     pub fn catalog(&self) -> PathBuf {
         self.base.join("catalog.sqlite")
+    }
+
+    /// Space set aside for garbage collection: on a full disk, deleting it lets `gc` write the
+    /// catalog (which it must, before it may delete any artifact).
+    pub fn reserve(&self) -> PathBuf {
+        self.base.join("reserve")
+    }
+
+    /// Releases the space of [`Layout::reserve`]; nothing when it is not there.
+    pub fn release_reserve(&self) -> io::Result<()> {
+        match std::fs::remove_file(self.reserve()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(annotate(e, "remove", &self.reserve())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets [`Layout::reserve`] aside again when space allows (best effort: without it a full
+    /// disk only needs space freed by hand before `gc` can run).
+    pub fn restore_reserve(&self) {
+        let path = self.reserve();
+        if path.exists() {
+            return;
+        }
+        // A hundredth of the volume at most, so a small volume is not half reserve.
+        #[cfg(unix)]
+        let size = rustix::fs::statvfs(&self.base)
+            .map(|fs| (fs.f_blocks.saturating_mul(fs.f_frsize) / 100) as usize)
+            .map_or(RESERVE_BYTES, |hundredth| {
+                hundredth.clamp(64 << 10, RESERVE_BYTES)
+            });
+        #[cfg(not(unix))]
+        let size = RESERVE_BYTES;
+        if let Err(e) = write_atomic(&path, &vec![0u8; size]) {
+            tracing::debug!("no space set aside for gc at `{}`: {e}", path.display());
+        }
     }
 }

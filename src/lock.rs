@@ -58,24 +58,37 @@ pub enum Mode {
     Exclusive,
 }
 
-/// A held lock; released on drop (and by the kernel if the process dies).
+/// A held lock; released on drop (and by the kernel if the process dies). Holds no file on a
+/// read-only file system where the lock file does not exist: nobody can change anything there,
+/// so there is nothing to exclude.
 #[derive(Debug)]
 pub struct LockGuard {
-    _file: File,
+    _file: Option<File>,
 }
 
-fn open_lock_file(path: &Path) -> Result<File, LockError> {
+/// Opens (creating if needed) a lock file; on a read-only file system, opens it for reading
+/// (`flock` works on any open file) or, when it does not exist there, returns `None`.
+fn open_lock_file(path: &Path) -> Result<Option<File>, LockError> {
+    let io_err = |source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     // No truncation: another process may hold a lock on this very file.
-    OpenOptions::new()
+    let writable = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)
-        .map_err(|source| LockError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        .open(path);
+    match writable {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => match File::open(path) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(e)),
+        },
+        Err(e) => Err(io_err(e)),
+    }
 }
 
 /// The longest sleep between two attempts to take a lock. Garbage collection pauses for longer
@@ -85,13 +98,15 @@ pub const MAX_POLL: Duration = Duration::from_millis(4);
 
 /// Tries once to take a lock; `Ok(None)` when someone else holds it.
 pub fn try_lock(path: &Path, mode: Mode) -> Result<Option<LockGuard>, LockError> {
-    let file = open_lock_file(path)?;
+    let Some(file) = open_lock_file(path)? else {
+        return Ok(Some(LockGuard { _file: None }));
+    };
     let res = match mode {
         Mode::Shared => file.try_lock_shared(),
         Mode::Exclusive => file.try_lock(),
     };
     match res {
-        Ok(()) => Ok(Some(LockGuard { _file: file })),
+        Ok(()) => Ok(Some(LockGuard { _file: Some(file) })),
         Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(source)) => Err(LockError::Io {
             path: path.to_path_buf(),

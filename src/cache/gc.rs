@@ -59,6 +59,17 @@ pub enum GcError {
         /// The name.
         name: EntryName,
     },
+    /// The cache can only be read, so nothing can be collected.
+    #[error(
+        "cannot collect garbage in `{root}`: the cache can only be read ({reason}); nothing was \
+         changed (`--dry-run` still reports what a collection would remove)"
+    )]
+    ReadOnly {
+        /// The cache root.
+        root: PathBuf,
+        /// Why it is read-only.
+        reason: String,
+    },
     /// File-system failure (the message names the path).
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -93,6 +104,17 @@ pub enum Reason {
     TooOld,
     /// Least recently used while the cache is over `max_size`.
     OverBudget,
+}
+
+impl Reason {
+    /// The name used in JSON and human output alike.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Orphaned => "orphaned",
+            Reason::TooOld => "too-old",
+            Reason::OverBudget => "over-budget",
+        }
+    }
 }
 
 /// One collected (or, in a dry run, collectable) artifact.
@@ -165,6 +187,16 @@ impl Cache {
         };
         let started = Instant::now();
         let now = self.now_ms();
+        if !options.dry_run {
+            if let Some(reason) = self.read_only() {
+                return Err(GcError::ReadOnly {
+                    root: self.root().to_path_buf(),
+                    reason,
+                });
+            }
+            // On a full disk, this is what lets the catalog record the removals below.
+            self.layout().release_reserve()?;
+        }
         let survey = self.survey(options, now, &mut report)?;
         report.size_before = survey.total;
         report.protected = survey.protected;
@@ -183,6 +215,7 @@ impl Cache {
             self.empty_trash()?;
             report.quarantine_cleared = self.clear_quarantine()?;
             self.catalog().set_last_gc(now)?;
+            self.layout().restore_reserve();
         }
         report.delete_ms = delete_start.elapsed().as_millis() as u64;
         Ok(report)

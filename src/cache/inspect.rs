@@ -56,8 +56,8 @@ pub struct DamagedArtifact {
     pub artifact: ArtifactId,
     /// What was wrong.
     pub problems: Vec<Damage>,
-    /// Where it was moved.
-    pub quarantined_to: PathBuf,
+    /// Where it was moved (none on a read-only cache, where it is only reported).
+    pub quarantined_to: Option<PathBuf>,
 }
 
 impl Cache {
@@ -96,9 +96,11 @@ impl Cache {
     }
 
     /// Re-hashes every artifact; moves damaged ones to quarantine and clears catalog references
-    /// to anything that is gone, so neither is ever served again.
+    /// to anything that is gone, so neither is ever served again. On a read-only cache it only
+    /// reports.
     pub fn verify(&self, progress: &Progress) -> Result<VerifyReport, CacheError> {
         let op = self.operation()?;
+        let repair = self.read_only().is_none();
         let mut report = VerifyReport::default();
         let ids = self.store().list()?;
         for id in &ids {
@@ -109,8 +111,13 @@ impl Cache {
                 report.ok += 1;
                 continue;
             }
-            let quarantined_to = self.store().quarantine(&op, id)?;
-            self.catalog().forget_artifact(id)?;
+            let quarantined_to = if repair {
+                let to = self.store().quarantine(&op, id)?;
+                self.catalog().forget_artifact(id)?;
+                Some(to)
+            } else {
+                None
+            };
             report.damaged.push(DamagedArtifact {
                 artifact: id.clone(),
                 problems,
@@ -126,12 +133,14 @@ impl Cache {
             if self.store().is_present(&id) {
                 referenced.insert(id);
             } else {
-                catalog.forget_artifact(&id)?;
+                if repair {
+                    catalog.forget_artifact(&id)?;
+                }
                 report.dangling.push(entry.name);
             }
         }
         for row in catalog.artifacts()? {
-            if !self.store().is_present(&row.id) {
+            if repair && !self.store().is_present(&row.id) {
                 catalog.forget_artifact(&row.id)?;
             }
         }

@@ -178,9 +178,16 @@ impl Cache {
         };
         {
             let _op = cache.operation()?;
-            let swept = cache.store.staging().sweep()?;
-            if swept.removed > 0 {
-                tracing::info!("swept {} staging leftover(s) of crashed processes", swept.removed);
+            match cache.store.staging().sweep() {
+                Ok(swept) if swept.removed > 0 => {
+                    tracing::info!("swept {} staging leftover(s) of crashed processes", swept.removed);
+                }
+                Ok(_) => {}
+                // A read-only cache can still be read; its leftovers wait for a writable one.
+                Err(e) if cache.read_only().is_some() => {
+                    tracing::debug!("staging leftovers not swept on a read-only cache: {e}");
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(cache)
@@ -199,6 +206,12 @@ impl Cache {
     /// The path of an artifact's content (which may or may not exist).
     pub fn content_path(&self, id: &ArtifactId) -> PathBuf {
         self.store.content_path(id)
+    }
+
+    /// Why the cache can only be read (its file system is read-only or full), if so: reading
+    /// commands work, anything that would record a change fails with that reason.
+    pub fn read_only(&self) -> Option<String> {
+        self.catalog().read_only().map(str::to_string)
     }
 
     pub(crate) fn layout(&self) -> &Layout {

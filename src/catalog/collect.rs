@@ -79,6 +79,7 @@ impl Catalog {
 
     /// Ends a lease before its time.
     pub fn release_lease(&mut self, lease: i64) -> Result<(), CatalogError> {
+        self.check_writable("release a lease")?;
         self.conn
             .execute("DELETE FROM leases WHERE id = ?1", [lease])
             .map(drop)
@@ -87,6 +88,7 @@ impl Catalog {
 
     /// Deletes the leases that ended by `now`.
     pub fn expire_leases(&mut self, now: i64) -> Result<(), CatalogError> {
+        self.check_writable("expire leases")?;
         self.conn
             .execute("DELETE FROM leases WHERE expires_at <= ?1", [now])
             .map(drop)
@@ -95,6 +97,7 @@ impl Catalog {
 
     /// Records that a collection ran at `now`.
     pub fn set_last_gc(&mut self, now: i64) -> Result<(), CatalogError> {
+        self.check_writable("record a collection")?;
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",

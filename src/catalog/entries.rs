@@ -99,6 +99,7 @@ impl Catalog {
 
     /// Records an artifact without naming it (an anonymous import).
     pub fn record_artifact(&mut self, artifact: &ArtifactRow) -> Result<(), CatalogError> {
+        self.check_writable("record an artifact")?;
         insert_artifact(&self.conn, artifact)
             .map(drop)
             .map_err(self.err("record an artifact"))
@@ -117,8 +118,9 @@ impl Catalog {
 
     /// Notes that `entry` (and its artifact) was used, at most once per
     /// [`ACCESS_GRANULARITY_MS`] so that cache hits do not write on every call.
+    /// Access times only order collection, so on a read-only catalog this does nothing.
     pub fn touch(&mut self, entry: &EntryRow, now: i64) -> Result<(), CatalogError> {
-        if now - entry.accessed_at < ACCESS_GRANULARITY_MS {
+        if now - entry.accessed_at < ACCESS_GRANULARITY_MS || self.read_only.is_some() {
             return Ok(());
         }
         self.write("record an access", |tx| {
@@ -217,6 +219,7 @@ impl Catalog {
 
     /// Remembers the artifact an import source became.
     pub fn set_source(&mut self, key: &str, artifact: &ArtifactId, now: i64) -> Result<(), CatalogError> {
+        self.check_writable("record an import source")?;
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO sources (key, artifact, created_at) VALUES (?1, ?2, ?3)",
@@ -238,8 +241,12 @@ impl Catalog {
             .map_err(self.err("read a stat cache"))
     }
 
-    /// Saves the encoded stat cache of an entry's inputs.
+    /// Saves the encoded stat cache of an entry's inputs (nothing on a read-only catalog: it only
+    /// saves re-hashing).
     pub fn set_stat_cache(&mut self, name: &EntryName, bytes: &[u8]) -> Result<(), CatalogError> {
+        if self.read_only.is_some() {
+            return Ok(());
+        }
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO stat_caches (name, data) VALUES (?1, ?2)",

@@ -17,6 +17,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 mod collect;
 mod entries;
+mod open;
 mod records;
 
 pub use records::{ArtifactRow, EntryRow};
@@ -118,6 +119,20 @@ pub enum CatalogError {
         /// The newest version known.
         known: i64,
     },
+    /// A change was asked of a catalog that could only be opened for reading.
+    #[error(
+        "cannot {op}: the catalog `{path}` could only be opened for reading ({reason}); reading \
+         commands (`path`, `status`, `verify`) work, but to build, import or record anything free \
+         space on its file system or make it writable"
+    )]
+    ReadOnly {
+        /// The catalog file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// Why it is read-only.
+        reason: String,
+    },
     /// A query failed.
     #[error("catalog `{path}`: failed to {op}: {source}")]
     Sql {
@@ -139,80 +154,31 @@ pub const ACCESS_GRANULARITY_MS: i64 = 60_000;
 pub struct Catalog {
     conn: Connection,
     path: PathBuf,
+    /// Why the catalog could only be opened for reading (a read-only or full file system), if so.
+    read_only: Option<String>,
 }
 
 impl Catalog {
-    /// Opens (creating and migrating if needed) the catalog at `path`.
-    ///
-    /// Some first-open steps (switching a new database to WAL, recovering the WAL index) report
-    /// "database is locked" at once instead of waiting on the busy timeout when several
-    /// processes open a fresh catalog together, so those are retried here, within the same
-    /// bound.
-    pub fn open(path: &Path) -> Result<Self, CatalogError> {
-        let start = std::time::Instant::now();
-        let mut pause = Duration::from_millis(2);
-        loop {
-            match Self::open_once(path) {
-                Err(CatalogError::Open { source, .. })
-                    if is_busy(&source) && start.elapsed() < BUSY_TIMEOUT =>
-                {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-                other => return other,
-            }
-        }
-    }
-
-    fn open_once(path: &Path) -> Result<Self, CatalogError> {
-        let open_err = |source| open_error(path, source);
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-                .map_err(open_err)?;
-        }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        let known = MIGRATIONS.len() as i64;
-        let current: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(open_err)?;
-        if current > known {
-            return Err(CatalogError::TooNew {
-                path: path.to_path_buf(),
-                found: current,
-                known,
-            });
-        }
-        if current < known {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(open_err)?;
-            // Re-read inside the write lock: another process may have migrated meanwhile.
-            let current: i64 = tx
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(open_err)?;
-            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-                tx.execute_batch(sql).map_err(open_err)?;
-                tx.pragma_update(None, "user_version", (i + 1) as i64)
-                    .map_err(open_err)?;
-            }
-            tx.commit().map_err(open_err)?;
-        }
-        Ok(Self {
-            conn,
-            path: path.to_path_buf(),
-        })
-    }
-
     /// A closure that wraps a SQLite error with the catalog's path and the operation.
     fn err(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> CatalogError + use<> {
         sql_err(&self.path, op)
+    }
+
+    /// Why the catalog could only be opened for reading, if it was.
+    pub fn read_only(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    /// Refuses a change on a read-only catalog with an error that says why and what still works.
+    fn check_writable(&self, op: &'static str) -> Result<(), CatalogError> {
+        match &self.read_only {
+            Some(reason) => Err(CatalogError::ReadOnly {
+                path: self.path.clone(),
+                op,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction (writers queue on the busy timeout instead
@@ -222,6 +188,7 @@ impl Catalog {
         op: &'static str,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, CatalogError> {
+        self.check_writable(op)?;
         let err = sql_err(&self.path, op);
         let tx = self
             .conn

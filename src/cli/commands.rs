@@ -214,15 +214,22 @@ pub(super) fn verify(cli: &Cli, out: &Output) -> Result<()> {
     let report = cache.verify(&progress)?;
     drop(bar);
     for d in &report.damaged {
+        let problems = d
+            .problems
+            .iter()
+            .map(|p| match p.path.as_str() {
+                "" => p.problem.clone(),
+                path => format!("`{path}`: {}", p.problem),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let fate = match &d.quarantined_to {
+            Some(to) => format!("moved to {}", to.display()),
+            None => "left in place: the cache is read-only".to_string(),
+        };
         out.warn(&format!(
-            "artifact {} is damaged ({}); moved to {}",
-            d.artifact,
-            d.problems
-                .iter()
-                .map(|p| format!("{}: {}", p.path, p.problem))
-                .collect::<Vec<_>>()
-                .join(", "),
-            d.quarantined_to.display()
+            "artifact {} is damaged ({problems}); {fate}",
+            d.artifact
         ));
     }
     for name in &report.dangling {
@@ -232,7 +239,7 @@ pub(super) fn verify(cli: &Cli, out: &Output) -> Result<()> {
     }
     out.result(&json!(report), || {
         format!(
-            "checked {} artifact(s): {} ok, {} damaged (quarantined), {} dangling entr(ies) cleared, {} unreferenced",
+            "checked {} artifact(s): {} ok, {} damaged, {} dangling entr(ies), {} unreferenced",
             report.checked,
             report.ok,
             report.damaged.len(),
@@ -280,10 +287,10 @@ pub(super) fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
         let mut text = String::new();
         for r in &report.removed {
             text.push_str(&format!(
-                "{verb} {} ({}, {:?}, last used {})\n",
+                "{verb} {} ({}, {}, last used {})\n",
                 r.artifact,
                 indicatif::HumanBytes(r.disk_usage),
-                r.reason,
+                r.reason.as_str(),
                 format_time(r.accessed_at)
             ));
         }

@@ -110,7 +110,7 @@ pub struct GcArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Forget this entry first, so its artifact can be collected (repeatable).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = NameParser)]
     pub evict: Vec<EntryName>,
 }
 
@@ -137,7 +137,7 @@ pub struct RecipeArgs {
     #[arg(long = "env", value_name = "VAR")]
     pub env: Vec<String>,
     /// Time limit for the build and for the validation (e.g. 10m).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_time_limit)]
     pub timeout: Option<Duration>,
     /// Serve the last good artifact when building fails (`if-error`, the default) or not (`never`).
     #[arg(long, value_name = "POLICY", value_parser = parse_stale)]
@@ -150,6 +150,7 @@ pub struct RecipeArgs {
 #[derive(Debug, Args)]
 pub struct EnsureArgs {
     /// The entry name (e.g. `bundles/ext`).
+    #[arg(value_parser = NameParser)]
     pub name: EntryName,
     #[command(flatten)]
     pub recipe: RecipeArgs,
@@ -173,7 +174,7 @@ pub struct ImportArgs {
     /// The file, directory or archive (zip, tar, tar.gz, tar.zst; recognised by content) to import.
     pub source: PathBuf,
     /// The entry name to record it under (e.g. `plugins/foo`).
-    #[arg(long)]
+    #[arg(long, value_parser = NameParser)]
     pub name: Option<EntryName>,
     /// A permission rule GLOB=MODE applied to matching files before publication (e.g.
     /// 'bin/*=755'); repeatable, later rules win. Artifacts are read-only, so this sets the
@@ -203,6 +204,7 @@ pub struct ImportArgs {
 #[derive(Debug, Args)]
 pub struct PathArgs {
     /// The entry name.
+    #[arg(value_parser = NameParser)]
     pub name: EntryName,
     /// Hold the artifact against garbage collection for this long (e.g. 10m), for callers that
     /// read the path after this command exits.
@@ -214,7 +216,32 @@ pub struct PathArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Show only this entry.
+    #[arg(value_parser = NameParser)]
     pub name: Option<EntryName>,
+}
+
+/// Parses an entry name with the library's one rule, reporting only the rule's own message
+/// (which quotes the name escaped and cut): clap's default would repeat the raw value, however
+/// long or invisible.
+#[derive(Debug, Clone, Copy)]
+struct NameParser;
+
+impl clap::builder::TypedValueParser for NameParser {
+    type Value = EntryName;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<EntryName, clap::Error> {
+        use clap::error::ErrorKind;
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(ErrorKind::InvalidUtf8, "entry names must be valid UTF-8\n").with_cmd(cmd)
+        })?;
+        EntryName::new(text)
+            .map_err(|e| clap::Error::raw(ErrorKind::ValueValidation, format!("{e}\n")).with_cmd(cmd))
+    }
 }
 
 fn parse_mode_rule(s: &str) -> Result<warmcache::cache::ModeRule, String> {
@@ -248,6 +275,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     warmcache::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A time limit: a duration greater than zero (omit the flag for no limit).
+fn parse_time_limit(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("a time limit must be greater than zero; omit it for no limit".into()),
+        d => Ok(d),
+    }
 }
 
 /// Parses the command line, runs it and returns the process exit code. A usage error exits 2;

@@ -43,6 +43,7 @@ pub struct EnsureRemoteArgs {
 #[derive(Debug, Args)]
 pub struct PushArgs {
     /// The entry whose last good artifact to push.
+    #[arg(value_parser = super::NameParser)]
     pub name: EntryName,
     #[command(flatten)]
     pub remote: RemoteArgs,
@@ -53,6 +54,7 @@ pub struct PushArgs {
 #[derive(Debug, Args)]
 pub struct PullArgs {
     /// The entry name.
+    #[arg(value_parser = super::NameParser)]
     pub name: EntryName,
     #[command(flatten)]
     pub recipe: super::RecipeArgs,
