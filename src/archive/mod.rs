@@ -26,7 +26,8 @@ use std::path::Path;
 pub use create::{CreateReport, create_tar_zst};
 pub use detect::detect;
 pub use error::{ArchiveError, LimitExceeded, UnsafeEntry};
-pub use limits::{Limits, Progress};
+pub use limits::{Limits, Progress, RESERVE_MAX, RESERVE_PERCENT, default_reserve};
+pub use crate::store::rule::Trust;
 
 /// An archive format, as recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

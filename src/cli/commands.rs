@@ -137,6 +137,7 @@ pub(super) fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
     if let Some(max) = args.max_ratio {
         limits.max_ratio = max;
     }
+    limits.min_free_bytes = super::context::min_free(args.min_free)?;
     let options = warmcache::cache::ImportOptions {
         modes: args.modes.clone(),
         hooks: args.hooks.clone(),

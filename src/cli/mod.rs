@@ -197,6 +197,10 @@ pub struct ImportArgs {
     /// (default 100).
     #[arg(long, value_name = "N")]
     pub max_ratio: Option<u64>,
+    /// Free space to keep on the cache's volume while extracting an archive (default:
+    /// `[cache] min_free`, else the smaller of 512MiB and 5% of the volume; 0 turns it off).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub min_free: Option<u64>,
 }
 
 /// `warmcache path`.
@@ -242,7 +246,7 @@ fn parse_link_mode(s: &str) -> Result<LinkMode, String> {
     .ok_or_else(|| format!("unknown link mode `{s}`; use auto, reflink, hardlink, copy or symlink"))
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     warmcache::units::parse_size(s).map_err(|e| e.to_string())
 }
 
