@@ -24,7 +24,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use create::{CreateReport, create_tar_zst};
-pub use detect::detect;
+pub use detect::{describe_content, detect, format_from_name, is_empty_tar};
 pub use error::{ArchiveError, LimitExceeded, UnsafeEntry};
 pub use limits::{Limits, Progress, RESERVE_MAX, RESERVE_PERCENT, default_reserve};
 pub use crate::store::rule::Trust;

@@ -82,6 +82,13 @@ pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
             ensured.name
         ));
     }
+    for input in &ensured.special_inputs {
+        out.warn(&format!(
+            "input `{input}` of `{}` is not a regular file, directory or symlink: only its kind is \
+             fingerprinted, never its content, so changes to what it delivers do not trigger a rebuild",
+            ensured.name
+        ));
+    }
     if ensured.status == warmcache::cache::EnsureStatus::Stale {
         out.warn(&stale_warning(&ensured));
     }
