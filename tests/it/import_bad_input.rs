@@ -88,21 +88,6 @@ fn special_files_in_a_tree_are_refused() {
     assert_nothing_published(&root);
 }
 
-/// Runs a shell script in a private user and mount namespace, where it may mount a tmpfs.
-fn in_namespace(script: &str, args: &[&Path]) -> String {
-    let out = Command::new("unshare")
-        .args(["-rm", "sh", "-c", script, "sh"])
-        .args(args)
-        .output()
-        .expect("unshare (util-linux) must be installed");
-    assert!(
-        out.status.success(),
-        "namespace script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
-}
-
 #[test]
 fn read_only_root_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();

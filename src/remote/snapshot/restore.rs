@@ -486,6 +486,7 @@ mod tests {
             host: "h".into(),
         };
         let job = Extraction {
+            min_free: None,
             stage,
             scratch,
             archive_path,

@@ -243,3 +243,18 @@ pub fn force_remove(path: &Path) {
     assert!(status.success(), "chmod -R u+w {}", path.display());
     std::fs::remove_dir_all(path).unwrap();
 }
+
+/// Runs a shell script in a private user and mount namespace, where it may mount a tmpfs.
+pub fn in_namespace(script: &str, args: &[&Path]) -> String {
+    let out = Command::new("unshare")
+        .args(["-rm", "sh", "-c", script, "sh"])
+        .args(args)
+        .output()
+        .expect("unshare (util-linux) must be installed");
+    assert!(
+        out.status.success(),
+        "namespace script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
