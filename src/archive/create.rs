@@ -28,7 +28,7 @@ pub struct CreateReport {
 /// their executable bit, and symlinks as they are. Owners are not recorded (uid and gid 0, no
 /// names); modification times are, so tools that compare them (Python's `.pyc` check) stay happy.
 /// Anything the tree rule refuses (sockets, FIFOs, devices, names or targets that are not UTF-8;
-/// docs/DESIGN.md, "What a tree may hold") fails the whole archive, naming the entry: an
+/// docs/DESIGN.md, "What one side writes, the other reads") fails the whole archive, naming the entry: an
 /// archive that silently lacks an entry would restore into a different tree. Memory is bounded by the
 /// largest single directory listing, whatever the size of the tree. `level` is zstd's (1–22; 3 is
 /// a good default).

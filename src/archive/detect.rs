@@ -136,7 +136,15 @@ pub fn describe_content(path: &Path) -> String {
         .iter()
         .all(|&b| b == b'\n' || b == b'\r' || b == b'\t' || b >= 0x20);
     if printable && std::str::from_utf8(head).is_ok() {
-        return format!("text starting with {:?}", text.lines().next().unwrap_or("").chars().take(40).collect::<String>());
+        return format!(
+            "text starting with {:?}",
+            text.lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(40)
+                .collect::<String>()
+        );
     }
     "binary data of an unknown format".to_owned()
 }

@@ -133,7 +133,7 @@ pub enum UnsafeEntry {
     DuplicateName,
     /// The same normalized path appears twice (also as a file and then a directory).
     Duplicate { path: String, earlier: &'static str },
-    /// Something no tree may hold (docs/DESIGN.md, "What a tree may hold"): a name or symlink
+    /// Something no tree may hold (docs/DESIGN.md, "What one side writes, the other reads"): a name or symlink
     /// target that is not UTF-8, an empty or overlong target.
     NotInTree(crate::store::rule::Problem),
 }

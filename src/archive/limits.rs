@@ -37,7 +37,7 @@ pub struct Limits {
     /// the destination's volume, `Some(0)` turns the check off.
     pub min_free_bytes: Option<u64>,
     /// Whose archive this is: our own formats keep every symlink as written, an untrusted archive
-    /// may hold only relative symlinks that stay inside (docs/DESIGN.md, "What a tree may hold").
+    /// may hold only relative symlinks that stay inside (docs/DESIGN.md, "What one side writes, the other reads").
     pub trust: Trust,
 }
 
@@ -51,7 +51,9 @@ pub const RESERVE_MAX: u64 = 512 << 20;
 /// 12-byte archive on a 20 MB volume; a share of the volume keeps the same protection on
 /// large disks and stays usable on small ones.
 pub fn default_reserve(volume_bytes: u64) -> u64 {
-    (volume_bytes / 100).saturating_mul(RESERVE_PERCENT).min(RESERVE_MAX)
+    (volume_bytes / 100)
+        .saturating_mul(RESERVE_PERCENT)
+        .min(RESERVE_MAX)
 }
 
 impl Default for Limits {

@@ -139,7 +139,9 @@ pub(crate) fn extract(
                     .read_to_end(&mut target)
                     .map_err(|e| ctx.read_error(&name, e))?;
                 drop(zf);
-                let checked = tree.link_target(&target).map_err(|p| ctx.unsafe_entry(&name, p))?;
+                let checked = tree
+                    .link_target(&target)
+                    .map_err(|p| ctx.unsafe_entry(&name, p))?;
                 budget.add_entry().map_err(|l| ctx.limit(&name, l))?;
                 tree.add_link(path.rel, checked, name);
                 report.symlinks += 1;

@@ -213,8 +213,13 @@ impl<'a> Reader<'a> {
 
 /// What kind of thing a matched input is, and what it contributes.
 enum InputContent {
-    File { executable: bool, digest: [u8; 32] },
-    Symlink { target: OsString },
+    File {
+        executable: bool,
+        digest: [u8; 32],
+    },
+    Symlink {
+        target: OsString,
+    },
     /// A FIFO, socket or device: its kind (named for the warning) counts, never its content.
     Other(&'static str),
 }

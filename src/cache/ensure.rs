@@ -440,8 +440,13 @@ impl Call<'_> {
                 let op = self.cache.operation()?;
                 match self.cache.store().publish_staged(&op, staged, &Progress::none()) {
                     Ok(published) => {
-                        self.cache
-                            .record(&op, Some(&self.recipe.name), &published, Some(&self.fp), "build")?;
+                        self.cache.record(
+                            &op,
+                            Some(&self.recipe.name),
+                            &published,
+                            Some(&self.fp),
+                            "build",
+                        )?;
                         let state = self.cache.entry_state(&op, &self.recipe.name)?;
                         let built = self.serve(
                             &op,

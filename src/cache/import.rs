@@ -118,7 +118,7 @@ pub struct ImportOptions {
     pub modes: Vec<ModeRule>,
     /// Commands run by `sh -c` on the staging tree before publication (`$WARMCACHE_STAGING`).
     pub hooks: Vec<String>,
-    /// Import an archive file as a plain file instead of extracting it.
+    /// Store the file as it is, never extracting it, whatever its name or content.
     pub raw: bool,
     /// Limits on what an archive may expand to.
     pub limits: Limits,
@@ -276,7 +276,9 @@ fn archive_format(source: &Path) -> Result<Option<Format>, CacheError> {
         // Named like one archive, really another: the content decides.
         return Ok(detected);
     }
-    if named == Format::Tar && archive::is_empty_tar(source).map_err(|e| crate::fs::annotate(e, "read", source))? {
+    if named == Format::Tar
+        && archive::is_empty_tar(source).map_err(|e| crate::fs::annotate(e, "read", source))?
+    {
         return Ok(Some(Format::Tar));
     }
     Err(ImportError::NotAnArchive {

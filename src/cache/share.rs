@@ -260,7 +260,7 @@ fn write_archive(
             root: cache.root().to_path_buf(),
         })?;
     // What `pull` would refuse is refused here, before anything is uploaded (docs/DESIGN.md,
-    // "What a tree may hold").
+    // "What one side writes, the other reads").
     crate::store::rule::check_manifest(&manifest).map_err(|refused| ShareError::Local {
         target: target(),
         op: "check the artifact against the tree rule",
@@ -434,7 +434,7 @@ fn fetch_content(cache: &Cache, sharing: &Sharing, doc: &ArtifactDoc) -> Result<
         ratio_grace_bytes: u64::MAX,
         min_free_bytes: sharing.min_free,
         // Our own format, verified against its digest: the tree rule alone applies
-        // (docs/DESIGN.md, "What a tree may hold"), so whatever `push` uploaded pulls.
+        // (docs/DESIGN.md, "What one side writes, the other reads"), so whatever `push` uploaded pulls.
         trust: Trust::Own,
     };
     let extract = |dest: &Path| {

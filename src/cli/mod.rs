@@ -184,7 +184,8 @@ pub struct ImportArgs {
     /// repeatable, run in order. If one fails, nothing is published.
     #[arg(long = "hook", value_name = "CMD")]
     pub hooks: Vec<String>,
-    /// Import an archive file as a plain file instead of extracting it.
+    /// Store the file as it is, never extracting it, whatever its name or content (a file named
+    /// like an archive, e.g. `.zip`, must otherwise be one).
     #[arg(long)]
     pub raw: bool,
     /// Refuse archives that expand to more than this (default 32GiB).

@@ -53,7 +53,7 @@ pub enum StoreError {
         /// What it is.
         kind: &'static str,
     },
-    /// An entry of a tree that no tree may hold (docs/DESIGN.md, "What a tree may hold").
+    /// An entry of a tree that no tree may hold (docs/DESIGN.md, "What one side writes, the other reads").
     #[error("`{}` cannot be stored: {refused}", root.display())]
     Refused {
         /// The top of the tree.

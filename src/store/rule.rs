@@ -1,4 +1,4 @@
-//! The one rule for what a tree may hold (docs/DESIGN.md, "What a tree may hold").
+//! The one rule for what a tree may hold (docs/DESIGN.md, "What one side writes, the other reads").
 //!
 //! Every path that turns a tree into an artifact or an archive, or an archive back into a tree,
 //! asks this module about each entry: directory import and build outputs (through the store's
@@ -166,13 +166,18 @@ mod tests {
         assert_eq!(check(Path::new("a/b"), EntryType::File).unwrap(), "a/b");
         assert!(check(Path::new("d"), EntryType::Dir).is_ok());
         for target in ["/usr/bin/env", "../../outside", "a\\b", "C:x"] {
-            assert!(check(Path::new("l"), EntryType::Symlink(OsStr::new(target))).is_ok(), "{target}");
+            assert!(
+                check(Path::new("l"), EntryType::Symlink(OsStr::new(target))).is_ok(),
+                "{target}"
+            );
         }
         let err = check(Path::new("sub/fifo"), EntryType::Other("FIFO")).unwrap_err();
         assert_eq!(err.path, "sub/fifo");
         assert!(err.to_string().contains("is a FIFO"), "{err}");
         assert_eq!(
-            check(Path::new("l"), EntryType::Symlink(OsStr::new(""))).unwrap_err().problem,
+            check(Path::new("l"), EntryType::Symlink(OsStr::new("")))
+                .unwrap_err()
+                .problem,
             Problem::BadTarget
         );
         let long = "x".repeat(MAX_LINK_TARGET + 1);
@@ -186,7 +191,9 @@ mod tests {
                 Problem::NonUtf8Name
             );
             assert_eq!(
-                check(Path::new("l"), EntryType::Symlink(bad)).unwrap_err().problem,
+                check(Path::new("l"), EntryType::Symlink(bad))
+                    .unwrap_err()
+                    .problem,
                 Problem::NonUtf8Target
             );
         }

@@ -166,7 +166,7 @@ fn process_tree(src: &Path, pass: Pass<'_>, progress: &Progress) -> Result<Vec<M
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for (rel, file_type) in walk_sorted(src)? {
         let from = src.join(&rel);
-        // One rule for every tree (docs/DESIGN.md, "What a tree may hold"): checked before
+        // One rule for every tree (docs/DESIGN.md, "What one side writes, the other reads"): checked before
         // anything of this entry is written.
         let target = if file_type.is_symlink() {
             Some(fs::read_link(&from)?)

@@ -36,18 +36,28 @@ fn unstorable_output_is_a_remembered_deterministic_failure(change: &str, named: 
     let out = run(ensure().arg("--json"));
     let stale = json_ok(&out);
     assert_eq!(stale["status"], "stale", "{stale}");
-    assert_eq!(stale["artifact"], good["artifact"], "the last good artifact is served");
+    assert_eq!(
+        stale["artifact"], good["artifact"],
+        "the last good artifact is served"
+    );
     assert!(stderr(&out).contains("serving a stale"), "{}", stderr(&out));
     let failure = &stale["failure"];
     assert_eq!(failure["kind"], "deterministic", "{stale}");
     let error = failure["error"].as_str().unwrap();
-    assert!(error.contains(named), "the message names the path in the output: {error}");
+    assert!(
+        error.contains(named),
+        "the message names the path in the output: {error}"
+    );
     assert!(!error.contains("staging"), "no staging path: {error}");
     assert_eq!(runs(), 2);
 
     let again = json_ok(&run(ensure().arg("--json")));
     assert_eq!(again["status"], "stale", "{again}");
-    assert_eq!(runs(), 2, "a deterministic failure is not rebuilt until the inputs change");
+    assert_eq!(
+        runs(),
+        2,
+        "a deterministic failure is not rebuilt until the inputs change"
+    );
     let status = ok(warmcache(&root).args(["status", "out"]));
     assert!(status.contains("failing (deterministic"), "{status}");
 
@@ -59,7 +69,10 @@ fn unstorable_output_is_a_remembered_deterministic_failure(change: &str, named: 
 
 #[test]
 fn a_fifo_in_the_output_is_a_deterministic_failure_served_stale() {
-    unstorable_output_is_a_remembered_deterministic_failure("fifo", "`sub/pipe` (relative to $WARMCACHE_OUT), which is a FIFO");
+    unstorable_output_is_a_remembered_deterministic_failure(
+        "fifo",
+        "`sub/pipe` (relative to $WARMCACHE_OUT), which is a FIFO",
+    );
 }
 
 #[test]

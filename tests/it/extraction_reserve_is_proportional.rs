@@ -53,10 +53,19 @@ fn restore_keeps_the_reserve_asked_for() {
     std::fs::write(dir.join("f"), "content").unwrap();
     json_ok(&snapshot(&server, &root, &dir, "k", &["--strict"]));
     let target = tmp.path().join("restored");
-    let out = restore(&server, &root, &target, "k", &["--strict", "--min-free", "1000000TiB"]);
+    let out = restore(
+        &server,
+        &root,
+        &target,
+        "k",
+        &["--strict", "--min-free", "1000000TiB"],
+    );
     let err = json_exit(&out, 1);
     let message = err["error"].as_str().unwrap();
-    assert!(message.contains("--min-free") && message.contains("[cache] min_free"), "{message}");
+    assert!(
+        message.contains("--min-free") && message.contains("[cache] min_free"),
+        "{message}"
+    );
     assert!(!target.exists(), "nothing restored");
     let ok = json_ok(&restore(&server, &root, &target, "k", &["--strict"]));
     assert_eq!(ok["status"], "restored", "{ok}");

@@ -11,8 +11,15 @@ fn an_html_page_named_zip_is_refused_and_raw_stores_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("cache");
     let page = tmp.path().join("bundle.zip");
-    std::fs::write(&page, "<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n").unwrap();
-    let out = run(warmcache(&root).arg("import").arg(&page).args(["--name", "b", "--json"]));
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n",
+    )
+    .unwrap();
+    let out = run(warmcache(&root)
+        .arg("import")
+        .arg(&page)
+        .args(["--name", "b", "--json"]));
     let err = json_exit(&out, 1);
     let message = err["error"].as_str().unwrap();
     for needle in ["bundle.zip", "zip archive", "HTML", "--raw"] {

@@ -21,13 +21,25 @@ fn a_symlink_at_the_top_of_an_import_says_the_top_must_be_a_file_or_directory() 
     let err = json_exit(&out, 1);
     let message = err["error"].as_str().unwrap();
     assert!(message.contains("is a symlink"), "{message}");
-    assert!(message.contains("the top of an artifact must be a regular file or a directory"), "{message}");
-    assert!(!message.contains("can hold only regular files, directories and symlinks"), "{message}");
+    assert!(
+        message.contains("the top of an artifact must be a regular file or a directory"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("can hold only regular files, directories and symlinks"),
+        "{message}"
+    );
 
     let project = tmp.path().join("p");
     std::fs::create_dir(&project).unwrap();
     let out = run(warmcache(&root).current_dir(&project).args([
-        "ensure", "l", "--output", "dir", "--build", r#"ln -s /usr "$WARMCACHE_OUT""#, "--json",
+        "ensure",
+        "l",
+        "--output",
+        "dir",
+        "--build",
+        r#"ln -s /usr "$WARMCACHE_OUT""#,
+        "--json",
     ]));
     let err = json_exit(&out, 1);
     let message = err["error"].as_str().unwrap();
@@ -41,12 +53,27 @@ fn a_fifo_given_as_an_input_is_warned_about() {
     let root = tmp.path().join("cache");
     let project = tmp.path().join("p");
     std::fs::create_dir(&project).unwrap();
-    assert!(Command::new("mkfifo").arg(project.join("pipe")).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(project.join("pipe"))
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = run(warmcache(&root).current_dir(&project).args([
-        "ensure", "f", "--input", "pipe", "--build", r#"echo x > "$WARMCACHE_OUT""#, "--json",
+        "ensure",
+        "f",
+        "--input",
+        "pipe",
+        "--build",
+        r#"echo x > "$WARMCACHE_OUT""#,
+        "--json",
     ]));
     let built = json_ok(&out);
     assert_eq!(built["special_inputs"][0], "pipe (FIFO)", "{built}");
     let warning = stderr(&out);
-    assert!(warning.contains("input `pipe (FIFO)`") && warning.contains("only its kind"), "{warning}");
+    assert!(
+        warning.contains("input `pipe (FIFO)`") && warning.contains("only its kind"),
+        "{warning}"
+    );
 }

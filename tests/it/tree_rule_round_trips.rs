@@ -63,14 +63,14 @@ ln -s /usr/bin/env "$WARMCACHE_OUT/bin/python"
     let url = format!("s3://{BUCKET}/shared");
     let built = json_ok(&run(a.cmd(&server).args(["ensure", "venv", "--json"])));
     assert_eq!(built["status"], "built", "{built}");
-    let pushed = json_ok(&run(a.cmd(&server).args([
-        "push", "venv", "--remote", &url, "--strict", "--json",
-    ])));
+    let pushed = json_ok(&run(a
+        .cmd(&server)
+        .args(["push", "venv", "--remote", &url, "--strict", "--json"])));
     assert_eq!(pushed["status"], "pushed", "{pushed}");
 
-    let pulled = json_ok(&run(b.cmd(&server).args([
-        "pull", "venv", "--remote", &url, "--strict", "--json",
-    ])));
+    let pulled = json_ok(&run(b
+        .cmd(&server)
+        .args(["pull", "venv", "--remote", &url, "--strict", "--json"])));
     assert_eq!(pulled["status"], "pulled", "{pulled}");
     assert_eq!(b.builds(), 0, "a pull never builds");
     let path = Path::new(pulled["path"].as_str().unwrap());

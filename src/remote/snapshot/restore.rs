@@ -359,7 +359,7 @@ fn extract_checked(job: &Extraction, progress: &dyn SnapshotProgress) -> Result<
     }
     let on_progress = |p: archive::Progress| progress.position(p.bytes);
     // Our own format, verified against the manifest's digest: the tree rule alone applies
-    // (docs/DESIGN.md, "What a tree may hold"), so whatever `snapshot` uploaded restores, and the
+    // (docs/DESIGN.md, "What one side writes, the other reads"), so whatever `snapshot` uploaded restores, and the
     // bounds are what the manifest declares rather than the defaults for untrusted archives.
     let limits = Limits {
         max_total_bytes: manifest.bytes.saturating_add(tar_overhead(manifest)),
@@ -369,8 +369,8 @@ fn extract_checked(job: &Extraction, progress: &dyn SnapshotProgress) -> Result<
         min_free_bytes: *min_free,
         trust: Trust::Own,
     };
-    let extracted = archive::extract(archive_path, Format::TarZst, tree, &limits, &on_progress)
-    .map_err(extract_err)?;
+    let extracted =
+        archive::extract(archive_path, Format::TarZst, tree, &limits, &on_progress).map_err(extract_err)?;
     // The archive's bytes were verified; its content must also be what the manifest promised.
     if (extracted.files, extracted.bytes, extracted.symlinks)
         != (manifest.files, manifest.bytes, manifest.symlinks)
