@@ -19,6 +19,7 @@
 //!
 //! [cache]
 //! max_size = "10GiB"
+//! min_free = "1GiB"               # free space kept while extracting archives
 //! ```
 //!
 //! Unknown keys are errors (a misspelt `timout` must not silently mean "no timeout").
@@ -98,6 +99,11 @@ pub struct CacheConfig {
     /// How often automatic garbage collection may run.
     #[serde(default, deserialize_with = "serde_units::opt_duration")]
     pub gc_interval: Option<Duration>,
+    /// Free space that archive import, `restore` and `pull` keep on the destination's volume
+    /// while extracting, e.g. `"1GiB"` (`"0"` turns the check off). Default: the smaller of
+    /// 512 MiB and 5% of the volume ([`crate::archive::default_reserve`]).
+    #[serde(default, deserialize_with = "serde_units::opt_size")]
+    pub min_free: Option<u64>,
 }
 
 /// The nearest `warmcache.toml` in `start` or its ancestors (a relative `start` is taken from the

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::ArchiveError;
+use crate::store::rule;
 
 /// What [`create_tar_zst`] wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -26,7 +27,9 @@ pub struct CreateReport {
 /// relative to `dir`: directories (empty ones included), regular files with mode 0755 or 0644 by
 /// their executable bit, and symlinks as they are. Owners are not recorded (uid and gid 0, no
 /// names); modification times are, so tools that compare them (Python's `.pyc` check) stay happy.
-/// Other file types (sockets, FIFOs, devices) are skipped with a warning. Memory is bounded by the
+/// Anything the tree rule refuses (sockets, FIFOs, devices, names or targets that are not UTF-8;
+/// docs/DESIGN.md, "What one side writes, the other reads") fails the whole archive, naming the entry: an
+/// archive that silently lacks an entry would restore into a different tree. Memory is bounded by the
 /// largest single directory listing, whatever the size of the tree. `level` is zstd's (1–22; 3 is
 /// a good default).
 pub fn create_tar_zst<W: Write>(dir: &Path, out: W, level: i32) -> Result<CreateReport, ArchiveError> {
@@ -73,6 +76,16 @@ fn append_dir<W: Write>(
         rel.push(&name);
         let path = root.join(&*rel);
         let meta = fs_err::symlink_metadata(&path).map_err(err(&path))?;
+        let target = if meta.file_type().is_symlink() {
+            Some(fs_err::read_link(&path).map_err(err(&path))?)
+        } else {
+            None
+        };
+        let kind = rule::entry_type(meta.file_type(), target.as_deref().map(Path::as_os_str));
+        rule::check(rel, kind).map_err(|refused| ArchiveError::Refused {
+            root: root.to_path_buf(),
+            refused,
+        })?;
         let mut header = tar::Header::new_gnu();
         header.set_uid(0);
         header.set_gid(0);
@@ -110,8 +123,7 @@ fn append_dir<W: Write>(
                 .map_err(err(&path))?;
             report.files += 1;
             report.bytes_in += size;
-        } else if meta.file_type().is_symlink() {
-            let target = fs_err::read_link(&path).map_err(err(&path))?;
+        } else if let Some(target) = target {
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_mode(0o777);
             header.set_size(0);
@@ -119,11 +131,6 @@ fn append_dir<W: Write>(
                 .append_link(&mut header, &*rel, &target)
                 .map_err(err(&path))?;
             report.symlinks += 1;
-        } else {
-            tracing::warn!(
-                "not archiving `{}`: not a regular file, directory or symlink",
-                path.display()
-            );
         }
         rel.pop();
     }

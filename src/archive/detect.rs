@@ -61,6 +61,94 @@ pub fn detect(path: &Path) -> Result<Option<Format>, ArchiveError> {
     Ok(None)
 }
 
+/// The archive format a file name claims (`.zip`, `.tar`, `.tar.gz`, `.tgz`, `.tar.zst`,
+/// `.tzst`, case-insensitive), if any. Only used to refuse a file whose content is not what its
+/// name says (an HTML error page saved as `bundle.zip`): the format extracted always comes from
+/// the content ([`detect`]).
+pub fn format_from_name(path: &Path) -> Option<Format> {
+    let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+    [
+        (".tar.gz", Format::TarGz),
+        (".tgz", Format::TarGz),
+        (".tar.zst", Format::TarZst),
+        (".tzst", Format::TarZst),
+        (".tar", Format::Tar),
+        (".zip", Format::Zip),
+    ]
+    .into_iter()
+    .find(|(ext, _)| name.ends_with(ext) && name.len() > ext.len())
+    .map(|(_, format)| format)
+}
+
+/// Whether the file is an empty tar as `tar` writes it: nothing but zero blocks (at least the two
+/// of the end-of-archive marker). Only a file *named* `.tar` is taken for one, since a run of
+/// zeros is also what many other files (a blank disk image) look like.
+pub fn is_empty_tar(path: &Path) -> std::io::Result<bool> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len < 1024 || len % 512 != 0 {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = fill(&mut file, &mut buf)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        if n < buf.len() {
+            return Ok(true);
+        }
+    }
+}
+
+/// What a file that is not an archive looks like, for messages: "an HTML page", "text",
+/// "gzip-compressed data that is not a tar archive", ...
+pub fn describe_content(path: &Path) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return "unreadable".to_owned();
+    };
+    let mut head = [0u8; 512];
+    let Ok(n) = fill(&mut file, &mut head) else {
+        return "unreadable".to_owned();
+    };
+    let head = &head[..n];
+    if head.is_empty() {
+        return "an empty file".to_owned();
+    }
+    if head.iter().all(|&b| b == 0) {
+        return "zero bytes only".to_owned();
+    }
+    if head.starts_with(GZIP) {
+        return "gzip-compressed data that is not a tar archive".to_owned();
+    }
+    if head.starts_with(ZSTD) {
+        return "zstd-compressed data that is not a tar archive".to_owned();
+    }
+    let text = String::from_utf8_lossy(head);
+    let start = text.trim_start().to_ascii_lowercase();
+    if start.starts_with("<!doctype html") || start.starts_with("<html") {
+        return "an HTML page (an error page saved under the archive's name?)".to_owned();
+    }
+    if start.starts_with("<?xml") {
+        return "an XML document (an error response saved under the archive's name?)".to_owned();
+    }
+    let printable = head
+        .iter()
+        .all(|&b| b == b'\n' || b == b'\r' || b == b'\t' || b >= 0x20);
+    if printable && std::str::from_utf8(head).is_ok() {
+        return format!(
+            "text starting with {:?}",
+            text.lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(40)
+                .collect::<String>()
+        );
+    }
+    "binary data of an unknown format".to_owned()
+}
+
 /// A tar header: not all zeros, and its checksum adds up (the ustar magic is absent from v7 tars).
 fn looks_like_tar(block: &[u8]) -> bool {
     !block.iter().all(|&b| b == 0) && checksum_ok(tar::Header::from_byte_slice(block))
@@ -124,6 +212,26 @@ mod tests {
         // A compressed single file is a plain file to the caller.
         let zst = zstd::encode_all(&[b'y'; 2048][..], 3).unwrap();
         assert_eq!(detect_bytes("y.tar.zst", &zst).unwrap(), None);
+    }
+
+    #[test]
+    fn names_claim_formats_and_content_is_described() {
+        assert_eq!(format_from_name(Path::new("d/B.TGZ")), Some(Format::TarGz));
+        assert_eq!(format_from_name(Path::new("x.tar.zst")), Some(Format::TarZst));
+        assert_eq!(format_from_name(Path::new("x.tzst")), Some(Format::TarZst));
+        assert_eq!(format_from_name(Path::new("x.tar")), Some(Format::Tar));
+        assert_eq!(format_from_name(Path::new("x.zip")), Some(Format::Zip));
+        assert_eq!(format_from_name(Path::new(".zip")), None);
+        assert_eq!(format_from_name(Path::new("x.txt")), None);
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("p.zip");
+        std::fs::write(&page, "  <!DOCTYPE html><html>404</html>").unwrap();
+        assert!(describe_content(&page).contains("HTML"));
+        let zeros = dir.path().join("z.tar");
+        std::fs::write(&zeros, [0u8; 10240]).unwrap();
+        assert!(is_empty_tar(&zeros).unwrap());
+        std::fs::write(&zeros, [0u8; 1000]).unwrap();
+        assert!(!is_empty_tar(&zeros).unwrap());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::UnsafeEntry;
+use crate::store::rule::Trust;
 
 /// Longest symlink target accepted (Linux's `PATH_MAX` less the NUL).
 const MAX_LINK_TARGET: usize = 4095;
@@ -22,9 +23,15 @@ pub(crate) struct EntryPath {
 }
 
 /// Normalizes an entry name: drops empty and `.` components, refuses everything else that is not
-/// a plain name.
-pub(crate) fn normalize(raw: &[u8]) -> Result<EntryPath, UnsafeEntry> {
-    check_common(raw)?;
+/// a plain name. Windows forms (a backslash, a drive prefix) are refused in untrusted archives
+/// only: in our own archives, made on this platform from a real tree, a backslash is a character
+/// of the name.
+pub(crate) fn normalize(raw: &[u8], trust: Trust) -> Result<EntryPath, UnsafeEntry> {
+    match trust {
+        Trust::Untrusted => check_common(raw)?,
+        Trust::Own if raw.contains(&0) => return Err(UnsafeEntry::NulByte),
+        Trust::Own => {}
+    }
     if raw.first() == Some(&b'/') {
         return Err(UnsafeEntry::AbsolutePath);
     }
@@ -107,7 +114,7 @@ mod tests {
     use super::*;
 
     fn rel(raw: &str) -> Result<String, UnsafeEntry> {
-        normalize(raw.as_bytes()).map(|p| p.rel.to_string_lossy().into_owned())
+        normalize(raw.as_bytes(), Trust::Untrusted).map(|p| p.rel.to_string_lossy().into_owned())
     }
 
     #[test]
@@ -117,8 +124,13 @@ mod tests {
         assert_eq!(rel("./").unwrap(), "");
         assert_eq!(rel("...").unwrap(), "...", "three dots is a name");
         assert_eq!(rel("a/..b/c..").unwrap(), "a/..b/c..");
-        assert!(normalize(b"dir/").unwrap().trailing_slash);
-        assert!(!normalize(b"dir").unwrap().trailing_slash);
+        assert!(normalize(b"dir/", Trust::Untrusted).unwrap().trailing_slash);
+        assert!(!normalize(b"dir", Trust::Untrusted).unwrap().trailing_slash);
+        assert_eq!(
+            normalize(b"a\\b", Trust::Own).unwrap().rel,
+            PathBuf::from("a\\b"),
+            "a backslash is part of a name in our own archives"
+        );
     }
 
     #[test]

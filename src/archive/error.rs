@@ -73,6 +73,13 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    /// A tree to archive holds something no tree may hold (docs/DESIGN.md, "What a tree may
+    /// hold"); nothing was archived.
+    #[error("cannot archive `{}`: {refused}; remove it from the tree", root.display())]
+    Refused {
+        root: PathBuf,
+        refused: crate::store::rule::Refused,
+    },
     /// Creating an archive failed; `path` is the file or directory being archived, or the output.
     #[error("failed to archive `{}`: {source}", path.display())]
     Create {
@@ -126,6 +133,9 @@ pub enum UnsafeEntry {
     DuplicateName,
     /// The same normalized path appears twice (also as a file and then a directory).
     Duplicate { path: String, earlier: &'static str },
+    /// Something no tree may hold (docs/DESIGN.md, "What one side writes, the other reads"): a name or symlink
+    /// target that is not UTF-8, an empty or overlong target.
+    NotInTree(crate::store::rule::Problem),
 }
 
 impl fmt::Display for UnsafeEntry {
@@ -176,6 +186,7 @@ impl fmt::Display for UnsafeEntry {
             UnsafeEntry::DuplicateName => {
                 f.write_str("shares its name with another entry of the archive (duplicate entry)")
             }
+            UnsafeEntry::NotInTree(problem) => write!(f, "{problem}"),
             UnsafeEntry::Duplicate { path, earlier } => write!(
                 f,
                 "repeats the path `{path}`, which an earlier entry already made a {earlier} (duplicate entry)"
@@ -219,8 +230,11 @@ impl fmt::Display for LimitExceeded {
             ),
             LimitExceeded::FreeSpace { available, keep_free } => write!(
                 f,
-                "the expanded archive does not fit in the {available} bytes free at the destination \
-                 while keeping {keep_free} bytes free; free some space (or lower `Limits::min_free_bytes`)"
+                "the expanded archive does not fit in the {} free at the destination while keeping \
+                 the reserve of {} free; free some space, or change the reserve with `--min-free SIZE` \
+                 or `[cache] min_free` in warmcache.toml (0 turns it off)",
+                crate::units::format_size(*available),
+                crate::units::format_size(*keep_free),
             ),
         }
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::LimitExceeded;
+use crate::store::rule::Trust;
 
 /// Bounds on what an extraction may produce.
 ///
@@ -14,9 +15,12 @@ use super::LimitExceeded;
 /// - `max_ratio` (100) with `ratio_grace_bytes` (256 MiB): real trees compress 2–10×; deflate
 ///   cannot exceed ~1030× and a bomb relies on that, so a bomb is stopped after 256 MiB, whatever
 ///   its claimed size, while any archive may expand to 256 MiB;
-/// - `min_free_bytes` (512 MiB): extraction stops before it would leave less than this free on the
+/// - `min_free_bytes` (default: the smaller of 512 MiB and 5% of the destination's volume, see
+///   [`default_reserve`]): extraction stops before it would leave less than this free on the
 ///   destination's file system, so even an allowed archive never fills the disk and starves the
-///   rest of the machine (zip's declared total is checked against it before anything is written);
+///   rest of the machine (zip's declared total is checked against it before anything is written).
+///   Proportional so that a small volume (a 20 MB tmpfs) is not refused outright; settable with
+///   `--min-free SIZE` and `[cache] min_free`;
 /// - `max_entries` (1,000,000): a large `node_modules` has a few hundred thousand entries; a bomb
 ///   made of empty entries costs inodes and time, not bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +33,27 @@ pub struct Limits {
     pub max_ratio: u64,
     /// Expanded bytes allowed whatever the ratio (small archives of very compressible data).
     pub ratio_grace_bytes: u64,
-    /// Free space to leave on the destination's file system.
-    pub min_free_bytes: u64,
+    /// Free space to leave on the destination's file system; `None` is [`default_reserve`] of
+    /// the destination's volume, `Some(0)` turns the check off.
+    pub min_free_bytes: Option<u64>,
+    /// Whose archive this is: our own formats keep every symlink as written, an untrusted archive
+    /// may hold only relative symlinks that stay inside (docs/DESIGN.md, "What one side writes, the other reads").
+    pub trust: Trust,
+}
+
+/// The default free-space reserve: 5% of the volume, at most 512 MiB.
+pub const RESERVE_PERCENT: u64 = 5;
+/// The largest default free-space reserve.
+pub const RESERVE_MAX: u64 = 512 << 20;
+
+/// The default free-space reserve of a volume of `volume_bytes`: the smaller of
+/// [`RESERVE_MAX`] and [`RESERVE_PERCENT`]% of the volume. A fixed 512 MiB would refuse a
+/// 12-byte archive on a 20 MB volume; a share of the volume keeps the same protection on
+/// large disks and stays usable on small ones.
+pub fn default_reserve(volume_bytes: u64) -> u64 {
+    (volume_bytes / 100)
+        .saturating_mul(RESERVE_PERCENT)
+        .min(RESERVE_MAX)
 }
 
 impl Default for Limits {
@@ -40,20 +63,23 @@ impl Default for Limits {
             max_entries: 1_000_000,
             max_ratio: 100,
             ratio_grace_bytes: 256 << 20,
-            min_free_bytes: 512 << 20,
+            min_free_bytes: None,
+            trust: Trust::Untrusted,
         }
     }
 }
 
 impl Limits {
-    /// No limits at all, for trusted archives (and the free-space check is off too).
+    /// No limits at all (and the free-space check is off too); entries are still checked as
+    /// for an untrusted archive.
     pub fn unlimited() -> Self {
         Self {
             max_total_bytes: u64::MAX,
             max_entries: u64::MAX,
             max_ratio: u64::MAX,
             ratio_grace_bytes: u64::MAX,
-            min_free_bytes: 0,
+            min_free_bytes: Some(0),
+            trust: Trust::Untrusted,
         }
     }
 }
@@ -81,6 +107,8 @@ pub(crate) struct Budget<'a> {
     archive_bytes: u64,
     /// Space available at the destination when extraction started (`u64::MAX` if unknown).
     available: u64,
+    /// The free space to keep at the destination.
+    keep_free: u64,
     bytes: AtomicU64,
     entries: AtomicU64,
     reported_bytes: AtomicU64,
@@ -98,16 +126,20 @@ impl<'a> Budget<'a> {
         let ratio_cap = archive_bytes
             .saturating_mul(limits.max_ratio)
             .max(limits.ratio_grace_bytes);
-        let available = if limits.min_free_bytes == 0 {
-            u64::MAX
-        } else {
-            available_space(dest)
+        let (available, keep_free) = match limits.min_free_bytes {
+            Some(0) => (u64::MAX, 0),
+            Some(keep) => (space(dest).0, keep),
+            None => {
+                let (available, volume) = space(dest);
+                (available, default_reserve(volume))
+            }
         };
         Self {
             limits,
             ratio_cap,
             archive_bytes,
             available,
+            keep_free,
             bytes: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             reported_bytes: AtomicU64::new(0),
@@ -129,10 +161,10 @@ impl<'a> Budget<'a> {
                 archive_bytes: self.archive_bytes,
             });
         }
-        if self.available != u64::MAX && total.saturating_add(self.limits.min_free_bytes) > self.available {
+        if self.available != u64::MAX && total.saturating_add(self.keep_free) > self.available {
             return Err(LimitExceeded::FreeSpace {
                 available: self.available,
-                keep_free: self.limits.min_free_bytes,
+                keep_free: self.keep_free,
             });
         }
         Ok(())
@@ -186,20 +218,24 @@ impl<'a> Budget<'a> {
     }
 }
 
-/// Bytes available to an unprivileged writer on the file system holding `path`; `u64::MAX` when
-/// the platform cannot tell (then only the other limits apply).
-fn available_space(path: &Path) -> u64 {
+/// Bytes available to an unprivileged writer on the file system holding `path`, and the size of
+/// that file system; `u64::MAX` for both when the platform cannot tell (then only the other
+/// limits apply).
+fn space(path: &Path) -> (u64, u64) {
     #[cfg(unix)]
     {
         match rustix::fs::statvfs(path) {
-            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
-            Err(_) => u64::MAX,
+            Ok(st) => (
+                st.f_bavail.saturating_mul(st.f_frsize),
+                st.f_blocks.saturating_mul(st.f_frsize),
+            ),
+            Err(_) => (u64::MAX, u64::MAX),
         }
     }
     #[cfg(not(unix))]
     {
         let _ = path;
-        u64::MAX
+        (u64::MAX, u64::MAX)
     }
 }
 
@@ -212,7 +248,7 @@ mod tests {
         let limits = Limits {
             max_ratio: 10,
             ratio_grace_bytes: 1000,
-            min_free_bytes: 0,
+            min_free_bytes: Some(0),
             ..Limits::default()
         };
         let progress = |_: Progress| {};
@@ -231,7 +267,7 @@ mod tests {
     fn bytes_are_counted_as_they_stream() {
         let limits = Limits {
             max_total_bytes: 100,
-            min_free_bytes: 0,
+            min_free_bytes: Some(0),
             ..Limits::default()
         };
         let progress = |_: Progress| {};
@@ -239,5 +275,12 @@ mod tests {
         budget.add_bytes(60).unwrap();
         budget.add_bytes(40).unwrap();
         assert_eq!(budget.add_bytes(1), Err(LimitExceeded::TotalBytes { max: 100 }));
+    }
+
+    #[test]
+    fn the_default_reserve_is_proportional_up_to_512_mib() {
+        assert_eq!(default_reserve(20_000_000), 1_000_000);
+        assert_eq!(default_reserve(1 << 40), RESERVE_MAX);
+        assert_eq!(default_reserve(0), 0);
     }
 }

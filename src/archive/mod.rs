@@ -23,10 +23,11 @@ mod zip;
 use std::fmt;
 use std::path::Path;
 
+pub use crate::store::rule::Trust;
 pub use create::{CreateReport, create_tar_zst};
-pub use detect::detect;
+pub use detect::{describe_content, detect, format_from_name, is_empty_tar};
 pub use error::{ArchiveError, LimitExceeded, UnsafeEntry};
-pub use limits::{Limits, Progress};
+pub use limits::{Limits, Progress, RESERVE_MAX, RESERVE_PERCENT, default_reserve};
 
 /// An archive format, as recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

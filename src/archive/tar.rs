@@ -13,7 +13,7 @@ use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
 
-use super::entry_path::{self, display, link_steps, normalize};
+use super::entry_path::{display, normalize};
 use super::limits::Budget;
 use super::tree::{Kind, Tree};
 use super::writer::{self, Body, FileJob, Pool};
@@ -51,7 +51,8 @@ pub(crate) fn extract(
         format,
         dest,
         budget: &budget,
-        tree: Tree::new(),
+        tree: Tree::new(limits.trust),
+        trust: limits.trust,
         report: ExtractReport::default(),
         entry: String::from("(first header)"),
         skipped: 0,
@@ -74,6 +75,7 @@ struct Extraction<'a> {
     dest: &'a Path,
     budget: &'a Budget<'a>,
     tree: Tree,
+    trust: crate::store::rule::Trust,
     report: ExtractReport,
     /// The entry being read, for messages.
     entry: String,
@@ -195,7 +197,7 @@ impl<'a> Extraction<'a> {
         self.entry = display(&name);
         self.budget.add_entry().map_err(|limit| self.limit(limit))?;
         let type_byte = header.entry_type().as_byte();
-        let path = normalize(&name).map_err(|p| self.unsafe_entry(p))?;
+        let path = normalize(&name, self.trust).map_err(|p| self.unsafe_entry(p))?;
         match type_byte {
             b'0' | b'\0' | b'7' if !(type_byte == b'\0' && path.trailing_slash) => {
                 let added = self
@@ -227,20 +229,19 @@ impl<'a> Extraction<'a> {
             }
             b'2' => {
                 let raw = link.unwrap_or_default();
-                let steps = link_steps(&raw).map_err(|p| self.unsafe_entry(p))?;
+                let target = self.tree.link_target(&raw).map_err(|p| self.unsafe_entry(p))?;
                 let added = self
                     .tree
                     .add(&path.rel, Kind::Symlink)
                     .map_err(|p| self.unsafe_entry(p))?;
                 self.create_dirs(&added.new_dirs)?;
-                let target = entry_path::os_string(&raw);
-                self.tree.add_link(path.rel, target, steps, self.entry.clone());
+                self.tree.add_link(path.rel, target, self.entry.clone());
                 self.report.symlinks += 1;
             }
             b'1' => {
                 let raw = link.unwrap_or_default();
                 let shown = display(&raw);
-                let target = normalize(&raw).map_err(|p| {
+                let target = normalize(&raw, self.trust).map_err(|p| {
                     self.unsafe_entry(match p {
                         UnsafeEntry::ParentComponent
                         | UnsafeEntry::AbsolutePath

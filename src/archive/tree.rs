@@ -9,7 +9,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::UnsafeEntry;
-use super::entry_path::Step;
+use super::entry_path::{Step, link_steps, os_string};
+use crate::store::rule::{self, EntryType, Trust};
 
 /// The kernel follows at most 40 symlinks while resolving one path (Linux's `MAXSYMLINKS`).
 const MAX_HOPS: usize = 40;
@@ -64,28 +65,38 @@ pub(crate) struct Added {
 
 #[derive(Debug)]
 pub(crate) struct Tree {
+    trust: Trust,
     nodes: HashMap<PathBuf, Node>,
     links: Vec<Link>,
     link_index: HashMap<PathBuf, usize>,
 }
 
 impl Tree {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(trust: Trust) -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(PathBuf::new(), Node::Dir { explicit: false });
         Self {
+            trust,
             nodes,
             links: Vec::new(),
             link_index: HashMap::new(),
         }
     }
 
-    /// Records an entry at `path` (normalized, relative), refusing it if it clashes with an
-    /// earlier one or lies under an earlier symlink or file.
+    /// Records an entry at `path` (normalized, relative), refusing it if the tree rule does
+    /// ([`crate::store::rule`]), or if it clashes with an earlier one or lies under an earlier
+    /// symlink or file (so nothing is ever written through a symlink).
     pub(crate) fn add(&mut self, path: &Path, kind: Kind) -> Result<Added, UnsafeEntry> {
         if path.as_os_str().is_empty() && kind != Kind::Dir {
             return Err(UnsafeEntry::EmptyName);
         }
+        let entry = match kind {
+            Kind::Dir => EntryType::Dir,
+            Kind::File => EntryType::File,
+            // The target is checked by `add_link`.
+            Kind::Symlink => EntryType::Symlink(std::ffi::OsStr::new(".")),
+        };
+        rule::check(path, entry).map_err(|refused| UnsafeEntry::NotInTree(refused.problem))?;
         let mut added = Added::default();
         let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
         ancestors.pop(); // the root, which always exists
@@ -138,8 +149,23 @@ impl Tree {
         self.nodes.get(path) == Some(&Node::File)
     }
 
-    /// Records a symlink (after [`Tree::add`] accepted its path) for [`Tree::check_links`].
-    pub(crate) fn add_link(&mut self, path: PathBuf, target: OsString, steps: Vec<Step>, entry: String) {
+    /// Checks a symlink's target, as the archive stores it: the tree rule's checks always, and
+    /// for an untrusted archive also a relative form without Windows tricks (whether it stays
+    /// inside is decided by [`Tree::check_links`]). Returns what [`Tree::add_link`] records.
+    pub(crate) fn link_target(&self, raw: &[u8]) -> Result<(OsString, Vec<Step>), UnsafeEntry> {
+        let target = os_string(raw);
+        rule::check_target(&target).map_err(UnsafeEntry::NotInTree)?;
+        let steps = match self.trust {
+            Trust::Untrusted => link_steps(raw)?,
+            // Kept as written: never resolved, so never followed.
+            Trust::Own => Vec::new(),
+        };
+        Ok((target, steps))
+    }
+
+    /// Records a symlink (after [`Tree::add`] accepted its path and [`Tree::link_target`] its
+    /// target) for [`Tree::check_links`].
+    pub(crate) fn add_link(&mut self, path: PathBuf, (target, steps): (OsString, Vec<Step>), entry: String) {
         self.link_index.insert(path.clone(), self.links.len());
         self.links.push(Link {
             path,
@@ -152,7 +178,14 @@ impl Tree {
     /// Resolves every symlink against the complete tree, as the kernel would (following the other
     /// symlinks of the archive), and refuses any that leaves it. A purely lexical check is not
     /// enough: with `d/up -> ..`, the target `d/up/..` is lexically the root but really its parent.
+    ///
+    /// An archive of our own ([`Trust::Own`]) keeps its symlinks as written, wherever they point:
+    /// they are created after every other entry and no entry may lie under one, so nothing is
+    /// ever written through them.
     pub(crate) fn check_links(&self) -> Result<&[Link], (String, UnsafeEntry)> {
+        if self.trust == Trust::Own {
+            return Ok(&self.links);
+        }
         for link in &self.links {
             let target = link.target.to_string_lossy().into_owned();
             let mut cur = link.path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -188,26 +221,40 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::entry_path::link_steps;
 
     fn tree_with_links(links: &[(&str, &str)]) -> Tree {
-        let mut tree = Tree::new();
+        let mut tree = Tree::new(Trust::Untrusted);
         for (path, target) in links {
             tree.add(Path::new(path), Kind::Symlink).unwrap();
-            let steps = link_steps(target.as_bytes()).unwrap();
-            tree.add_link(
-                PathBuf::from(path),
-                OsString::from(target),
-                steps,
-                path.to_string(),
-            );
+            let checked = tree.link_target(target.as_bytes()).unwrap();
+            tree.add_link(PathBuf::from(path), checked, path.to_string());
         }
         tree
     }
 
     #[test]
+    fn own_archives_keep_absolute_and_outside_links_but_never_write_under_them() {
+        let mut tree = Tree::new(Trust::Own);
+        tree.add(Path::new("envlink"), Kind::Symlink).unwrap();
+        let checked = tree.link_target(b"/usr/bin/env").unwrap();
+        tree.add_link(PathBuf::from("envlink"), checked, "envlink".into());
+        tree.add(Path::new("up"), Kind::Symlink).unwrap();
+        let checked = tree.link_target(b"../../x").unwrap();
+        tree.add_link(PathBuf::from("up"), checked, "up".into());
+        assert_eq!(tree.check_links().unwrap().len(), 2);
+        assert!(matches!(
+            tree.add(Path::new("up/f"), Kind::File),
+            Err(UnsafeEntry::ThroughSymlink { .. })
+        ));
+        assert!(matches!(
+            Tree::new(Trust::Untrusted).link_target(b"/usr/bin/env"),
+            Err(UnsafeEntry::SymlinkAbsolute { .. })
+        ));
+    }
+
+    #[test]
     fn duplicates_and_kind_clashes_are_refused() {
-        let mut tree = Tree::new();
+        let mut tree = Tree::new(Trust::Untrusted);
         tree.add(Path::new("a/b"), Kind::File).unwrap();
         assert!(matches!(
             tree.add(Path::new("a/b"), Kind::File),
@@ -239,7 +286,7 @@ mod tests {
 
     #[test]
     fn implied_directories_are_reported_once_shallowest_first() {
-        let mut tree = Tree::new();
+        let mut tree = Tree::new(Trust::Untrusted);
         let added = tree.add(Path::new("x/y/z"), Kind::File).unwrap();
         assert_eq!(added.new_dirs, vec![PathBuf::from("x"), PathBuf::from("x/y")]);
         assert!(
@@ -252,7 +299,7 @@ mod tests {
 
     #[test]
     fn entries_under_a_symlink_are_refused() {
-        let mut tree = Tree::new();
+        let mut tree = Tree::new(Trust::Untrusted);
         tree.add(Path::new("l"), Kind::Symlink).unwrap();
         assert!(matches!(
             tree.add(Path::new("l/x"), Kind::File),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use zip::ZipArchive;
 use zip::result::ZipError;
 
-use super::entry_path::{display, link_steps, normalize, os_string};
+use super::entry_path::{display, normalize};
 use super::limits::Budget;
 use super::tar::create_dir;
 use super::tree::{Kind, Tree};
@@ -69,7 +69,7 @@ pub(crate) fn extract(
 
     // Pass 1: check every entry and build the directory skeleton.
     let mut report = ExtractReport::default();
-    let mut tree = Tree::new();
+    let mut tree = Tree::new(limits.trust);
     let mut jobs = Vec::new();
     let mut declared_total = 0u64;
     for index in 0..zip.len() {
@@ -81,7 +81,7 @@ pub(crate) fn extract(
         if entry.encrypted() {
             return Err(ctx.unsupported(&name, "encryption"));
         }
-        let path = normalize(entry.name_raw()).map_err(|p| ctx.unsafe_entry(&name, p))?;
+        let path = normalize(entry.name_raw(), limits.trust).map_err(|p| ctx.unsafe_entry(&name, p))?;
         let mode = entry.unix_mode().unwrap_or(0);
         let kind = match mode & S_IFMT {
             0o120_000 => Kind::Symlink,
@@ -139,9 +139,11 @@ pub(crate) fn extract(
                     .read_to_end(&mut target)
                     .map_err(|e| ctx.read_error(&name, e))?;
                 drop(zf);
-                let steps = link_steps(&target).map_err(|p| ctx.unsafe_entry(&name, p))?;
+                let checked = tree
+                    .link_target(&target)
+                    .map_err(|p| ctx.unsafe_entry(&name, p))?;
                 budget.add_entry().map_err(|l| ctx.limit(&name, l))?;
-                tree.add_link(path.rel, os_string(&target), steps, name);
+                tree.add_link(path.rel, checked, name);
                 report.symlinks += 1;
             }
         }

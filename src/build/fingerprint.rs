@@ -70,6 +70,10 @@ pub struct Fingerprinted {
     pub inputs: usize,
     /// Input globs that matched nothing (allowed; the CLI should warn).
     pub unmatched_globs: Vec<String>,
+    /// Inputs that are FIFOs, sockets or devices (relative to the base, with their kind): only
+    /// their kind counts, their content never (reading a FIFO could block forever), so a change
+    /// of what flows through them does not change the fingerprint. The CLI warns.
+    pub special_inputs: Vec<String>,
     /// How many files were actually read and hashed (the rest came from the stat cache).
     pub hashed: usize,
     /// Whether the stat cache changed and is worth persisting.
@@ -209,9 +213,15 @@ impl<'a> Reader<'a> {
 
 /// What kind of thing a matched input is, and what it contributes.
 enum InputContent {
-    File { executable: bool, digest: [u8; 32] },
-    Symlink { target: OsString },
-    Other,
+    File {
+        executable: bool,
+        digest: [u8; 32],
+    },
+    Symlink {
+        target: OsString,
+    },
+    /// A FIFO, socket or device: its kind (named for the warning) counts, never its content.
+    Other(&'static str),
 }
 
 struct Input {
@@ -352,6 +362,14 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
     }
 
     let digest = encode(recipe, &walk.inputs);
+    let special_inputs = walk
+        .inputs
+        .iter()
+        .filter_map(|input| match input.content {
+            InputContent::Other(kind) => Some(format!("{} ({kind})", input.rel.display())),
+            _ => None,
+        })
+        .collect();
     let unmatched_globs = recipe
         .inputs
         .iter()
@@ -363,6 +381,7 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
         digest,
         inputs: walk.inputs.len(),
         unmatched_globs,
+        special_inputs,
         hashed: walk.hashed,
         cache_changed: walk.changed,
         dirs_walked: walk.dirs_walked,
@@ -465,7 +484,7 @@ impl Walk<'_> {
                 },
             }
         } else {
-            InputContent::Other
+            InputContent::Other(crate::store::rule::other_kind(file_type))
         };
         self.inputs.push(Input {
             rel: rel.to_path_buf(),
@@ -640,7 +659,7 @@ fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
                 e.tag(b'l');
                 e.bytes(target.as_encoded_bytes());
             }
-            InputContent::Other => e.tag(b'o'),
+            InputContent::Other(_) => e.tag(b'o'),
         }
     }
     Fingerprint::from_hash(&e.0.finalize())

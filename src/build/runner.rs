@@ -101,10 +101,10 @@ fn check_output(out_path: &Path, kind: OutputKind) -> Result<(), String> {
     let meta = match std::fs::symlink_metadata(out_path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Not the path itself: it is a staging path, gone by the time anyone reads this.
             return Err(format!(
-                "the build command succeeded but wrote nothing at $WARMCACHE_OUT (`{}`); it must \
-                 create {wanted} there",
-                out_path.display()
+                "the build command succeeded but wrote nothing at $WARMCACHE_OUT; it must create \
+                 {wanted} there"
             ));
         }
         Err(e) => {
@@ -119,27 +119,28 @@ fn check_output(out_path: &Path, kind: OutputKind) -> Result<(), String> {
     } else if meta.is_dir() {
         OutputKind::Dir
     } else {
-        return Err(format!(
-            "the build command left {} at $WARMCACHE_OUT (`{}`), but the output must be {wanted} \
-             (write the content itself, not a link to it)",
-            if meta.file_type().is_symlink() {
-                "a symlink"
-            } else {
-                "a special file"
-            },
-            out_path.display()
-        ));
+        return Err(if meta.file_type().is_symlink() {
+            format!(
+                "the build command made $WARMCACHE_OUT itself a symlink, but the output must be \
+                 {wanted} (write the content itself, not a link to it; symlinks are kept only \
+                 inside a directory output)"
+            )
+        } else {
+            format!(
+                "the build command left a {} at $WARMCACHE_OUT, but the output must be {wanted}",
+                crate::store::rule::other_kind(meta.file_type())
+            )
+        });
     };
     if found != kind {
         return Err(format!(
-            "the build command wrote a {} at $WARMCACHE_OUT (`{}`), but the recipe's output kind is \
+            "the build command wrote a {} at $WARMCACHE_OUT, but the recipe's output kind is \
              `{}`; set `output = \"{}\"` (or `--output {}`) if that is what it builds",
             if found == OutputKind::Dir {
                 "directory"
             } else {
                 "file"
             },
-            out_path.display(),
             kind.as_str(),
             found.as_str(),
             found.as_str(),

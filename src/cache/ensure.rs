@@ -18,14 +18,15 @@ use std::time::Duration;
 use super::share::{RemoteActivity, ShareError, Sharing};
 use super::{Cache, CacheError};
 use crate::build::{
-    DEFAULT_TAIL_BYTES, Decision, FailureKind, FailureRecord, FingerprintError, Fingerprinted, LastGood,
-    Recipe, StalePolicy, StatCache, decide, fingerprint, random_jitter, record_failure, run,
+    DEFAULT_TAIL_BYTES, Decision, FailureCause, FailureKind, FailureRecord, FingerprintError, Fingerprinted,
+    LastGood, Recipe, RunFailure, StalePolicy, StatCache, decide, fingerprint, random_jitter, record_failure,
+    run,
 };
 use crate::catalog::EntryRow;
 use crate::ids::{ArtifactId, EntryName, Fingerprint};
 use crate::lock::{self, LockGuard, Mode, OpGuard};
 use crate::progress::Progress;
-use crate::store::content_path_in;
+use crate::store::{StoreError, content_path_in};
 
 /// What to do when another process is building the entry right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +122,10 @@ pub struct Ensured {
     /// Input globs that matched nothing (worth a warning: a typo makes inputs invisible).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unmatched_globs: Vec<String>,
+    /// Inputs that are FIFOs, sockets or devices: only their kind is fingerprinted, never what
+    /// flows through them (worth a warning: such an input is almost always a mistake).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub special_inputs: Vec<String>,
     /// What the remote did, when one is configured and a build was needed: `pulled` means the
     /// status is `built` but the artifact came, verified, from the remote.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,6 +233,7 @@ struct Call<'a> {
     options: &'a EnsureOptions,
     fp: Fingerprint,
     unmatched: Vec<String>,
+    special: Vec<String>,
     started: i64,
 }
 
@@ -256,6 +262,7 @@ impl Call<'_> {
             stale_reason: why,
             updated_at: state.updated_at(),
             unmatched_globs: self.unmatched.clone(),
+            special_inputs: self.special.clone(),
             lease_expires_at: None,
             remote: None,
         }
@@ -424,26 +431,50 @@ impl Call<'_> {
         let staged = self.cache.store().stage("build").map_err(CacheError::from)?;
         let out = content_path_in(&staged);
         let outcome = run(self.recipe, &out, staged.path(), DEFAULT_TAIL_BYTES);
-        let Some(failure) = outcome.failure else {
-            let op = self.cache.operation()?;
-            let published = self
-                .cache
-                .store()
-                .publish_staged(&op, staged, &Progress::none())
-                .map_err(CacheError::from)?;
-            self.cache
-                .record(&op, Some(&self.recipe.name), &published, Some(&self.fp), "build")?;
-            let state = self.cache.entry_state(&op, &self.recipe.name)?;
-            let built = self.serve(
-                &op,
-                self.result(EnsureStatus::Built, &published.id, &state, None, None),
-            )?;
-            drop(op);
-            // Waiters need not wait for the upload.
-            drop(build_lock);
-            return self.push(built, remote);
+        let failure = match outcome.failure {
+            Some(failure) => {
+                drop(staged);
+                failure
+            }
+            None => {
+                let op = self.cache.operation()?;
+                match self.cache.store().publish_staged(&op, staged, &Progress::none()) {
+                    Ok(published) => {
+                        self.cache.record(
+                            &op,
+                            Some(&self.recipe.name),
+                            &published,
+                            Some(&self.fp),
+                            "build",
+                        )?;
+                        let state = self.cache.entry_state(&op, &self.recipe.name)?;
+                        let built = self.serve(
+                            &op,
+                            self.result(EnsureStatus::Built, &published.id, &state, None, None),
+                        )?;
+                        drop(op);
+                        // Waiters need not wait for the upload.
+                        drop(build_lock);
+                        return self.push(built, remote);
+                    }
+                    // An output the store cannot hold is the builder's doing, as deterministic
+                    // as a missing output: recorded as a failure of these inputs (no rebuild
+                    // storm), the last good artifact served stale (docs/DESIGN.md, "What a tree
+                    // may hold"). The staging directory is gone, so the message names the entry
+                    // inside the output.
+                    Err(e) => match unstorable_output(&e) {
+                        Some(message) => {
+                            let cause = FailureCause::BadOutput { message };
+                            RunFailure {
+                                kind: self.recipe.failure_policy.classify(&cause, &outcome.tail),
+                                cause,
+                            }
+                        }
+                        None => return Err(CacheError::from(e).into()),
+                    },
+                }
+            }
         };
-        drop(staged);
         let record = record_failure(
             state.failure.as_ref(),
             &self.fp,
@@ -514,6 +545,7 @@ impl Cache {
             options,
             fp: fingerprinted.digest,
             unmatched: fingerprinted.unmatched_globs,
+            special: fingerprinted.special_inputs,
             started,
         };
         if let Step::Done(done) = call.look()? {
@@ -582,6 +614,24 @@ impl Cache {
                 .map_err(CacheError::from)?;
         }
         Ok(fp)
+    }
+}
+
+/// The message for a build output the store refuses to hold (an entry the tree rule refuses, or
+/// a top that is not a file or directory), naming the path relative to `$WARMCACHE_OUT`; `None`
+/// for any other publishing error (the cache's own problem, not the builder's).
+fn unstorable_output(err: &StoreError) -> Option<String> {
+    match err {
+        StoreError::Refused { refused, .. } => Some(format!(
+            "the build command succeeded but its output cannot be stored: it holds `{}` (relative to \
+             $WARMCACHE_OUT), which {}; the builder must not leave it in the output",
+            refused.path, refused.problem
+        )),
+        StoreError::Unsupported { kind, .. } => Some(format!(
+            "the build command succeeded but left a {kind} at $WARMCACHE_OUT; the output must be a \
+             regular file or a directory"
+        )),
+        _ => None,
     }
 }
 

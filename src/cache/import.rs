@@ -46,6 +46,20 @@ pub enum ImportError {
         /// The tail of its output.
         output: String,
     },
+    /// A file named like an archive whose content is no archive at all.
+    #[error(
+        "`{}` is named like a {named} archive but its content is {found}; nothing was imported: \
+         fetch the real archive, or pass --raw to store the file as it is",
+        path.display()
+    )]
+    NotAnArchive {
+        /// The file.
+        path: PathBuf,
+        /// The format its name claims.
+        named: Format,
+        /// What its content looks like.
+        found: String,
+    },
 }
 
 fn tail(output: &str) -> String {
@@ -104,7 +118,7 @@ pub struct ImportOptions {
     pub modes: Vec<ModeRule>,
     /// Commands run by `sh -c` on the staging tree before publication (`$WARMCACHE_STAGING`).
     pub hooks: Vec<String>,
-    /// Import an archive file as a plain file instead of extracting it.
+    /// Store the file as it is, never extracting it, whatever its name or content.
     pub raw: bool,
     /// Limits on what an archive may expand to.
     pub limits: Limits,
@@ -158,7 +172,7 @@ impl Cache {
         let format = if options.raw || !std::fs::metadata(source).is_ok_and(|m| m.is_file()) {
             None
         } else {
-            archive::detect(source)?
+            archive_format(source)?
         };
         if let Some(format) = format {
             return self.import_archive(source, format, name, options, progress);
@@ -247,6 +261,32 @@ impl Cache {
         self.catalog().set_source(key, &published.id, self.now_ms())?;
         Ok(published)
     }
+}
+
+/// The format to extract `source` as: from its content ([`archive::detect`]), except that a
+/// file named like an archive must be one (a name that says `.zip` on an HTML error page is
+/// refused rather than stored as a file; `--raw` stores it as it is), and a `.tar` of zero
+/// blocks only is an empty tar, so an empty tree.
+fn archive_format(source: &Path) -> Result<Option<Format>, CacheError> {
+    let detected = archive::detect(source)?;
+    let Some(named) = archive::format_from_name(source) else {
+        return Ok(detected);
+    };
+    if detected.is_some() {
+        // Named like one archive, really another: the content decides.
+        return Ok(detected);
+    }
+    if named == Format::Tar
+        && archive::is_empty_tar(source).map_err(|e| crate::fs::annotate(e, "read", source))?
+    {
+        return Ok(Some(Format::Tar));
+    }
+    Err(ImportError::NotAnArchive {
+        path: source.to_path_buf(),
+        named,
+        found: archive::describe_content(source),
+    }
+    .into())
 }
 
 fn imported(name: Option<&EntryName>, p: Published, archive: Option<Format>) -> Imported {

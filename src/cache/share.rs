@@ -10,7 +10,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::{Cache, CacheError};
-use crate::archive::{self, ArchiveError, Format, Limits};
+use crate::archive::{self, ArchiveError, Format, Limits, Trust};
 use crate::ids::{ArtifactId, EntryName, Fingerprint};
 use crate::progress::Progress;
 use crate::remote::share::protocol::{
@@ -259,6 +259,15 @@ fn write_archive(
             source_name: artifact.to_string(),
             root: cache.root().to_path_buf(),
         })?;
+    // What `pull` would refuse is refused here, before anything is uploaded (docs/DESIGN.md,
+    // "What one side writes, the other reads").
+    crate::store::rule::check_manifest(&manifest).map_err(|refused| ShareError::Local {
+        target: target(),
+        op: "check the artifact against the tree rule",
+        error: io::Error::other(format!(
+            "artifact {artifact} holds {refused}; it cannot be pushed (re-import it without that entry)"
+        )),
+    })?;
     let staged = store
         .staging()
         .reserve("push")
@@ -423,7 +432,10 @@ fn fetch_content(cache: &Cache, sharing: &Sharing, doc: &ArtifactDoc) -> Result<
         max_entries: doc.entries.saturating_add(1),
         max_ratio: u64::MAX,
         ratio_grace_bytes: u64::MAX,
-        ..Limits::default()
+        min_free_bytes: sharing.min_free,
+        // Our own format, verified against its digest: the tree rule alone applies
+        // (docs/DESIGN.md, "What one side writes, the other reads"), so whatever `push` uploaded pulls.
+        trust: Trust::Own,
     };
     let extract = |dest: &Path| {
         fs_err::create_dir(dest).map_err(local("create the extraction directory"))?;

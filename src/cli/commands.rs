@@ -82,6 +82,13 @@ pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
             ensured.name
         ));
     }
+    for input in &ensured.special_inputs {
+        out.warn(&format!(
+            "input `{input}` of `{}` is not a regular file, directory or symlink: only its kind is \
+             fingerprinted, never its content, so changes to what it delivers do not trigger a rebuild",
+            ensured.name
+        ));
+    }
     if ensured.status == warmcache::cache::EnsureStatus::Stale {
         out.warn(&stale_warning(&ensured));
     }
@@ -137,6 +144,7 @@ pub(super) fn import(cli: &Cli, out: &Output, args: &ImportArgs) -> Result<()> {
     if let Some(max) = args.max_ratio {
         limits.max_ratio = max;
     }
+    limits.min_free_bytes = super::context::min_free(args.min_free)?;
     let options = warmcache::cache::ImportOptions {
         modes: args.modes.clone(),
         hooks: args.hooks.clone(),

@@ -107,3 +107,12 @@ pub(super) fn remote_settings(config: Option<&warmcache::config::RemoteConfig>) 
     }
     settings
 }
+
+/// The free-space reserve of extraction (import of an archive, `restore`, `pull`): `--min-free`,
+/// else `[cache] min_free` of the nearest warmcache.toml, else `None` (the proportional default).
+pub(super) fn min_free(flag: Option<u64>) -> Result<Option<u64>> {
+    if flag.is_some() {
+        return Ok(flag);
+    }
+    Ok(config()?.and_then(|c| c.cache.as_ref()).and_then(|c| c.min_free))
+}

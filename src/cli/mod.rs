@@ -185,7 +185,8 @@ pub struct ImportArgs {
     /// repeatable, run in order. If one fails, nothing is published.
     #[arg(long = "hook", value_name = "CMD")]
     pub hooks: Vec<String>,
-    /// Import an archive file as a plain file instead of extracting it.
+    /// Store the file as it is, never extracting it, whatever its name or content (a file named
+    /// like an archive, e.g. `.zip`, must otherwise be one).
     #[arg(long)]
     pub raw: bool,
     /// Refuse archives that expand to more than this (default 32GiB).
@@ -198,6 +199,10 @@ pub struct ImportArgs {
     /// (default 100).
     #[arg(long, value_name = "N")]
     pub max_ratio: Option<u64>,
+    /// Free space to keep on the cache's volume while extracting an archive (default:
+    /// `[cache] min_free`, else the smaller of 512MiB and 5% of the volume; 0 turns it off).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub min_free: Option<u64>,
 }
 
 /// `warmcache path`.
@@ -269,7 +274,7 @@ fn parse_link_mode(s: &str) -> Result<LinkMode, String> {
     .ok_or_else(|| format!("unknown link mode `{s}`; use auto, reflink, hardlink, copy or symlink"))
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     warmcache::units::parse_size(s).map_err(|e| e.to_string())
 }
 

@@ -60,6 +60,10 @@ pub struct PullArgs {
     pub recipe: super::RecipeArgs,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Free space to keep on the cache's volume while extracting (default: `[cache] min_free`,
+    /// else the smaller of 512MiB and 5% of the volume; 0 turns it off).
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
+    pub min_free: Option<u64>,
 }
 
 fn parse_url(s: &str) -> Result<RemoteUrl, String> {
@@ -97,6 +101,7 @@ fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> 
             let mut sharing = Sharing::new(url, settings).on_warning(move |message| warn.warn(message));
             sharing.push = push_flag || config.as_ref().is_some_and(|c| c.push);
             sharing.strict = args.strict;
+            sharing.min_free = super::context::min_free(None)?;
             Ok(Some(sharing))
         }
         Err(e) if required || args.strict => Err(e),
@@ -163,9 +168,10 @@ pub(super) fn push(cli: &Cli, out: &Output, args: &PushArgs) -> Result<()> {
 /// `warmcache pull NAME`.
 pub(super) fn pull(cli: &Cli, out: &Output, args: &PullArgs) -> Result<()> {
     let recipe = recipe(&args.name, &args.recipe)?;
-    let Some(sharing) = sharing(out, &args.remote, false, true)? else {
+    let Some(mut sharing) = sharing(out, &args.remote, false, true)? else {
         return Err(ShareError::NoRemote.into());
     };
+    sharing.min_free = super::context::min_free(args.min_free)?;
     let cache = open(cli)?;
     match cache.pull(&recipe, &sharing) {
         Ok((_, Some(pulled))) => {

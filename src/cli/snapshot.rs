@@ -55,6 +55,10 @@ pub struct RestoreArgs {
     /// of warning and exiting 0.
     #[arg(long)]
     pub strict: bool,
+    /// Free space to keep on DIR's volume while extracting (default: `[cache] min_free`, else
+    /// the smaller of 512MiB and 5% of the volume; 0 turns it off).
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
+    pub min_free: Option<u64>,
 }
 
 /// The URL from the flag or environment, else from `warmcache.toml`, with the transfer settings
@@ -151,6 +155,7 @@ pub fn run_restore(_cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
         timeout: args.timeout.or(timeout),
         strict: args.strict,
         settings,
+        min_free: super::context::min_free(args.min_free)?,
     };
     let bars = Bars::new(out, "restore");
     let result = snapshot::restore(&args.dir, &url, &options, bars.clone());

@@ -7,6 +7,7 @@
 //! means the same content is already published: ours is discarded.
 
 mod manifest;
+pub mod rule;
 mod tree;
 
 use std::io;
@@ -40,10 +41,11 @@ pub enum StoreError {
         /// The missing path.
         path: PathBuf,
     },
-    /// A file type the store cannot hold.
+    /// The top of what is imported or published is neither a regular file nor a directory.
     #[error(
-        "`{path}` is a {kind}; artifacts can hold only regular files, directories and symlinks \
-         (remove it from the tree or import a different path)"
+        "`{path}` is a {kind}, but the top of an artifact must be a regular file or a directory \
+         (symlinks, FIFOs, sockets and devices cannot be an artifact themselves; symlinks are \
+         kept inside a directory)"
     )]
     Unsupported {
         /// The offending path.
@@ -51,11 +53,13 @@ pub enum StoreError {
         /// What it is.
         kind: &'static str,
     },
-    /// A path that is not valid UTF-8 cannot be recorded in a manifest.
-    #[error("`{path}` has a name that is not valid UTF-8; rename it to import the tree")]
-    NonUtf8 {
-        /// The offending path.
-        path: PathBuf,
+    /// An entry of a tree that no tree may hold (docs/DESIGN.md, "What one side writes, the other reads").
+    #[error("`{}` cannot be stored: {refused}", root.display())]
+    Refused {
+        /// The top of the tree.
+        root: PathBuf,
+        /// The entry (relative to `root`) and why.
+        refused: rule::Refused,
     },
     /// Disk full while writing into the cache.
     #[error("no space left while writing `{path}` into the cache; free space or run `warmcache gc`")]

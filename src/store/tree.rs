@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 
 use super::manifest::{ArtifactKind, EntryKind, Manifest, ManifestEntry};
+use super::rule::{self, EntryType};
 use super::{Damage, StoreError};
 use crate::fs::{annotate, is_executable, published_file_permissions, walk_sorted};
 
@@ -17,23 +18,7 @@ const BUFFER: usize = 256 * 1024;
 
 /// What a non-regular file is, for error messages.
 pub(crate) fn describe(meta: &Metadata) -> &'static str {
-    describe_type(meta.file_type())
-}
-
-fn describe_type(file_type: std::fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if file_type.is_fifo() {
-            return "FIFO";
-        }
-        if file_type.is_socket() {
-            return "socket";
-        }
-        if file_type.is_block_device() || file_type.is_char_device() {
-            return "device file";
-        }
-    }
+    let file_type = meta.file_type();
     if file_type.is_symlink() {
         "symlink"
     } else if file_type.is_dir() {
@@ -41,19 +26,8 @@ fn describe_type(file_type: std::fs::FileType) -> &'static str {
     } else if file_type.is_file() {
         "file"
     } else {
-        "special file"
+        rule::other_kind(file_type)
     }
-}
-
-fn rel_string(root: &Path, rel: &Path) -> Result<String, StoreError> {
-    let s = rel
-        .to_str()
-        .ok_or_else(|| StoreError::NonUtf8 { path: root.join(rel) })?;
-    Ok(if std::path::MAIN_SEPARATOR == '/' {
-        s.to_string()
-    } else {
-        s.replace(std::path::MAIN_SEPARATOR, "/")
-    })
 }
 
 fn file_entry(path: String, exec: bool, size: u64, digest: String) -> ManifestEntry {
@@ -191,45 +165,53 @@ fn process_tree(src: &Path, pass: Pass<'_>, progress: &Progress) -> Result<Vec<M
     let mut entries = Vec::new();
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for (rel, file_type) in walk_sorted(src)? {
-        let rel_str = rel_string(src, &rel)?;
         let from = src.join(&rel);
-        if file_type.is_dir() {
-            if let Some(dst) = dst {
-                let to = dst.join(&rel);
-                fs::create_dir(&to).map_err(|e| StoreError::writing(e, &to))?;
-            }
-            entries.push(ManifestEntry {
-                path: rel_str,
-                kind: EntryKind::Dir,
-                exec: false,
-                size: 0,
-                digest: None,
-                target: None,
-            });
-        } else if file_type.is_symlink() {
-            let target = fs::read_link(&from)?;
-            let target_str = target
-                .to_str()
-                .ok_or_else(|| StoreError::NonUtf8 { path: from.clone() })?;
-            if let Some(dst) = dst {
-                crate::fs::symlink(&target, &dst.join(&rel))
-                    .map_err(|e| StoreError::writing(e, &dst.join(&rel)))?;
-            }
-            entries.push(ManifestEntry {
-                path: rel_str,
-                kind: EntryKind::Symlink,
-                exec: false,
-                size: 0,
-                digest: None,
-                target: Some(target_str.to_string()),
-            });
-        } else if file_type.is_file() {
-            files.push((rel_str, rel));
+        // One rule for every tree (docs/DESIGN.md, "What one side writes, the other reads"): checked before
+        // anything of this entry is written.
+        let target = if file_type.is_symlink() {
+            Some(fs::read_link(&from)?)
         } else {
-            return Err(StoreError::Unsupported {
-                path: from,
-                kind: describe_type(file_type),
-            });
+            None
+        };
+        let entry = rule::entry_type(file_type, target.as_deref().map(Path::as_os_str));
+        let rel_str = rule::check(&rel, entry).map_err(|refused| StoreError::Refused {
+            root: src.to_path_buf(),
+            refused,
+        })?;
+        match entry {
+            EntryType::Dir => {
+                if let Some(dst) = dst {
+                    let to = dst.join(&rel);
+                    fs::create_dir(&to).map_err(|e| StoreError::writing(e, &to))?;
+                }
+                entries.push(ManifestEntry {
+                    path: rel_str,
+                    kind: EntryKind::Dir,
+                    exec: false,
+                    size: 0,
+                    digest: None,
+                    target: None,
+                });
+            }
+            EntryType::Symlink(target) => {
+                if let Some(dst) = dst {
+                    // Kept as written, never followed.
+                    crate::fs::symlink(Path::new(target), &dst.join(&rel))
+                        .map_err(|e| StoreError::writing(e, &dst.join(&rel)))?;
+                }
+                entries.push(ManifestEntry {
+                    path: rel_str,
+                    kind: EntryKind::Symlink,
+                    exec: false,
+                    size: 0,
+                    digest: None,
+                    // The rule checked that the target is UTF-8.
+                    target: Some(target.to_string_lossy().into_owned()),
+                });
+            }
+            EntryType::File => files.push((rel_str, rel)),
+            // The rule refused these above.
+            EntryType::Other(_) => {}
         }
     }
     let hashed = crate::parallel::map(&files, |(_, rel)| match pass {

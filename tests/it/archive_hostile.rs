@@ -573,7 +573,7 @@ fn a_zip_bomb_is_stopped_by_the_limits() {
         matches!(l, LimitExceeded::Ratio { .. })
     });
     let full_disk = Limits {
-        min_free_bytes: u64::MAX / 2,
+        min_free_bytes: Some(u64::MAX / 2),
         ..Limits::default()
     };
     expect_limit(&zip, Format::Zip, &full_disk, |l| {
@@ -623,7 +623,7 @@ fn a_tar_zst_bomb_is_stopped_while_streaming() {
         matches!(l, LimitExceeded::Ratio { .. })
     });
     let full_disk = Limits {
-        min_free_bytes: u64::MAX / 2,
+        min_free_bytes: Some(u64::MAX / 2),
         ..Limits::default()
     };
     expect_limit(&bomb, Format::TarZst, &full_disk, |l| {

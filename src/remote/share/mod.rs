@@ -70,6 +70,9 @@ pub struct Sharing {
     pub push: bool,
     /// Make remote problems errors instead of warnings.
     pub strict: bool,
+    /// Free space a pull keeps on the cache's volume while extracting (`--min-free`,
+    /// `[cache] min_free`); `None` is the proportional default ([`crate::archive::default_reserve`]).
+    pub min_free: Option<u64>,
     warn: Arc<dyn Fn(&str) + Send + Sync>,
 }
 
@@ -94,6 +97,7 @@ impl Sharing {
             remote: Arc::new(OnceLock::new()),
             push: false,
             strict: false,
+            min_free: None,
             warn: Arc::new(|message| tracing::warn!("{message}")),
         }
     }

@@ -88,6 +88,9 @@ pub struct RestoreOptions {
     pub strict: bool,
     /// Connection, timeouts and transfer sizes.
     pub settings: RemoteSettings,
+    /// Free space to keep on DIR's volume while extracting (`--min-free`, `[cache] min_free`);
+    /// `None` is the proportional default ([`crate::archive::default_reserve`]).
+    pub min_free: Option<u64>,
 }
 
 /// The steps of a snapshot or a restore, for progress bars.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::format::{SnapshotManifest, manifest_key, parse_manifest, parse_pointer, pointer_key};
 use super::{Phase, RestoreOptions, RestoreReport, RestoreStatus, Result, SnapshotError, SnapshotProgress};
-use crate::archive::{self, Format, Limits};
+use crate::archive::{self, Format, Limits, Trust};
 use crate::place::{Scratch, Stage, StagedKind};
 use crate::remote::{Remote, RemoteError, RemoteUrl};
 
@@ -40,7 +40,7 @@ pub fn restore(
         downloaded_bytes: 0,
         elapsed_ms: 0,
     };
-    let status = run.run(exists, options.strict, &progress, &mut report)?;
+    let status = run.run(exists, options, &progress, &mut report)?;
     report.status = status;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -133,17 +133,18 @@ impl<'a> Restore<'a> {
     fn run(
         self,
         exists: bool,
-        strict: bool,
+        options: &RestoreOptions,
         progress: &Arc<dyn SnapshotProgress>,
         report: &mut RestoreReport,
     ) -> Result<RestoreStatus> {
-        let Some(manifest) = self.read_snapshot(strict, exists, progress, report)? else {
+        let Some(manifest) = self.read_snapshot(options.strict, exists, progress, report)? else {
             return Ok(report.status);
         };
         let archive_path = self.scratch.path().join("archive.tar.zst");
         let target = self.remote.describe(&self.url.join(&manifest.archive));
         report.downloaded_bytes = self.download(&manifest, &archive_path, &target, &**progress)?;
         let job = Extraction {
+            min_free: options.min_free,
             stage: self.stage,
             scratch: self.scratch,
             archive_path,
@@ -278,6 +279,8 @@ fn holds(dir: &Path, digest: &str, progress: &Arc<dyn SnapshotProgress>) -> bool
 /// What the extraction thread owns: if the caller gives up, dropping it removes the stage and
 /// the scratch space.
 struct Extraction {
+    /// The free-space reserve asked for (`None`: the proportional default).
+    min_free: Option<u64>,
     stage: Stage,
     scratch: Scratch,
     archive_path: PathBuf,
@@ -328,6 +331,7 @@ fn extract_checked(job: &Extraction, progress: &dyn SnapshotProgress) -> Result<
         manifest,
         target,
         dir,
+        min_free,
         ..
     } = job;
     let tree = stage.path();
@@ -354,14 +358,19 @@ fn extract_checked(job: &Extraction, progress: &dyn SnapshotProgress) -> Result<
         }
     }
     let on_progress = |p: archive::Progress| progress.position(p.bytes);
-    let extracted = archive::extract(
-        archive_path,
-        Format::TarZst,
-        tree,
-        &Limits::default(),
-        &on_progress,
-    )
-    .map_err(extract_err)?;
+    // Our own format, verified against the manifest's digest: the tree rule alone applies
+    // (docs/DESIGN.md, "What one side writes, the other reads"), so whatever `snapshot` uploaded restores, and the
+    // bounds are what the manifest declares rather than the defaults for untrusted archives.
+    let limits = Limits {
+        max_total_bytes: manifest.bytes.saturating_add(tar_overhead(manifest)),
+        max_entries: (manifest.files + manifest.dirs + manifest.symlinks).saturating_add(1),
+        max_ratio: u64::MAX,
+        ratio_grace_bytes: u64::MAX,
+        min_free_bytes: *min_free,
+        trust: Trust::Own,
+    };
+    let extracted =
+        archive::extract(archive_path, Format::TarZst, tree, &limits, &on_progress).map_err(extract_err)?;
     // The archive's bytes were verified; its content must also be what the manifest promised.
     if (extracted.files, extracted.bytes, extracted.symlinks)
         != (manifest.files, manifest.bytes, manifest.symlinks)
@@ -380,6 +389,15 @@ fn extract_checked(job: &Extraction, progress: &dyn SnapshotProgress) -> Result<
         });
     }
     Ok(())
+}
+
+/// What tar adds to a tree's bytes (headers, padding, the end marker), which extraction counts
+/// too.
+fn tar_overhead(manifest: &SnapshotManifest) -> u64 {
+    (manifest.files + manifest.dirs + manifest.symlinks)
+        .saturating_add(2)
+        .saturating_mul(1024)
+        .saturating_add(1 << 20)
 }
 
 /// Forwards download progress as a running total.
@@ -468,6 +486,7 @@ mod tests {
             host: "h".into(),
         };
         let job = Extraction {
+            min_free: None,
             stage,
             scratch,
             archive_path,
