@@ -43,5 +43,6 @@ mod snapshot_advisory;
 mod snapshot_concurrent;
 mod snapshot_round_trip;
 mod snapshot_unchanged_and_warmth_guard;
+mod transient_failure_recovers_when_the_clock_says_so;
 mod tree_rule_round_trips;
 mod verify_reports_damage_with_exit_1;
