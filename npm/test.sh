@@ -68,12 +68,20 @@ export AWS_ENDPOINT_URL="$endpoint" AWS_ACCESS_KEY_ID=warmcache AWS_SECRET_ACCES
 unset WARMCACHE_REMOTE WARMCACHE_ROOT
 export DENO_DIR="$work/deno-dir" DENO_NO_UPDATE_CHECK=1
 
+# Each runtime's tests and the type check run even when an earlier step failed; the suite fails
+# at the end if any did.
+failed=()
 echo "== client and examples under Node $(node --version)"
-(cd "$project" && node --test --test-concurrency=1 test/client.test.mjs test/examples.test.mjs)
+(cd "$project" && node --test --test-concurrency=1 test/client.test.mjs test/examples.test.mjs) || failed+=("node --test")
 
 echo "== client and examples under $("$deno" --version | head -1)"
-(cd "$project" && "$deno" test -A --no-check test/client.test.mjs test/examples.test.mjs)
+(cd "$project" && "$deno" test -A --no-check test/client.test.mjs test/examples.test.mjs) || failed+=("deno test")
 
-echo "== type-checking the client's declarations and the examples"
-"$tsc" -p "$here/tsconfig.check.json" --noEmit
+echo "== type-checking the client's declarations, the launcher, the examples and the benchmark"
+"$tsc" -p "$here/tsconfig.check.json" --noEmit || failed+=("tsc --noEmit")
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "npm suite: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
 echo "npm suite: all passed"
