@@ -55,6 +55,7 @@ cp -r "$repo/examples/node-deno" "$project/examples"
   && npm install --no-audit --no-fund --save-exact "$work"/tarballs/*.tgz)
 test -x "$project/node_modules/@warmcache/linux-x64-gnu/bin/warmcache" \
   || { echo "npm/test.sh: the platform package was not installed" >&2; exit 1; }
+(cd "$project" && env -u WARMCACHE_BINARY npx --no-install warmcache --version)
 
 echo "== starting the S3 test server on loopback"
 mkdir -p "$work/s3"
@@ -66,7 +67,8 @@ endpoint="$(sed -n 's/^endpoint=//p' "$work/s3.out")"
 export AWS_ENDPOINT_URL="$endpoint" AWS_ACCESS_KEY_ID=warmcache AWS_SECRET_ACCESS_KEY=warmcache-secret \
   AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true WARMCACHE_BINARY="$binary"
 unset WARMCACHE_REMOTE WARMCACHE_ROOT
-export DENO_DIR="$work/deno-dir" DENO_NO_UPDATE_CHECK=1
+export DENO_DIR="$work/deno-dir" DENO_NO_UPDATE_CHECK=1 TMPDIR="$work/tmp"
+mkdir -p "$TMPDIR"
 
 # Each runtime's tests and the type check run even when an earlier step failed; the suite fails
 # at the end if any did.

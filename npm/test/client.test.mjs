@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import process from "node:process";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -247,6 +247,18 @@ test("the installed platform package provides the binary; `npx warmcache` runs i
   assert.equal(code, 2, "the launcher passes the CLI's exit code through");
 });
 
+test("a relative WARMCACHE_BINARY is relative to this process's directory, not the call's cwd", LONG, async (t) => {
+  const { dir, root } = workspace(t);
+  const saved = process.env.WARMCACHE_BINARY;
+  process.env.WARMCACHE_BINARY = relative(process.cwd(), saved ?? "");
+  try {
+    const st = await wc.status(undefined, { root, cwd: dir });
+    assert.deepEqual(st.entries, []);
+  } finally {
+    process.env.WARMCACHE_BINARY = saved;
+  }
+});
+
 test("WARMCACHE_BINARY pointing nowhere is a spawn error naming the fix", async () => {
   const saved = process.env.WARMCACHE_BINARY;
   process.env.WARMCACHE_BINARY = "/nonexistent/warmcache";
@@ -258,3 +270,11 @@ test("WARMCACHE_BINARY pointing nowhere is a spawn error naming the fix", async 
     process.env.WARMCACHE_BINARY = saved;
   }
 });
+
+if (globalThis.Deno) {
+  test("Deno: `npm:warmcache` is the same module as the bare specifier", async () => {
+    const viaNpm = await import("npm:warmcache");
+    assert.equal(viaNpm.ensure, wc.ensure);
+    assert.equal(viaNpm.WarmcacheError, wc.WarmcacheError);
+  });
+}

@@ -9,6 +9,7 @@
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
+import { resolve as resolvePath } from "node:path";
 import process from "node:process";
 
 // ---------------------------------------------------------------------------------------------
@@ -505,7 +506,7 @@ export function binaryPath(): string {
         exitCode: null, kind: "spawn", stderr: "", args: [],
       });
     }
-    return override;
+    return resolvePath(override); // a relative path means relative to this process's directory, not the call's cwd
   }
   const key = `${process.platform}-${process.arch}`;
   const candidates = PLATFORM_PACKAGES[key] ?? [];
