@@ -170,10 +170,17 @@ test("snapshot, restore, push and pull through S3", LONG, async (t) => {
   const pushed = await wc.push("shared", { root, remote });
   assert.equal(pushed.status, "pushed");
   assert.equal(pushed.artifact, built.artifact);
+  assert.deepEqual(pushed.index, { state: "created" });
   const pulled = await wc.pull("shared", { ...recipe, root: join(dir, "other-cache"), remote });
   assert.equal(pulled.status, "pulled");
   assert.equal(pulled.artifact, built.artifact);
   assert.equal(readFileSync(pulled.path, "utf8"), "shared");
+  const again = await wc.push("shared", { root, remote });
+  assert.equal(again.status, "present");
+  assert.deepEqual(again.index, { state: "present", artifact: built.artifact });
+  const miss = await wc.pull("never-pushed", { cwd: dir, build: "true", root, remote });
+  assert.equal(miss.status, "miss");
+  assert.match(miss.warning ?? "", /no shared artifact/);
 
   const down = await wc.restore(join(dir, "copy"), { remote: `${remote}/snap`, env: { ...process.env, AWS_ENDPOINT_URL: "http://127.0.0.1:9" } });
   assert.equal(down.status, "degraded");

@@ -43,11 +43,15 @@ export interface FailureRecord {
 
 /** Fields the client adds to every result. */
 export interface Warned {
-  /** The CLI's warnings (its stderr), when it printed any: always set for stale or degraded results. */
+  /**
+   * The CLI's warnings: its stderr when it printed any (or the `warning` its JSON already has).
+   * Always set for stale, degraded, refused and missed results.
+   */
   warning?: string;
 }
 
-export type PushIndexOutcome = "Created" | { Present: { artifact: string } } | { Skipped: { reason: string } };
+/** What a push did to the fingerprint index: `present` names the artifact already there. */
+export type PushIndexOutcome = { state: "created" } | { state: "present"; artifact: string } | { state: "skipped"; reason: string };
 
 /** `push` result. */
 export interface PushResult extends Warned {
@@ -604,7 +608,8 @@ export function run<T extends object>(args: string[], options: CallOptions = {})
         parsed = undefined;
       }
       if (code === 0 && parsed) {
-        const warning = err.trim();
+        // A `warning` the CLI put in its JSON wins; else its stderr, when it printed any.
+        const warning = typeof parsed.warning === "string" ? parsed.warning : err.trim();
         resolve((warning === "" ? parsed : { ...parsed, warning }) as T);
       } else if (code === 1 && parsed && typeof parsed.error === "string") {
         const extra: { status?: "failed"; failure?: FailureReport } = {};
