@@ -3,6 +3,10 @@
 # package and the root package, installs the tarballs into a fresh project, and runs the client's
 # tests and the example programs with Node's test runner and with Deno, against an S3 server on
 # loopback; then type-checks the client and the examples.
+#
+# WARMCACHE_NPM_MUSL=1 also builds the x86_64 musl binary (needs `rustup target add
+# x86_64-unknown-linux-musl` and musl-gcc from musl-tools; a second full release build), generates
+# and packs the linux-x64-musl package and runs the client's tests under Node with its binary.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -78,6 +82,18 @@ echo "== client and examples under Node $(node --version)"
 
 echo "== client and examples under $("$deno" --version | head -1)"
 (cd "$project" && "$deno" test -A --no-check test/client.test.mjs test/examples.test.mjs) || failed+=("deno test")
+
+if [ "${WARMCACHE_NPM_MUSL:-0}" = 1 ]; then
+  echo "== the linux-x64-musl package"
+  need musl-gcc "install musl-tools (apt-get install musl-tools) for the musl build"
+  (cd "$repo" && cargo build --release --locked --bin warmcache --target x86_64-unknown-linux-musl)
+  node "$here/scripts/platform-package.mjs" --target linux-x64-musl \
+    --binary "$target/x86_64-unknown-linux-musl/release/warmcache" --out "$work/pkg/linux-x64-musl" >/dev/null
+  (cd "$work/tarballs" && npm pack --silent "$work/pkg/linux-x64-musl" >/dev/null && ls -l ./*musl*.tgz)
+  echo "musl binary: $(stat -c %s "$work/pkg/linux-x64-musl/bin/warmcache") bytes stripped"
+  (cd "$project" && WARMCACHE_BINARY="$work/pkg/linux-x64-musl/bin/warmcache" node --test --test-concurrency=1 test/client.test.mjs) \
+    || failed+=("node --test with the musl binary")
+fi
 
 echo "== type-checking the client's declarations, the launcher, the examples and the benchmark"
 "$tsc" -p "$here/tsconfig.check.json" --noEmit || failed+=("tsc --noEmit")
