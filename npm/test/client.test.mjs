@@ -205,7 +205,7 @@ async function assertDies(pids) {
   }
 }
 
-test("aborting a call with an AbortSignal kills its builder", LONG, async (t) => {
+test("aborting a call with an AbortSignal kills its builder (needs the CLI to kill the builder group on SIGTERM)", LONG, async (t) => {
   const { dir, root } = workspace(t);
   const pids = join(dir, "pids");
   const controller = new AbortController();
@@ -220,7 +220,7 @@ test("aborting a call with an AbortSignal kills its builder", LONG, async (t) =>
   await assertDies(builderPids(pids));
 });
 
-test("a call's timeout cancels it and kills its builder", LONG, async (t) => {
+test("a call's timeout cancels it and kills its builder (needs the CLI to kill the builder group on SIGTERM)", LONG, async (t) => {
   const { dir, root } = workspace(t);
   const pids = join(dir, "pids");
   const err = await rejection(wc.ensure("slow", { root, cwd: dir, build: `echo $$ >> '${pids}'; sleep 600 & echo $! >> '${pids}'; wait`, timeout: 5000 }));
