@@ -33,3 +33,4 @@ mod snapshot_advisory;
 mod snapshot_concurrent;
 mod snapshot_round_trip;
 mod snapshot_unchanged_and_warmth_guard;
+mod staging_of_killed_process_swept_at_once;
