@@ -29,6 +29,7 @@ mod remote_ensure_pulls_instead_of_building;
 mod remote_push_pull;
 mod remote_transport;
 mod restore_advisory;
+mod signals_end_builders_and_hooks;
 mod snapshot_advisory;
 mod snapshot_concurrent;
 mod snapshot_round_trip;
