@@ -10,6 +10,8 @@
 
 mod group;
 pub mod signals;
+#[cfg(target_os = "linux")]
+mod supervisor;
 mod tail;
 
 use std::ffi::OsStr;

@@ -43,8 +43,10 @@ pub(super) enum NotStarted {
     Failed(std::io::Error),
 }
 
-/// Starts `cmd` as the leader of a new process group that dies with this thread (Linux's
-/// parent-death signal), and registers the group, unless warmcache is already ending.
+/// Starts `cmd` in a new process group that dies with this thread, and registers the group,
+/// unless warmcache is already ending. On Linux the group's leader is a small supervisor forked
+/// from warmcache (`supervisor`): it runs the command as its child, exits as the command did,
+/// and kills the whole group if this thread dies, even by SIGKILL.
 ///
 /// The parent-death signal is bound to the thread that forks, so the caller must be the thread
 /// that waits for the command (as [`super::run`] is): it lives until the command ends.
@@ -57,9 +59,9 @@ pub(super) fn spawn(cmd: &mut Command) -> Result<Child, NotStarted> {
         {
             let parent = std::process::id();
             // SAFETY: the closure runs in the forked child before exec and makes only
-            // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+            // async-signal-safe system calls; it allocates nothing (see `supervise`).
             unsafe {
-                cmd.pre_exec(move || die_with_parent(parent));
+                cmd.pre_exec(move || super::supervisor::supervise(parent));
             }
         }
     }
@@ -70,24 +72,6 @@ pub(super) fn spawn(cmd: &mut Command) -> Result<Child, NotStarted> {
     let child = cmd.spawn().map_err(NotStarted::Failed)?;
     registry.groups.push(child.id());
     Ok(child)
-}
-
-/// In the forked child: SIGKILL when the parent thread dies, and die now if it already has.
-#[cfg(target_os = "linux")]
-fn die_with_parent(parent: u32) -> std::io::Result<()> {
-    // SAFETY: plain system calls with integer arguments.
-    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
-    if set != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The parent may have died between fork and prctl; then no signal will come.
-    // SAFETY: getppid cannot fail.
-    if unsafe { libc::getppid() } as u32 != parent {
-        return Err(std::io::Error::other(
-            "warmcache exited while starting the command",
-        ));
-    }
-    Ok(())
 }
 
 /// Ends what is left of the group of a command whose leader has exited (or was killed): SIGKILL
