@@ -34,3 +34,6 @@ pub use cache::{
     GcReport, ImportOptions, Imported, Lease, WaitPolicy,
 };
 pub use ids::{ArtifactId, EntryName, Fingerprint};
+/// Termination signals end running builders and hooks with their process groups
+/// (docs/DESIGN.md, "Nothing outlives its command").
+pub use shell::signals;

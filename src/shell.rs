@@ -3,18 +3,28 @@
 //! One mechanism for all of them: a process group of its own (so a timeout or the end of the
 //! command takes its children too), stdin from /dev/null, stdout and stderr interleaved into one
 //! pipe of which only the last bytes are kept (a command that prints gigabytes cannot exhaust
-//! memory), and a description of how it ended.
+//! memory), and a description of how it ended. Running groups are registered process-wide
+//! (`group`), so that SIGINT, SIGTERM or SIGHUP to warmcache ends them before it exits
+//! ([`signals`]), and on Linux the command's `sh` dies with warmcache even on SIGKILL
+//! (docs/DESIGN.md, "Nothing outlives its command").
 
-use std::collections::VecDeque;
+mod group;
+pub mod signals;
+#[cfg(target_os = "linux")]
+mod supervisor;
+mod tail;
+
 use std::ffi::OsStr;
-use std::io::Read;
+use std::io::{PipeReader, Read};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::units::format_duration;
+use group::NotStarted;
+use tail::Tail;
 
 /// Default size of the captured output tail.
 pub const DEFAULT_TAIL_BYTES: usize = 64 * 1024;
@@ -36,6 +46,9 @@ pub enum Termination {
     TimedOut(Duration),
     /// Could not be started at all; `errno` is the OS error if there was one.
     SpawnFailed { errno: Option<i32>, message: String },
+    /// warmcache itself was asked to end by this signal (SIGINT, SIGTERM, SIGHUP), and stopped
+    /// the command with its process group (or did not start it). Says nothing about the command.
+    Interrupted(i32),
 }
 
 impl std::fmt::Display for Termination {
@@ -49,6 +62,11 @@ impl std::fmt::Display for Termination {
                 format_duration(*t)
             ),
             Termination::SpawnFailed { message, .. } => write!(f, "could not be started: {message}"),
+            Termination::Interrupted(sig) => write!(
+                f,
+                "was stopped with its process group because warmcache received {}",
+                signals::name(*sig)
+            ),
         }
     }
 }
@@ -58,6 +76,7 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGKILL => " (SIGKILL; out of memory?)",
         libc::SIGTERM => " (SIGTERM)",
         libc::SIGINT => " (SIGINT)",
+        libc::SIGHUP => " (SIGHUP)",
         libc::SIGSEGV => " (SIGSEGV)",
         libc::SIGABRT => " (SIGABRT)",
         libc::SIGBUS => " (SIGBUS)",
@@ -66,55 +85,12 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Keeps the last `cap` bytes written to it.
-struct Tail {
-    buf: VecDeque<u8>,
-    cap: usize,
-    dropped: u64,
-}
-
-impl Tail {
-    fn new(cap: usize) -> Self {
-        Self {
-            buf: VecDeque::with_capacity(cap.min(DEFAULT_TAIL_BYTES)),
-            cap,
-            dropped: 0,
-        }
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        let keep = &data[data.len().saturating_sub(self.cap)..];
-        self.dropped += (data.len() - keep.len()) as u64;
-        self.buf.extend(keep);
-        let excess = self.buf.len().saturating_sub(self.cap);
-        if excess > 0 {
-            self.buf.drain(..excess);
-            self.dropped += excess as u64;
-        }
-    }
-
-    fn render(&self) -> String {
-        let (a, b) = self.buf.as_slices();
-        let mut bytes = Vec::with_capacity(a.len() + b.len());
-        bytes.extend_from_slice(a);
-        bytes.extend_from_slice(b);
-        let text = String::from_utf8_lossy(&bytes);
-        if self.dropped > 0 {
-            format!(
-                "[... {} earlier bytes of output omitted ...]\n{text}",
-                self.dropped
-            )
-        } else {
-            text.into_owned()
-        }
-    }
-}
-
 /// Runs `sh -c command` in `cwd` with `env` added to this process's environment, stdin from
 /// /dev/null and stdout and stderr into one bounded tail, in its own process group. With a
 /// `timeout`, the whole group gets SIGTERM, then SIGKILL after a grace period. Whatever the
-/// command left running in its group is killed when it ends, so nothing outlives it. Returns how
-/// it ended (Ok for exit 0) and the tail of its output.
+/// command left running in its group is killed when it ends, and this returns only once nothing
+/// of the group runs, so nothing outlives it. Returns how it ended (Ok for exit 0) and the tail
+/// of its output.
 pub fn run(
     command: &str,
     cwd: &Path,
@@ -122,19 +98,48 @@ pub fn run(
     timeout: Option<Duration>,
     tail_bytes: usize,
 ) -> (Result<(), Termination>, String) {
-    let spawn_failed = |e: std::io::Error| Termination::SpawnFailed {
+    let (mut cmd, reader) = match prepare(command, cwd, env) {
+        Ok(prepared) => prepared,
+        Err(e) => return (Err(spawn_failed(e)), String::new()),
+    };
+    let spawned = group::spawn(&mut cmd);
+    // The Command holds our copies of the pipe's write end; the reader sees EOF only once they
+    // are closed.
+    drop(cmd);
+    let child = match spawned {
+        Ok(child) => child,
+        Err(NotStarted::Interrupted(signal)) => {
+            return (Err(Termination::Interrupted(signal)), String::new());
+        }
+        Err(NotStarted::Failed(e)) => {
+            let termination = Termination::SpawnFailed {
+                errno: e.raw_os_error(),
+                message: format!("`sh -c` in `{}`: {e}", cwd.display()),
+            };
+            return (Err(termination), String::new());
+        }
+    };
+    let pgid = child.id();
+    let capture = Capture::start(reader, tail_bytes);
+    let (status, timed_out) = wait(child, timeout);
+    // Whatever the command left behind in its group goes with it.
+    group::finish(pgid);
+    let text = capture.finish();
+    (conclude(status, timed_out), text)
+}
+
+fn spawn_failed(e: std::io::Error) -> Termination {
+    Termination::SpawnFailed {
         errno: e.raw_os_error(),
         message: e.to_string(),
-    };
-    // One pipe for stdout and stderr keeps their interleaving and needs one reader.
-    let (mut reader, writer) = match std::io::pipe() {
-        Ok(pipe) => pipe,
-        Err(e) => return (Err(spawn_failed(e)), String::new()),
-    };
-    let writer2 = match writer.try_clone() {
-        Ok(w) => w,
-        Err(e) => return (Err(spawn_failed(e)), String::new()),
-    };
+    }
+}
+
+/// The `sh -c` command with its environment, and the read end of the one pipe that takes both
+/// its stdout and its stderr (keeping their interleaving, with one reader).
+fn prepare(command: &str, cwd: &Path, env: &[(&str, &OsStr)]) -> std::io::Result<(Command, PipeReader)> {
+    let (reader, writer) = std::io::pipe()?;
+    let writer2 = writer.try_clone()?;
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(command)
@@ -145,90 +150,97 @@ pub fn run(
     for (key, value) in env {
         cmd.env(key, value);
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    let spawned = cmd.spawn();
-    // The Command holds our copies of the pipe's write end; the reader sees EOF only once they
-    // are closed.
-    drop(cmd);
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            let termination = Termination::SpawnFailed {
-                errno: e.raw_os_error(),
-                message: format!("`sh -c` in `{}`: {e}", cwd.display()),
-            };
-            return (Err(termination), String::new());
-        }
-    };
-    let pid = child.id();
+    Ok((cmd, reader))
+}
 
-    let tail = Arc::new(Mutex::new(Tail::new(tail_bytes)));
-    let (read_done_tx, read_done_rx) = mpsc::channel::<()>();
-    let reader_tail = Arc::clone(&tail);
-    std::thread::spawn(move || {
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            match reader.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if let Ok(mut t) = reader_tail.lock() {
-                        t.push(&chunk[..n]);
+/// A thread reading the command's output into a bounded tail.
+struct Capture {
+    tail: Arc<Mutex<Tail>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Capture {
+    fn start(mut reader: PipeReader, tail_bytes: usize) -> Self {
+        let tail = Arc::new(Mutex::new(Tail::new(tail_bytes)));
+        let (done_tx, done) = mpsc::channel::<()>();
+        let reader_tail = Arc::clone(&tail);
+        std::thread::spawn(move || {
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                match reader.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Ok(mut t) = reader_tail.lock() {
+                            t.push(&chunk[..n]);
+                        }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
             }
+            let _ = done_tx.send(());
+        });
+        Self { tail, done }
+    }
+
+    /// The output's tail, once the pipe closed or after [`PIPE_GRACE`].
+    fn finish(self) -> String {
+        let _ = self.done.recv_timeout(PIPE_GRACE);
+        match self.tail.lock() {
+            Ok(t) => t.render(),
+            Err(poisoned) => poisoned.into_inner().render(),
         }
-        let _ = read_done_tx.send(());
-    });
+    }
+}
+
+/// Waits for the command's `sh` to exit; after `timeout`, ends its group (SIGTERM, a grace,
+/// SIGKILL). Returns its exit status (None if it was lost) and the timeout if it struck.
+fn wait(
+    mut child: Child,
+    timeout: Option<Duration>,
+) -> (Option<std::io::Result<ExitStatus>>, Option<Duration>) {
+    let pgid = child.id();
     let (exit_tx, exit_rx) = mpsc::channel::<std::io::Result<ExitStatus>>();
     std::thread::spawn(move || {
         let _ = exit_tx.send(child.wait());
     });
+    let Some(limit) = timeout else {
+        return (exit_rx.recv().ok(), None);
+    };
+    if let Ok(status) = exit_rx.recv_timeout(limit) {
+        return (Some(status), None);
+    }
+    let mut status = None;
+    group::terminate(pgid, TERM_GRACE, |grace| {
+        status = exit_rx.recv_timeout(grace).ok();
+        status.is_some()
+    });
+    if status.is_none() {
+        status = exit_rx.recv().ok();
+    }
+    (status, Some(limit))
+}
 
-    let mut timed_out = None;
-    let status = match timeout {
-        None => exit_rx.recv().ok(),
-        Some(limit) => match exit_rx.recv_timeout(limit) {
-            Ok(status) => Some(status),
-            Err(_) => {
-                timed_out = Some(limit);
-                kill_group(pid, Signal::Term);
-                match exit_rx.recv_timeout(TERM_GRACE) {
-                    Ok(status) => Some(status),
-                    Err(_) => {
-                        kill_group(pid, Signal::Kill);
-                        exit_rx.recv().ok()
-                    }
-                }
-            }
-        },
-    };
-    // Whatever the command left behind in its group goes with it.
-    kill_group(pid, Signal::Kill);
-    let _ = read_done_rx.recv_timeout(PIPE_GRACE);
-    let text = match tail.lock() {
-        Ok(t) => t.render(),
-        Err(poisoned) => poisoned.into_inner().render(),
-    };
-
-    let result = if let Some(limit) = timed_out {
-        Err(Termination::TimedOut(limit))
-    } else {
-        match status {
-            Some(Ok(status)) => exit_result(status),
-            Some(Err(e)) => Err(spawn_failed(e)),
-            None => Err(Termination::SpawnFailed {
-                errno: None,
-                message: "lost track of the process".into(),
-            }),
-        }
-    };
-    (result, text)
+/// How the command ended, from its exit status, a timeout, or warmcache's own interruption
+/// (which explains a killed command better than its signal does).
+fn conclude(
+    status: Option<std::io::Result<ExitStatus>>,
+    timed_out: Option<Duration>,
+) -> Result<(), Termination> {
+    if let Some(signal) = signals::interrupted_by() {
+        return Err(Termination::Interrupted(signal));
+    }
+    if let Some(limit) = timed_out {
+        return Err(Termination::TimedOut(limit));
+    }
+    match status {
+        Some(Ok(status)) => exit_result(status),
+        Some(Err(e)) => Err(spawn_failed(e)),
+        None => Err(Termination::SpawnFailed {
+            errno: None,
+            message: "lost track of the process".into(),
+        }),
+    }
 }
 
 fn exit_result(status: ExitStatus) -> Result<(), Termination> {
@@ -246,54 +258,4 @@ fn exit_result(status: ExitStatus) -> Result<(), Termination> {
         }
     }
     Err(Termination::Exited(-1))
-}
-
-enum Signal {
-    Term,
-    Kill,
-}
-
-/// Signals the process group led by `pid` (the command's `sh`); a group that is already gone is
-/// fine.
-fn kill_group(pid: u32, signal: Signal) {
-    #[cfg(unix)]
-    {
-        use rustix::process::{Pid, Signal as Sig, kill_process_group};
-        let sig = match signal {
-            Signal::Term => Sig::TERM,
-            Signal::Kill => Sig::KILL,
-        };
-        if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-            let _ = kill_process_group(pid, sig);
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (pid, signal);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tail_buffer_is_bounded() {
-        let mut t = Tail::new(8);
-        t.push(b"0123");
-        t.push(b"456789");
-        assert_eq!(
-            t.render(),
-            "[... 2 earlier bytes of output omitted ...]\n23456789"
-        );
-        t.push(b"abcdefghijkl");
-        assert_eq!(
-            t.render(),
-            "[... 14 earlier bytes of output omitted ...]\nefghijkl"
-        );
-        assert!(t.buf.len() <= 8);
-        let mut none = Tail::new(0);
-        none.push(b"abc");
-        assert_eq!(none.render(), "[... 3 earlier bytes of output omitted ...]\n");
-    }
 }

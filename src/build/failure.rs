@@ -75,6 +75,20 @@ pub enum FailureCause {
     },
 }
 
+impl FailureCause {
+    /// The signal that stopped warmcache itself in the middle of this step, if that is why it
+    /// failed: not the build's failure, so never recorded.
+    pub fn interrupted(&self) -> Option<i32> {
+        match self {
+            FailureCause::Step {
+                termination: Termination::Interrupted(signal),
+                ..
+            } => Some(*signal),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for FailureCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -141,6 +155,8 @@ impl FailurePolicy {
             match termination {
                 Termination::Signaled(_) | Termination::TimedOut(_) => return Transient,
                 Termination::SpawnFailed { .. } => return Transient,
+                // Never recorded (the cache stops instead), but not the command's fault.
+                Termination::Interrupted(_) => return Transient,
                 Termination::Exited(_) => {}
             }
         }

@@ -155,6 +155,19 @@ pub enum EnsureError {
     /// A remote problem, with `--strict` (otherwise remote problems are warnings).
     #[error("remote problem (--strict makes it an error): {0}")]
     Remote(ShareError),
+    /// warmcache was asked to end (SIGINT, SIGTERM, SIGHUP) while building; the builder was
+    /// stopped with its process group and nothing was recorded.
+    #[error(
+        "`{name}` was not built: warmcache received {} and stopped the builder with its process \
+         group; nothing was recorded, the next call builds",
+        crate::signals::name(*signal)
+    )]
+    Interrupted {
+        /// The entry.
+        name: EntryName,
+        /// The signal warmcache received.
+        signal: i32,
+    },
     /// A recorded failure of the current inputs forbids building now.
     #[error(
         "`{name}` is not built: its last build from these inputs failed ({} failure, {} attempt(s)): {}{}",
@@ -475,6 +488,13 @@ impl Call<'_> {
                 }
             }
         };
+        if let Some(signal) = failure.cause.interrupted() {
+            // Not a failure of these inputs: recording it would block or delay the next call.
+            return Err(EnsureError::Interrupted {
+                name: self.recipe.name.clone(),
+                signal,
+            });
+        }
         let record = record_failure(
             state.failure.as_ref(),
             &self.fp,

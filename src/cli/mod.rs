@@ -1,7 +1,7 @@
 //! The command line: argument definitions, human and JSON output, exit codes.
 //!
 //! Exit codes: 0 success (a stale-but-served artifact is success, with a warning), 1 failure,
-//! 2 usage error (clap's own). With `--json`, exactly one JSON object is printed on stdout, also
+//! 2 usage error (clap's own), 130/143/129 ended by SIGINT/SIGTERM/SIGHUP. With `--json`, exactly one JSON object is printed on stdout, also
 //! for failures (`{"error": "..."}`).
 
 mod commands;
@@ -291,15 +291,32 @@ fn parse_time_limit(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses the command line, runs it and returns the process exit code. A usage error exits 2;
-/// with `--json` it is also reported as one JSON object on stdout, like every other error.
+/// with `--json` it is also reported as one JSON object on stdout, like every other error. Ending
+/// on SIGINT, SIGTERM or SIGHUP exits 128 + the signal's number (130, 143, 129).
 pub fn run() -> ExitCode {
+    // First, before any thread starts: SIGINT, SIGTERM and SIGHUP end running builders and
+    // hooks with their process groups (docs/DESIGN.md, "Nothing outlives its command").
+    let signals = warmcache::signals::install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
     let out = Output::new(cli.global.json, cli.global.quiet, cli.global.verbose);
     out.init_logging();
-    match dispatch(&cli, &out) {
+    if let Err(e) = signals {
+        tracing::warn!("cannot take over termination signals; a builder may outlive warmcache: {e}");
+    }
+    let code = finish(dispatch(&cli, &out), &out);
+    // Ending on a signal says so in the exit code, whatever the command made of it.
+    match warmcache::signals::interrupted_by() {
+        Some(signal) => ExitCode::from(warmcache::signals::exit_code(signal)),
+        None => code,
+    }
+}
+
+/// Reports the command's result and returns its exit code.
+fn finish(result: anyhow::Result<()>, out: &Output) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // The result was printed in full; the exit code says it was not clean.
         Err(err) if err.is::<commands::Reported>() => ExitCode::from(1),

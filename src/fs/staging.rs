@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fs_err as fs;
 
@@ -32,9 +32,11 @@ pub fn unique_name(prefix: &str) -> String {
 /// A directory of private staging locations, on the same file system as what they publish into.
 ///
 /// Each staging location `NAME` (a file or directory) is owned through `NAME.lock`, which its
-/// creator holds locked for as long as it lives. The lock file appears under its final name only
-/// once it is locked (it is locked under a temporary name, then renamed), so a sweeper that can
-/// lock `NAME.lock` knows the owner is gone.
+/// creator holds locked for as long as it lives. Liveness is the kernel's knowledge, never an
+/// age: a sweeper that can lock `NAME.lock` knows the owner is gone (or never got as far as
+/// locking it), removes `NAME` and then `NAME.lock` while holding that lock. The owner, once it
+/// holds the lock, checks that `NAME.lock` is still the file it locked; if a sweeper removed it
+/// in between, it starts over under a new name (docs/DESIGN.md, "Staging and lock files").
 #[derive(Debug, Clone)]
 pub struct StagingArea {
     dir: PathBuf,
@@ -50,9 +52,12 @@ pub struct SweepReport {
 }
 
 const LOCK_SUFFIX: &str = ".lock";
+/// Lock files of older versions, locked under this temporary name and then renamed. Swept like
+/// any lock file: unlocked means dead.
 const PENDING_PREFIX: &str = ".pending-";
-/// A lock file still under its temporary name after this long belongs to a crashed process.
-const PENDING_GRACE: Duration = Duration::from_secs(600);
+/// How often [`StagingArea::reserve`] starts over after sweepers removed its fresh lock file
+/// before it could lock it; each attempt loses only to a sweep that ran in that instant.
+const RESERVE_ATTEMPTS: u32 = 100;
 
 impl StagingArea {
     /// A staging area rooted at `dir` (created if missing).
@@ -69,22 +74,25 @@ impl StagingArea {
 
     /// Reserves a fresh staging path (nothing is created at it yet), locked for this process.
     pub fn reserve(&self, purpose: &str) -> io::Result<Staged> {
-        let name = unique_name(&format!("{purpose}-"));
-        let pending = self.dir.join(format!("{PENDING_PREFIX}{name}"));
-        let lock = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&pending)
-            .map_err(|e| annotate(e, "create staging lock", &pending))?;
-        lock.lock().map_err(|e| annotate(e, "lock", &pending))?;
-        let lock_path = self.dir.join(format!("{name}{LOCK_SUFFIX}"));
-        fs::rename(&pending, &lock_path)?;
-        Ok(Staged {
-            path: self.dir.join(name),
-            lock_path,
-            lock: Some(lock),
-            keep: false,
-        })
+        for _ in 0..RESERVE_ATTEMPTS {
+            let name = unique_name(&format!("{purpose}-"));
+            let lock_path = self.dir.join(format!("{name}{LOCK_SUFFIX}"));
+            if let Some(lock) = lock_fresh(&lock_path)? {
+                return Ok(Staged {
+                    path: self.dir.join(name),
+                    lock_path,
+                    lock: Some(lock),
+                    keep: false,
+                });
+            }
+        }
+        Err(annotate(
+            io::Error::other(format!(
+                "its lock file was swept away {RESERVE_ATTEMPTS} times before it could be locked"
+            )),
+            "reserve staging",
+            &self.dir,
+        ))
     }
 
     /// Reserves a staging directory and creates it.
@@ -114,10 +122,8 @@ impl StagingArea {
             let name_str = name.to_string_lossy();
             let path = self.dir.join(name);
             if let Some(base) = name_str.strip_suffix(LOCK_SUFFIX) {
-                if base.starts_with(PENDING_PREFIX) {
-                    continue;
-                }
-                // A lock file: if we can lock it, its owner died; remove what it guarded.
+                // A lock file: if we can lock it, its owner died (or was killed before it could
+                // lock it); remove what it guarded, then the lock file, while holding the lock.
                 let Ok(file) = OpenOptions::new().write(true).open(&path) else {
                     continue;
                 };
@@ -130,13 +136,14 @@ impl StagingArea {
                     Err(_) => report.live += 1,
                 }
             } else if name_str.starts_with(PENDING_PREFIX) {
-                let old = std::fs::symlink_metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > PENDING_GRACE);
-                if old {
+                // An older version's pending lock file, still under its temporary name (it had no
+                // `.lock` suffix): unlocked means its owner died before renaming it.
+                let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+                    continue;
+                };
+                if file.try_lock().is_ok() {
                     remove_tree(&path)?;
+                    report.removed += 1;
                 }
             } else {
                 // A staging location whose lock file is gone: the owner always creates the lock
@@ -152,6 +159,38 @@ impl StagingArea {
         }
         Ok(report)
     }
+}
+
+/// Creates the lock file at `lock_path` and locks it. Between the two a sweeper may take the
+/// unlocked file for a dead owner's and remove it; then the name no longer leads to the file we
+/// locked, and `None` says to start over under another name. A kill between the two leaves an
+/// unlocked lock file, which the next sweep removes at once.
+fn lock_fresh(lock_path: &Path) -> io::Result<Option<File>> {
+    let lock = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(lock_path)
+        .map_err(|e| annotate(e, "create staging lock", lock_path))?;
+    lock.lock().map_err(|e| annotate(e, "lock", lock_path))?;
+    let ours = lock.metadata().map_err(|e| annotate(e, "stat", lock_path))?;
+    match std::fs::symlink_metadata(lock_path) {
+        Ok(named) if same_file(&ours, &named) => Ok(Some(lock)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(annotate(e, "stat", lock_path)),
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    // Without inode numbers, trust the name; a sweeper cannot remove a file open elsewhere there.
+    true
 }
 
 /// A reserved staging path. Dropping it removes whatever is at the path and releases the lock,
@@ -215,5 +254,30 @@ mod tests {
         assert!(live.path().join("x").exists());
         drop(live);
         assert_eq!(std::fs::read_dir(area.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_lock_file_never_locked_or_an_old_pending_one_is_swept_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let area = StagingArea::new(tmp.path().join("staging")).unwrap();
+        // Killed between creating its lock file and locking it, and an older version's pending
+        // lock file killed before its rename: both fresh, both unlocked.
+        std::fs::write(area.dir().join("build-1-2-3.lock"), b"").unwrap();
+        std::fs::write(area.dir().join(".pending-import-4-5-6"), b"").unwrap();
+        let report = area.sweep().unwrap();
+        assert_eq!(report.removed, 2);
+        assert_eq!(std::fs::read_dir(area.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_lock_file_swept_before_it_was_locked_is_not_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.lock");
+        // A sweeper removed the file and another appeared under the name: not ours.
+        let ours = lock_fresh(&path).unwrap().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(lock_fresh(&path).unwrap().is_some());
+        let meta = ours.metadata().unwrap();
+        assert!(!same_file(&meta, &std::fs::metadata(&path).unwrap()));
     }
 }
