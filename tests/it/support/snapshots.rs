@@ -10,20 +10,24 @@ use super::{list, run, warmcache_s3};
 
 /// Runs `warmcache snapshot DIR --remote URL --json [extra]`.
 pub fn snapshot(server: &TestS3, root: &Path, dir: &Path, key: &str, extra: &[&str]) -> Output {
-    let mut cmd = warmcache_s3(server, root);
-    cmd.arg("snapshot")
-        .arg(dir)
-        .arg("--remote")
-        .arg(server.url(key))
-        .arg("--json")
-        .args(extra);
-    run(&mut cmd)
+    directory_command("snapshot", server, root, dir, key, extra)
 }
 
 /// Runs `warmcache restore DIR --remote URL --json [extra]`.
 pub fn restore(server: &TestS3, root: &Path, dir: &Path, key: &str, extra: &[&str]) -> Output {
+    directory_command("restore", server, root, dir, key, extra)
+}
+
+fn directory_command(
+    verb: &str,
+    server: &TestS3,
+    root: &Path,
+    dir: &Path,
+    key: &str,
+    extra: &[&str],
+) -> Output {
     let mut cmd = warmcache_s3(server, root);
-    cmd.arg("restore")
+    cmd.arg(verb)
         .arg(dir)
         .arg("--remote")
         .arg(server.url(key))
