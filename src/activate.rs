@@ -230,6 +230,12 @@ const HOOK_OUTPUT_TAIL: usize = 8 * 1024;
 /// made durable, then swapped into place. On any failure `dest` is left as it was and the staging
 /// copy is removed. Leftovers of crashed activations in `dest`'s directory are swept first.
 pub fn activate(artifact: &Path, dest: &Path, opts: &ActivateOptions) -> Result<Activation, ActivateError> {
+    // Absolute, once, at the boundary: hooks get it as `$WARMCACHE_SOURCE` and run elsewhere.
+    let artifact = &std::path::absolute(artifact).map_err(|err| ActivateError::Artifact {
+        artifact: artifact.to_path_buf(),
+        dest: dest.to_path_buf(),
+        err,
+    })?;
     let has_hooks = !opts.hooks.is_empty();
     if has_hooks && matches!(opts.link, LinkMode::Hardlink | LinkMode::Symlink) {
         return Err(ActivateError::HooksNeedPrivateCopy {
@@ -250,7 +256,14 @@ pub fn activate(artifact: &Path, dest: &Path, opts: &ActivateOptions) -> Result<
     };
     for hook in &opts.hooks {
         stage.run_hook(hook, staged_kind, |staging| {
-            run_hook(hook, staging, dest, artifact, stage.parent())
+            run_hook(
+                hook,
+                staging,
+                dest,
+                &stage.absolute_dest(),
+                artifact,
+                stage.parent(),
+            )
         })?;
     }
     stage.make_durable(if link == LinkMode::Symlink {
@@ -403,16 +416,18 @@ fn check_no_overlap(artifact: &Path, dest: &Path, parent: &Path, name: &OsStr) -
 }
 
 /// Runs one hook on the staging copy, keeping the tail of its output for the error message.
+/// `dest` is as the caller gave it (for messages); `absolute_dest` is what the hook is told.
 fn run_hook(
     hook: &str,
     staging: &Path,
     dest: &Path,
+    absolute_dest: &Path,
     artifact: &Path,
     cwd: &Path,
 ) -> Result<(), ActivateError> {
     let env = [
         ("WARMCACHE_STAGING", staging.as_os_str()),
-        ("WARMCACHE_DEST", dest.as_os_str()),
+        ("WARMCACHE_DEST", absolute_dest.as_os_str()),
         ("WARMCACHE_SOURCE", artifact.as_os_str()),
     ];
     let (result, output) = crate::shell::run(hook, cwd, &env, None, HOOK_OUTPUT_TAIL);

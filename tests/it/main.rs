@@ -18,6 +18,7 @@ mod gc_budget_and_protection;
 mod gc_killed_leaves_consistent_cache;
 mod gc_never_pulls_from_readers;
 mod gc_standing_budget;
+mod hooks_get_absolute_paths;
 mod import_archive_concurrent_install;
 mod import_archive_hostile_cli;
 mod import_bad_input;
