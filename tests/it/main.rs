@@ -5,10 +5,12 @@
 mod support;
 
 mod activate_hook_failure;
+mod activate_never_shares_the_store;
 mod activate_torn_reads;
 mod archive_hostile;
 mod archive_roundtrip;
 mod crash_kill_during_import;
+mod damaged_artifacts_are_never_served;
 mod ensure_artifact_vanished;
 mod ensure_deterministic_pinning;
 mod ensure_exactly_once;
