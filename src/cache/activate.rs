@@ -1,6 +1,9 @@
-//! Activating an artifact of the cache at a path outside it: resolve the entry or id and lease it
-//! in one step under the operation lock, then hand the artifact to [`crate::activate`], which
-//! stages, runs hooks and swaps without any lock held.
+//! Activating an artifact of the cache at a path outside it: resolve the entry or id (checking it
+//! for damage like any hit) and lease it in one step under the operation lock, recording a gc root
+//! for a symlink activation, then hand the artifact to [`crate::activate`], which stages (checking
+//! every digest it copies), runs hooks and swaps without any lock held. A damaged artifact is
+//! quarantined and DEST left as it was (docs/DESIGN.md, "Corruption is never served",
+//! "GC roots").
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
