@@ -25,8 +25,9 @@ use link::{Linker, stage_tree};
 /// How to activate: the link mode and the hooks to run on the staging copy.
 #[derive(Debug, Clone)]
 pub struct ActivateOptions {
-    /// How files are placed. `Auto` tries a reflink, then a hard link, then a copy; with hooks it
-    /// never hard-links (a reflink is a private copy-on-write copy, so it is still allowed).
+    /// How files are placed. `Auto` tries a reflink, then a copy: DEST never shares an inode with
+    /// the cache, so writing to it cannot damage the cache. `Hardlink` only when asked (DEST is
+    /// then read-only).
     pub link: LinkMode,
     /// Shell commands (run by `sh -c`) that may modify the staging copy before it goes live.
     pub hooks: Vec<String>,
@@ -38,6 +39,31 @@ impl Default for ActivateOptions {
             link: LinkMode::Auto,
             hooks: Vec::new(),
         }
+    }
+}
+
+/// What an artifact's files must hash to, by path inside it (`/`-separated; empty for a
+/// single-file artifact), from its manifest: an activation that copies checks every file as it
+/// copies it, so damaged bytes never reach DEST (docs/DESIGN.md, "Corruption is never served").
+#[derive(Debug, Clone, Default)]
+pub struct ExpectedDigests {
+    files: std::collections::HashMap<String, String>,
+}
+
+impl ExpectedDigests {
+    /// From `(path, BLAKE3 hex)` pairs, one per regular file of the artifact.
+    pub fn new(files: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self {
+            files: files.into_iter().collect(),
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<&str> {
+        self.files.get(path).map(String::as_str)
+    }
+
+    fn len(&self) -> usize {
+        self.files.len()
     }
 }
 
@@ -85,6 +111,16 @@ pub enum ActivateError {
         artifact: PathBuf,
         dest: PathBuf,
         err: io::Error,
+    },
+
+    /// A file of the artifact is not what its manifest says (found while copying it).
+    #[error("refusing to activate `{}` at `{}`: the artifact is damaged: {}{problem}; `{}` was left unchanged", artifact.display(), dest.display(), if entry.is_empty() { String::new() } else { format!("`{entry}`: ") }, dest.display())]
+    Damaged {
+        artifact: PathBuf,
+        dest: PathBuf,
+        /// The file inside the artifact (empty for the artifact itself).
+        entry: String,
+        problem: String,
     },
 
     /// The artifact, or an entry in it, is not a file, directory or symlink.
@@ -230,6 +266,24 @@ const HOOK_OUTPUT_TAIL: usize = 8 * 1024;
 /// made durable, then swapped into place. On any failure `dest` is left as it was and the staging
 /// copy is removed. Leftovers of crashed activations in `dest`'s directory are swept first.
 pub fn activate(artifact: &Path, dest: &Path, opts: &ActivateOptions) -> Result<Activation, ActivateError> {
+    activate_verified(artifact, dest, opts, None)
+}
+
+/// [`activate`], checking every file it copies against `expected` while copying it (reflinks,
+/// hard links and symlinks read no bytes and are not checked): a mismatch is
+/// [`ActivateError::Damaged`], with DEST left as it was.
+pub fn activate_verified(
+    artifact: &Path,
+    dest: &Path,
+    opts: &ActivateOptions,
+    expected: Option<&ExpectedDigests>,
+) -> Result<Activation, ActivateError> {
+    // Absolute, once, at the boundary: hooks get it as `$WARMCACHE_SOURCE` and run elsewhere.
+    let artifact = &std::path::absolute(artifact).map_err(|err| ActivateError::Artifact {
+        artifact: artifact.to_path_buf(),
+        dest: dest.to_path_buf(),
+        err,
+    })?;
     let has_hooks = !opts.hooks.is_empty();
     if has_hooks && matches!(opts.link, LinkMode::Hardlink | LinkMode::Symlink) {
         return Err(ActivateError::HooksNeedPrivateCopy {
@@ -243,14 +297,21 @@ pub fn activate(artifact: &Path, dest: &Path, opts: &ActivateOptions) -> Result<
     check_replaceable(existing, kind, artifact, dest)?;
     check_no_overlap(artifact, dest, stage.parent(), stage.name())?;
 
-    let link = build_staging(&stage, artifact, kind, opts)?;
+    let link = build_staging(&stage, artifact, kind, opts, expected)?;
     let staged_kind = match kind {
         ArtifactKind::File => StagedKind::File,
         ArtifactKind::Dir => StagedKind::Tree,
     };
     for hook in &opts.hooks {
         stage.run_hook(hook, staged_kind, |staging| {
-            run_hook(hook, staging, dest, artifact, stage.parent())
+            run_hook(
+                hook,
+                staging,
+                dest,
+                &stage.absolute_dest(),
+                artifact,
+                stage.parent(),
+            )
         })?;
     }
     stage.make_durable(if link == LinkMode::Symlink {
@@ -318,6 +379,7 @@ fn build_staging(
     artifact: &Path,
     kind: ArtifactKind,
     opts: &ActivateOptions,
+    expected: Option<&ExpectedDigests>,
 ) -> Result<LinkMode, ActivateError> {
     let dest = stage.dest();
     if opts.link == LinkMode::Symlink {
@@ -334,9 +396,11 @@ fn build_staging(
         })?;
         return Ok(LinkMode::Symlink);
     }
-    let mut linker = Linker::new(opts.link, !opts.hooks.is_empty());
+    let mut linker = Linker::new(opts.link, expected);
     match kind {
-        ArtifactKind::File => linker.place(artifact, stage.path()),
+        ArtifactKind::File => linker
+            .place(artifact, stage.path(), "")
+            .and_then(|()| linker.finish()),
         ArtifactKind::Dir => stage_tree(artifact, stage.path(), &mut linker),
     }
     .map_err(|e| e.into_error(artifact, dest))?;
@@ -403,16 +467,18 @@ fn check_no_overlap(artifact: &Path, dest: &Path, parent: &Path, name: &OsStr) -
 }
 
 /// Runs one hook on the staging copy, keeping the tail of its output for the error message.
+/// `dest` is as the caller gave it (for messages); `absolute_dest` is what the hook is told.
 fn run_hook(
     hook: &str,
     staging: &Path,
     dest: &Path,
+    absolute_dest: &Path,
     artifact: &Path,
     cwd: &Path,
 ) -> Result<(), ActivateError> {
     let env = [
         ("WARMCACHE_STAGING", staging.as_os_str()),
-        ("WARMCACHE_DEST", dest.as_os_str()),
+        ("WARMCACHE_DEST", absolute_dest.as_os_str()),
         ("WARMCACHE_SOURCE", artifact.as_os_str()),
     ];
     let (result, output) = crate::shell::run(hook, cwd, &env, None, HOOK_OUTPUT_TAIL);
@@ -584,8 +650,8 @@ mod tests {
             let act = activate(&src, &dest, &opts(LinkMode::Auto)).unwrap();
             assert_eq!(
                 act.link,
-                LinkMode::Hardlink,
-                "same file system: auto falls back to a hard link"
+                LinkMode::Copy,
+                "auto falls back to a copy, never a hard link"
             );
         }
         assert_eq!(std::fs::read(&dest).unwrap(), b"binary");
@@ -716,6 +782,38 @@ mod tests {
         let err = activate(&tree, &fx.cache, &opts(LinkMode::Copy)).unwrap_err();
         assert!(matches!(err, ActivateError::Overlap { .. }), "{err:?}");
         assert_eq!(std::fs::read(tree.join("only-t")).unwrap(), b"t");
+    }
+
+    #[test]
+    fn a_copy_is_checked_against_its_digests_and_a_mismatch_leaves_dest_untouched() {
+        let fx = Fixture::new();
+        let (a, b) = (fx.tree("a", "a"), fx.tree("b", "b"));
+        let dest = fx.app.join("bundle");
+        activate(&a, &dest, &opts(LinkMode::Copy)).unwrap();
+        let files: Vec<(String, String)> = crate::fs::walk_sorted(&b)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, kind)| kind.is_file())
+            .map(|(rel, _)| {
+                let digest = blake3::hash(&std::fs::read(b.join(&rel)).unwrap());
+                (rel.to_string_lossy().into_owned(), digest.to_hex().to_string())
+            })
+            .collect();
+        let mut wrong = files.clone();
+        wrong[0].1 = "0".repeat(64);
+        let mut extra = files.clone();
+        extra.push(("gone".into(), "0".repeat(64)));
+        for expected in [wrong, extra] {
+            let expected = ExpectedDigests::new(expected);
+            let err = activate_verified(&b, &dest, &opts(LinkMode::Copy), Some(&expected)).unwrap_err();
+            assert!(matches!(err, ActivateError::Damaged { .. }), "{err:?}");
+            assert!(err.to_string().contains("was left unchanged"), "{err}");
+            assert_eq!(std::fs::read(dest.join("lib/v1/data")).unwrap(), b"a");
+            assert_eq!(fx.app_entries(), vec!["bundle"]);
+        }
+        let expected = ExpectedDigests::new(files);
+        activate_verified(&b, &dest, &opts(LinkMode::Copy), Some(&expected)).unwrap();
+        assert_eq!(std::fs::read(dest.join("lib/v1/data")).unwrap(), b"b");
     }
 
     #[test]

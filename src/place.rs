@@ -123,6 +123,13 @@ impl Stage {
     /// directory ([`sweep_leftovers`]) and picks a staging path beside DEST. Nothing is created.
     pub fn beside(dest: &Path) -> Result<Self, PlaceError> {
         let (parent, name) = split_dest(dest)?;
+        // Absolute, once, here: the staging path and DEST are handed to hooks, which run in
+        // DEST's directory, not the caller's (docs/DESIGN.md, "Post-processing before
+        // publication").
+        let parent = std::path::absolute(&parent).map_err(|e| PlaceError::Inspect {
+            dest: dest.to_path_buf(),
+            err: annotate(e, "make absolute", &parent),
+        })?;
         sweep_leftovers(&parent);
         let path = hidden_path(&parent, &name, STAGE_MARK);
         Ok(Self {
@@ -133,7 +140,7 @@ impl Stage {
         })
     }
 
-    /// Where to build the new version.
+    /// Where to build the new version (an absolute path).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -143,7 +150,13 @@ impl Stage {
         &self.dest
     }
 
-    /// DEST's directory.
+    /// DEST as an absolute path (its directory made absolute, its name as given): what hooks
+    /// are told.
+    pub fn absolute_dest(&self) -> PathBuf {
+        self.parent.join(&self.name)
+    }
+
+    /// DEST's directory, absolute.
     pub fn parent(&self) -> &Path {
         &self.parent
     }

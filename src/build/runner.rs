@@ -52,6 +52,10 @@ impl RunOutcome {
 /// including being unable to start `sh`, is a classified [`RunFailure`].
 pub fn run(recipe: &Recipe, out_path: &Path, staging_dir: &Path, tail_bytes: usize) -> RunOutcome {
     let start = Instant::now();
+    // The commands run in the recipe's directory, so what they are handed must not depend on
+    // ours (the cache's staging paths already are absolute; a library caller's may not be).
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (out_path, staging_dir) = (&absolute(out_path), &absolute(staging_dir));
     let finish = |cause: Option<FailureCause>, tail: String| {
         let failure = cause.map(|cause| RunFailure {
             kind: recipe.failure_policy.classify(&cause, &tail),

@@ -27,6 +27,7 @@ impl Cache {
                 disk_usage: published.disk_usage,
                 created_at: accessed_at,
                 accessed_at,
+                identity: published.identity,
             });
         }
         crate::fs::sync_tree(self.root())?;

@@ -130,6 +130,10 @@ pub struct Ensured {
     /// status is `built` but the artifact came, verified, from the remote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteActivity>,
+    /// Problems found on the way that did not stop the call, such as a damaged artifact that was
+    /// quarantined and rebuilt (docs/DESIGN.md, "Corruption is never served").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Why `ensure` could not return an artifact.
@@ -223,6 +227,8 @@ struct EntryState {
     last_good: Option<LastGood>,
     present: bool,
     failure: Option<FailureRecord>,
+    /// The warning for a last good artifact found damaged (and quarantined) by this read.
+    damaged: Option<String>,
 }
 
 impl EntryState {
@@ -248,6 +254,8 @@ struct Call<'a> {
     unmatched: Vec<String>,
     special: Vec<String>,
     started: i64,
+    /// Warnings collected along the way, reported with the result.
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 /// The outcome of a step: the call's result, or go on.
@@ -278,7 +286,20 @@ impl Call<'_> {
             special_inputs: self.special.clone(),
             lease_expires_at: None,
             remote: None,
+            warnings: self.warnings.borrow().clone(),
         }
+    }
+
+    /// The entry's state (see [`Cache::entry_state`]), keeping the warning for a damaged artifact.
+    fn state(&self, op: &OpGuard) -> Result<EntryState, CacheError> {
+        let state = self.cache.entry_state(op, &self.recipe.name)?;
+        if let Some(warning) = &state.damaged {
+            self.warnings.borrow_mut().push(format!(
+                "{warning}; `{}` is rebuilt like a miss",
+                self.recipe.name
+            ));
+        }
+        Ok(state)
     }
 
     /// The state machine's decision for the current fingerprint, now.
@@ -351,7 +372,7 @@ impl Call<'_> {
     /// First look, without the entry lock: the common case is a hit.
     fn look(&self) -> Result<Step<()>, EnsureError> {
         let op = self.cache.operation()?;
-        let state = self.cache.entry_state(&op, &self.recipe.name)?;
+        let state = self.state(&op)?;
         let decision = self.decide(&state, self.options.refresh);
         if let (Decision::Hit, Some(entry)) = (&decision, &state.entry) {
             self.cache
@@ -374,7 +395,7 @@ impl Call<'_> {
         }
         if self.options.wait == WaitPolicy::TakeStale {
             let op = self.cache.operation()?;
-            let state = self.cache.entry_state(&op, &self.recipe.name)?;
+            let state = self.state(&op)?;
             if let Some(good) = state.servable_stale(self.recipe.stale) {
                 let why = "a build from the current inputs is under way in another process".to_string();
                 let stale = self.result(
@@ -396,7 +417,7 @@ impl Call<'_> {
     /// Lock, then re-check: whoever held the lock may have built or failed already.
     fn recheck(&self) -> Result<Step<EntryState>, EnsureError> {
         let op = self.cache.operation()?;
-        let state = self.cache.entry_state(&op, &self.recipe.name)?;
+        let state = self.state(&op)?;
         // A refresh that waited for another process's build of the same inputs, finished after
         // this call began, reuses it instead of building twice.
         let fresh = state.last_good.as_ref().is_some_and(|g| g.fingerprint == self.fp)
@@ -424,7 +445,7 @@ impl Call<'_> {
             return Ok(Step::Next(Some(activity)));
         };
         let op = self.cache.operation()?;
-        let state = self.cache.entry_state(&op, &self.recipe.name)?;
+        let state = self.state(&op)?;
         let built = Ensured {
             remote: Some(activity),
             ..self.result(EnsureStatus::Built, &pulled.artifact, &state, None, None)
@@ -460,7 +481,7 @@ impl Call<'_> {
                             Some(&self.fp),
                             "build",
                         )?;
-                        let state = self.cache.entry_state(&op, &self.recipe.name)?;
+                        let state = self.state(&op)?;
                         let built = self.serve(
                             &op,
                             self.result(EnsureStatus::Built, &published.id, &state, None, None),
@@ -530,6 +551,26 @@ impl Call<'_> {
         }
     }
 
+    /// The steps of one call: look, lock, re-check, pull, build.
+    fn run(&self) -> Result<Ensured, EnsureError> {
+        if let Step::Done(done) = self.look()? {
+            return *done;
+        }
+        let build_lock = match self.lock_entry()? {
+            Step::Done(done) => return *done,
+            Step::Next(guard) => guard,
+        };
+        let state = match self.recheck()? {
+            Step::Done(done) => return *done,
+            Step::Next(state) => state,
+        };
+        let remote = match self.pull()? {
+            Step::Done(done) => return *done,
+            Step::Next(remote) => remote,
+        };
+        self.build(state, build_lock, remote)
+    }
+
     /// Pushes a fresh local build when the remote asks for it.
     fn push(&self, built: Ensured, remote: Option<RemoteActivity>) -> Result<Ensured, EnsureError> {
         let (Some(sharing), Some(mut activity)) = (self.options.remote.as_ref(), remote) else {
@@ -567,28 +608,28 @@ impl Cache {
             unmatched: fingerprinted.unmatched_globs,
             special: fingerprinted.special_inputs,
             started,
+            warnings: std::cell::RefCell::new(Vec::new()),
         };
-        if let Step::Done(done) = call.look()? {
-            return *done;
+        let result = call.run();
+        if result.is_err() {
+            // A success carries its warnings; an error must not swallow them.
+            for warning in call.warnings.borrow().iter() {
+                tracing::warn!("{warning}");
+            }
         }
-        let build_lock = match call.lock_entry()? {
-            Step::Done(done) => return *done,
-            Step::Next(guard) => guard,
-        };
-        let state = match call.recheck()? {
-            Step::Done(done) => return *done,
-            Step::Next(state) => state,
-        };
-        let remote = match call.pull()? {
-            Step::Done(done) => return *done,
-            Step::Next(remote) => remote,
-        };
-        call.build(state, build_lock, remote)
+        result
     }
 
-    fn entry_state(&self, _op: &OpGuard, name: &EntryName) -> Result<EntryState, CacheError> {
+    /// What the catalog says about `name`, with its last good artifact checked before anything
+    /// serves it (docs/DESIGN.md, "Corruption is never served"): the stat identity recorded with
+    /// its artifact row, read in the same query as the entry, against one `fstat` (a file) or an
+    /// `lstat` per entry (a tree). A damaged one is quarantined here, under `op`, and is a miss.
+    fn entry_state(&self, op: &OpGuard, name: &EntryName) -> Result<EntryState, CacheError> {
         let catalog = self.catalog();
-        let entry = catalog.entry(name)?;
+        let (entry, identity) = match catalog.entry_with_identity(name)? {
+            Some((entry, identity)) => (Some(entry), identity),
+            None => (None, None),
+        };
         let failure = catalog.failure(name)?;
         drop(catalog);
         let last_good = entry.as_ref().and_then(|e| match (&e.artifact, &e.fingerprint) {
@@ -598,14 +639,20 @@ impl Cache {
             }),
             _ => None,
         });
-        let present = last_good
-            .as_ref()
-            .is_some_and(|g| self.store().is_present(&g.artifact));
+        let (present, damaged) = match &last_good {
+            None => (false, None),
+            Some(good) => match self.check_artifact(op, &good.artifact, identity.as_deref())? {
+                super::Checked::Intact => (true, None),
+                super::Checked::Missing => (false, None),
+                super::Checked::Damaged(q) => (false, Some(q.warning())),
+            },
+        };
         Ok(EntryState {
             entry,
             last_good,
             present,
             failure,
+            damaged,
         })
     }
 

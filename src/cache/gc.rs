@@ -1,7 +1,8 @@
 //! Garbage collection: size and age budgets, leases, trash-then-delete, staging sweep.
 //!
-//! What is never collected: an entry's artifact (its current, last good one) and an artifact
-//! under a live lease. Everything else may go, least recently used first, when a budget asks for
+//! What is never collected: an entry's artifact (its current, last good one), an artifact
+//! under a live lease, and an artifact a gc root (a symlink made by `activate --link symlink`)
+//! still points at. Everything else may go, least recently used first, when a budget asks for
 //! it; with no budget, only garbage goes (staging leftovers of dead processes, trash, quarantine,
 //! and published artifacts the catalog does not know).
 //!
@@ -18,7 +19,7 @@
 //! A killed GC leaves at worst an orphaned object (no catalog row) or entries in `trash/`; the
 //! next GC collects both, and `verify` stays clean throughout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -45,12 +46,6 @@ pub enum GcError {
     /// A catalog query failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    /// Another garbage collection holds the GC lock.
-    #[error("another `warmcache gc` is running on this cache (lock `{path}`); let it finish")]
-    Busy {
-        /// The GC lock file.
-        path: PathBuf,
-    },
     /// An entry given to `--evict` does not exist (nothing was changed).
     #[error(
         "cannot evict `{name}`: no such entry, so nothing was collected; `warmcache status` lists the entries"
@@ -177,10 +172,15 @@ impl Cache {
     /// Collects garbage and, when asked, artifacts over the budgets. See the module docs for why
     /// this never pulls an artifact from under a reader that holds a lease or an entry.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport, GcError> {
-        let gc_lock_path = self.layout().gc_lock();
-        let _gc_lock = lock::try_lock(&gc_lock_path, Mode::Exclusive)?.ok_or_else(|| GcError::Busy {
-            path: gc_lock_path.clone(),
-        })?;
+        // One collection at a time. A second one waits rather than giving up: the running one
+        // may have decided before what this one was started for (the newest write over a
+        // standing budget) existed.
+        let _gc_lock = lock::lock(
+            &self.layout().gc_lock(),
+            Mode::Exclusive,
+            self.options().lock_timeout,
+            "another garbage collection of this cache",
+        )?;
         let mut report = GcReport {
             dry_run: options.dry_run,
             ..GcReport::default()
@@ -239,6 +239,8 @@ impl Cache {
             report.staging_swept = self.store().staging().sweep()?.removed;
         }
         let mut protected = self.catalog().protected_artifacts(now)?;
+        let rooted = self.rooted_artifacts(&protected, !options.dry_run)?;
+        protected.extend(rooted);
         if options.dry_run {
             // A dry run evicts nothing, but reports as if it had.
             for id in &evicted {
@@ -327,7 +329,9 @@ impl Cache {
         batch: &[Removed],
         decided_at: i64,
     ) -> Result<Vec<Removed>, GcError> {
-        let protected = self.catalog().protected_artifacts(self.now_ms())?;
+        let mut protected = self.catalog().protected_artifacts(self.now_ms())?;
+        let rooted = self.rooted_artifacts(&protected, false)?;
+        protected.extend(rooted);
         let unprotected: Vec<ArtifactId> = batch
             .iter()
             .map(|r| r.artifact.clone())
@@ -348,6 +352,40 @@ impl Cache {
             }
         }
         Ok(moved)
+    }
+
+    /// The artifacts that gc roots protect: those a symlink made by `activate --link symlink`
+    /// still resolves to (docs/DESIGN.md, "GC roots"). With `prune`, roots whose path no longer
+    /// resolves to their artifact are forgotten, unless the artifact is `protected` otherwise: an
+    /// activation in progress holds a lease, and records its root before the swap makes it true.
+    fn rooted_artifacts(
+        &self,
+        protected: &HashSet<ArtifactId>,
+        prune: bool,
+    ) -> Result<HashSet<ArtifactId>, GcError> {
+        let roots = self.catalog().roots()?;
+        let mut rooted = HashSet::new();
+        let mut dead = Vec::new();
+        for root in roots {
+            let content = self.store().content_path(&root.artifact);
+            let alive = match (std::fs::canonicalize(&root.path), std::fs::canonicalize(&content)) {
+                (Ok(points_at), Ok(content)) => points_at == content,
+                _ => false,
+            };
+            if alive {
+                rooted.insert(root.artifact);
+            } else if !protected.contains(&root.artifact) {
+                dead.push(root);
+            }
+        }
+        if prune && !dead.is_empty() {
+            tracing::info!(
+                "forgetting {} gc root(s) that no longer point into the cache",
+                dead.len()
+            );
+            self.catalog().remove_roots(&dead)?;
+        }
+        Ok(rooted)
     }
 
     /// Deletes everything in the trash (also what a killed collection left there).

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, Checked};
 use crate::archive::{self, Format, Limits};
 use crate::ids::{ArtifactId, EntryName};
 use crate::lock::{self, Mode, OpGuard};
@@ -207,8 +207,15 @@ impl Cache {
             let Some(row) = cache.catalog().artifact(&id)? else {
                 return Ok(None);
             };
-            if !cache.store().is_present(&id) {
-                return Ok(None);
+            // Reusing an extraction is a hit: checked like one, and a damaged copy is
+            // quarantined and extracted again.
+            match cache.check_artifact(&op, &id, row.identity.as_deref())? {
+                Checked::Intact => {}
+                Checked::Missing => return Ok(None),
+                Checked::Damaged(q) => {
+                    tracing::warn!("{}; extracting the archive again", q.warning());
+                    return Ok(None);
+                }
             }
             let published = Published {
                 path: cache.store().content_path(&id),
@@ -218,6 +225,7 @@ impl Cache {
                 files: row.files,
                 disk_usage: row.disk_usage,
                 created: false,
+                identity: None,
             };
             cache.record(&op, name, &published, None, "import")?;
             Ok(Some(imported(name, published, Some(format))))

@@ -76,6 +76,23 @@ pub enum CacheError {
         /// The entry.
         name: EntryName,
     },
+    /// The artifact was found damaged when it was about to be served, and was quarantined: it is
+    /// never served again (docs/DESIGN.md, "Corruption is never served").
+    #[error(
+        "the artifact {artifact} is damaged ({problem}); it was moved to `{}` and will never be \
+         served; {advice}",
+        quarantined_to.display()
+    )]
+    Damaged {
+        /// The artifact.
+        artifact: ArtifactId,
+        /// What is wrong with it.
+        problem: String,
+        /// Where it was moved.
+        quarantined_to: PathBuf,
+        /// What to do now (names the entry or the destination).
+        advice: String,
+    },
     /// Neither an entry nor a present artifact goes by that name.
     #[error("`{source_name}` is neither an entry nor an artifact in the cache at `{root}`")]
     Unknown {
@@ -268,6 +285,7 @@ impl Cache {
             disk_usage: published.disk_usage,
             created_at: now,
             accessed_at: now,
+            identity: published.identity.clone(),
         };
         let mut catalog = self.catalog();
         match name {
@@ -277,19 +295,88 @@ impl Cache {
         Ok(row)
     }
 
-    /// The entry `name` with its present artifact, under the caller's operation guard. A missing
-    /// artifact is [`CacheError::NoArtifact`] (a miss), never a crash.
-    fn present_entry(&self, _op: &OpGuard, name: &EntryName) -> Result<(EntryRow, ArtifactId), CacheError> {
-        let entry = self.catalog().entry(name)?.ok_or_else(|| CacheError::NoEntry {
-            name: name.clone(),
-            root: self.root().to_path_buf(),
-        })?;
+    /// Checks an artifact before it is served, under the caller's operation guard
+    /// (docs/DESIGN.md, "Corruption is never served"): its current stat identity against
+    /// `recorded`. They match: intact. They differ (or nothing was recorded): the content was
+    /// touched, or the root was copied; it is re-hashed once, and then either its identity is
+    /// recorded afresh or it is quarantined and its catalog references cleared (the caller
+    /// reports it).
+    pub(crate) fn check_artifact(
+        &self,
+        op: &OpGuard,
+        id: &ArtifactId,
+        recorded: Option<&str>,
+    ) -> Result<Checked, CacheError> {
+        let Some(current) = self.store.identity(id)? else {
+            return Ok(Checked::Missing);
+        };
+        if recorded == Some(current.as_str()) {
+            return Ok(Checked::Intact);
+        }
+        // Taken before the re-hash: a change during it changes the identity again, so the one
+        // recorded never vouches for bytes the re-hash did not see.
+        let problems = self.store.verify(id)?;
+        if problems.is_empty() {
+            self.catalog().set_identity(id, &current)?;
+            return Ok(Checked::Intact);
+        }
+        let problem = problems
+            .iter()
+            .map(|d| match d.path.as_str() {
+                "" => d.problem.clone(),
+                path => format!("`{path}`: {}", d.problem),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok(Checked::Damaged(self.quarantine_damaged(op, id, problem)?))
+    }
+
+    /// Moves a damaged artifact to quarantine and clears the catalog's references to it, so it
+    /// becomes a miss. One already moved by another process is reported where it was.
+    pub(crate) fn quarantine_damaged(
+        &self,
+        op: &OpGuard,
+        id: &ArtifactId,
+        problem: String,
+    ) -> Result<Quarantined, CacheError> {
+        let to = match self.store.quarantine(op, id) {
+            Ok(to) => to,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.layout.quarantine_dir(),
+            Err(e) => return Err(e.into()),
+        };
+        self.catalog().forget_artifact(id)?;
+        let quarantined = Quarantined {
+            artifact: id.clone(),
+            problem,
+            to,
+        };
+        // Reported by the caller: in `ensure`'s result, or as its error.
+        tracing::debug!("{}", quarantined.warning());
+        Ok(quarantined)
+    }
+
+    /// The entry `name` with its present, intact artifact, under the caller's operation guard. A
+    /// missing artifact is [`CacheError::NoArtifact`] (a miss), never a crash; a damaged one is
+    /// quarantined and reported as [`CacheError::Damaged`].
+    fn present_entry(&self, op: &OpGuard, name: &EntryName) -> Result<(EntryRow, ArtifactId), CacheError> {
+        let (entry, identity) =
+            self.catalog()
+                .entry_with_identity(name)?
+                .ok_or_else(|| CacheError::NoEntry {
+                    name: name.clone(),
+                    root: self.root().to_path_buf(),
+                })?;
         let artifact = entry
             .artifact
             .clone()
-            .filter(|id| self.store.is_present(id))
             .ok_or_else(|| CacheError::NoArtifact { name: name.clone() })?;
-        Ok((entry, artifact))
+        match self.check_artifact(op, &artifact, identity.as_deref())? {
+            Checked::Intact => Ok((entry, artifact)),
+            Checked::Missing => Err(CacheError::NoArtifact { name: name.clone() }),
+            Checked::Damaged(q) => Err(q.into_error(format!(
+                "run `warmcache ensure {name}` to build it again (or import it again)"
+            ))),
+        }
     }
 
     /// The path of entry `name`'s last good artifact, without building anything; with `lease`,
@@ -319,10 +406,18 @@ impl Cache {
     /// Resolves an artifact id, or an entry name, to a present artifact, under the caller's
     /// operation guard.
     pub(crate) fn resolve(&self, op: &OpGuard, source: &str) -> Result<ArtifactId, CacheError> {
-        if let Ok(id) = ArtifactId::new(source)
-            && self.store.is_present(&id)
-        {
-            return Ok(id);
+        if let Ok(id) = ArtifactId::new(source) {
+            let recorded = self.catalog().artifact(&id)?.and_then(|row| row.identity);
+            match self.check_artifact(op, &id, recorded.as_deref())? {
+                Checked::Intact => return Ok(id),
+                Checked::Damaged(q) => {
+                    return Err(q.into_error(
+                        "import it again, or run `warmcache ensure` for the entry it was built for"
+                            .to_string(),
+                    ));
+                }
+                Checked::Missing => {}
+            }
         }
         match EntryName::new(source) {
             Ok(name) => Ok(self.present_entry(op, &name)?.1),
@@ -330,6 +425,47 @@ impl Cache {
                 source_name: source.to_string(),
                 root: self.root().to_path_buf(),
             }),
+        }
+    }
+}
+
+/// What [`Cache::check_artifact`] found.
+#[derive(Debug)]
+pub(crate) enum Checked {
+    /// Present, and its identity (or, after a change, its content) checks out.
+    Intact,
+    /// Gone: a miss.
+    Missing,
+    /// Damaged, now quarantined: a miss, with a warning.
+    Damaged(Quarantined),
+}
+
+/// A damaged artifact found before it was served, and where it went.
+#[derive(Debug, Clone)]
+pub(crate) struct Quarantined {
+    artifact: ArtifactId,
+    problem: String,
+    to: PathBuf,
+}
+
+impl Quarantined {
+    /// The warning for users (stderr and JSON).
+    pub(crate) fn warning(&self) -> String {
+        format!(
+            "the artifact {} is damaged ({}); it was moved to `{}` and is not served",
+            self.artifact,
+            self.problem,
+            self.to.display()
+        )
+    }
+
+    /// As an error, with what to do now.
+    pub(crate) fn into_error(self, advice: String) -> CacheError {
+        CacheError::Damaged {
+            artifact: self.artifact,
+            problem: self.problem,
+            quarantined_to: self.to,
+            advice,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, Checked};
 use crate::archive::{self, ArchiveError, Format, Limits, Trust};
 use crate::ids::{ArtifactId, EntryName, Fingerprint};
 use crate::progress::Progress;
@@ -343,15 +343,25 @@ fn pull(
         pushed_at: index.pushed_at,
     };
 
-    // Already in the local store (imported, or built by another entry): verified when it was
-    // published, so only the entry needs recording.
+    // Already in the local store (imported, or built by another entry): checked like any hit
+    // (docs/DESIGN.md, "Corruption is never served"), so only the entry needs recording. A
+    // damaged copy is quarantined and fetched again.
     {
         let op = cache.operation()?;
-        if cache.store().is_present(&index.artifact)
-            && let Some(published) = present_artifact(cache, &index.artifact)?
-        {
-            cache.record(&op, Some(name), &published, Some(fingerprint), "pull")?;
-            return Ok(Some(pulled(published.path, 0)));
+        let recorded = cache
+            .catalog()
+            .artifact(&index.artifact)
+            .map_err(CacheError::from)?
+            .and_then(|row| row.identity);
+        match cache.check_artifact(&op, &index.artifact, recorded.as_deref())? {
+            Checked::Intact => {
+                if let Some(published) = present_artifact(cache, &index.artifact)? {
+                    cache.record(&op, Some(name), &published, Some(fingerprint), "pull")?;
+                    return Ok(Some(pulled(published.path, 0)));
+                }
+            }
+            Checked::Damaged(q) => tracing::warn!("{}; fetching it again", q.warning()),
+            Checked::Missing => {}
         }
     }
 
@@ -502,6 +512,7 @@ fn present_artifact(cache: &Cache, id: &ArtifactId) -> Result<Option<crate::stor
         files: manifest.files,
         disk_usage,
         created: false,
+        identity: None,
     }))
 }
 

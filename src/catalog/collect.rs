@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Catalog, CatalogError};
+use super::{Catalog, CatalogError, RootRow};
 use crate::ids::ArtifactId;
 
 /// The `meta` key of the time (unix ms) the last collection ran or was started.
@@ -95,6 +95,60 @@ impl Catalog {
             .map_err(self.err("expire leases"))
     }
 
+    /// Records the gc root `path` (an absolute symlink path) for `artifact`. A root for another
+    /// artifact at the same path stays until a collection finds the path no longer points at it.
+    pub fn add_root(
+        &mut self,
+        path: &std::path::Path,
+        artifact: &ArtifactId,
+        now: i64,
+    ) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO roots (path, artifact, created_at) VALUES (?1, ?2, ?3)",
+                params![path_bytes(path), artifact.as_str(), now],
+            )
+            .map(drop)
+            .map_err(self.err("record a gc root"))
+    }
+
+    /// All gc roots (rows that do not decode are skipped: they protect nothing).
+    pub fn roots(&self) -> Result<Vec<RootRow>, CatalogError> {
+        let err = self.err("list gc roots");
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, artifact FROM roots")
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0), r.get::<_, String>(1))))
+            .map_err(&err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let (Ok(path), Ok(artifact)) = row.map_err(&err)?
+                && let Ok(artifact) = ArtifactId::new(&artifact)
+            {
+                out.push(RootRow {
+                    path: path_from_bytes(path),
+                    artifact,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets gc roots whose path no longer points at their artifact.
+    pub fn remove_roots(&mut self, roots: &[RootRow]) -> Result<(), CatalogError> {
+        self.write("remove gc roots", |tx| {
+            for root in roots {
+                tx.execute(
+                    "DELETE FROM roots WHERE path = ?1 AND artifact = ?2",
+                    params![path_bytes(&root.path), root.artifact.as_str()],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     /// Records that a collection ran at `now`.
     pub fn set_last_gc(&mut self, now: i64) -> Result<(), CatalogError> {
         self.check_writable("record a collection")?;
@@ -138,5 +192,22 @@ impl Catalog {
             )?;
             Ok(true)
         })
+    }
+}
+
+/// A path as stored in `roots.path`: its bytes, so any file name round-trips.
+fn path_bytes(path: &std::path::Path) -> Vec<u8> {
+    path.as_os_str().as_encoded_bytes().to_vec()
+}
+
+fn path_from_bytes(bytes: Vec<u8>) -> std::path::PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        std::ffi::OsString::from_vec(bytes).into()
+    }
+    #[cfg(not(unix))]
+    {
+        String::from_utf8_lossy(&bytes).into_owned().into()
     }
 }

@@ -24,6 +24,49 @@ impl Catalog {
             .map(Option::flatten)
     }
 
+    /// The entry called `name` with the recorded stat identity of its artifact, in one query:
+    /// what a hit reads (docs/DESIGN.md, "Corruption is never served").
+    pub fn entry_with_identity(
+        &self,
+        name: &EntryName,
+    ) -> Result<Option<(EntryRow, Option<String>)>, CatalogError> {
+        let columns = ENTRY_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {columns}, a.identity FROM entries e
+                     LEFT JOIN artifacts a ON a.id = e.artifact WHERE e.name = ?1"
+                ),
+                [name.as_str()],
+                |r| {
+                    let identity: Option<String> = r.get(7).unwrap_or(None);
+                    Ok(decode_entry(r)?.map(|entry| (entry, identity)))
+                },
+            )
+            .optional()
+            .map_err(self.err("read an entry"))
+            .map(Option::flatten)
+    }
+
+    /// Records `identity` as the stat identity of the intact artifact `id`.
+    pub fn set_identity(&mut self, id: &ArtifactId, identity: &str) -> Result<(), CatalogError> {
+        // Only saves the next hit a re-hash, like the stat caches: nothing on a read-only catalog.
+        if self.read_only.is_some() {
+            return Ok(());
+        }
+        self.conn
+            .execute(
+                "UPDATE artifacts SET identity = ?2 WHERE id = ?1",
+                params![id.as_str(), identity],
+            )
+            .map(drop)
+            .map_err(self.err("record an artifact's identity"))
+    }
+
     /// All entries, by name (undecodable rows are skipped).
     pub fn entries(&self) -> Result<Vec<EntryRow>, CatalogError> {
         let err = self.err("list entries");

@@ -20,7 +20,7 @@ mod entries;
 mod open;
 mod records;
 
-pub use records::{ArtifactRow, EntryRow};
+pub use records::{ArtifactRow, EntryRow, RootRow};
 
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -80,6 +80,16 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX sources_artifact ON sources(artifact);",
+    // 3: each artifact's stat identity, checked on every hit (NULL: not known yet, re-hashed
+    // once on its next hit); and gc roots, the symlinks activation made into the store.
+    "ALTER TABLE artifacts ADD COLUMN identity TEXT;
+    CREATE TABLE roots (
+        path TEXT NOT NULL,
+        artifact TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (path, artifact)
+    );
+    CREATE INDEX roots_artifact ON roots(artifact);",
 ];
 
 /// Errors of the catalog. Each names the catalog file.
@@ -244,6 +254,7 @@ mod tests {
             disk_usage: 4096,
             created_at: 1,
             accessed_at: 1,
+            identity: None,
         }
     }
 

@@ -62,6 +62,11 @@ impl Catalog {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
+        // The WAL is kept between processes (see `persist_wal`), so each checkpoint empties it:
+        // otherwise every later process would rebuild its index from the whole file at open and
+        // copy it back (with fsyncs) at close, on every cache hit.
+        conn.pragma_update(None, "journal_size_limit", 0)
+            .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         let known = MIGRATIONS.len() as i64;
         let current: i64 = conn

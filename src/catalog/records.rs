@@ -24,6 +24,19 @@ pub struct ArtifactRow {
     pub created_at: i64,
     /// When it was last used (unix ms, updated at most once per [`super::ACCESS_GRANULARITY_MS`]).
     pub accessed_at: i64,
+    /// Its stat identity when last known intact (`store/identity.rs`); `None` if never recorded.
+    #[serde(skip)]
+    pub identity: Option<String>,
+}
+
+/// A gc root: a symlink outside the cache that activation pointed at an artifact's content. It
+/// protects the artifact for as long as the path still resolves to that content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRow {
+    /// The symlink's absolute path.
+    pub path: std::path::PathBuf,
+    /// The artifact it was made to point at.
+    pub artifact: ArtifactId,
 }
 
 /// A named entry.
@@ -50,7 +63,8 @@ pub(super) const ENTRY_COLUMNS: &str =
     "name, artifact, fingerprint, source, created_at, updated_at, accessed_at";
 
 /// The columns [`decode_artifact`] reads, in order.
-pub(super) const ARTIFACT_COLUMNS: &str = "id, kind, size, files, disk_usage, created_at, accessed_at";
+pub(super) const ARTIFACT_COLUMNS: &str =
+    "id, kind, size, files, disk_usage, created_at, accessed_at, identity";
 
 /// The columns [`decode_failure`] reads, in order.
 pub(super) const FAILURE_COLUMNS: &str =
@@ -58,9 +72,11 @@ pub(super) const FAILURE_COLUMNS: &str =
 
 pub(super) fn insert_artifact(conn: &Connection, a: &ArtifactRow) -> rusqlite::Result<usize> {
     conn.execute(
-        "INSERT INTO artifacts (id, kind, size, files, disk_usage, created_at, accessed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT(id) DO UPDATE SET accessed_at = max(accessed_at, excluded.accessed_at)",
+        // A new identity comes only from a publish that has just hashed the content: it wins.
+        "INSERT INTO artifacts (id, kind, size, files, disk_usage, created_at, accessed_at, identity)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(id) DO UPDATE SET accessed_at = max(accessed_at, excluded.accessed_at),
+             identity = COALESCE(excluded.identity, identity)",
         params![
             a.id.as_str(),
             a.kind.as_str(),
@@ -68,7 +84,8 @@ pub(super) fn insert_artifact(conn: &Connection, a: &ArtifactRow) -> rusqlite::R
             a.files as i64,
             a.disk_usage as i64,
             a.created_at,
-            a.accessed_at
+            a.accessed_at,
+            a.identity
         ],
     )
 }
@@ -117,6 +134,8 @@ pub(super) fn decode_artifact(r: &Row<'_>) -> rusqlite::Result<Option<ArtifactRo
             disk_usage: disk_usage.max(0) as u64,
             created_at: r.get(5).unwrap_or(0),
             accessed_at: r.get(6).unwrap_or(0),
+            // Anything unreadable is "not known": the next hit re-hashes.
+            identity: r.get(7).unwrap_or(None),
         }))
     };
     Ok(decode().ok().flatten())

@@ -76,6 +76,9 @@ pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
         lease: args.lease,
     };
     let ensured = cache.ensure(&recipe, &options)?;
+    for warning in &ensured.warnings {
+        out.warn(warning);
+    }
     for glob in &ensured.unmatched_globs {
         out.warn(&format!(
             "input glob `{glob}` of `{}` matched no files",

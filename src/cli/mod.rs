@@ -90,8 +90,10 @@ pub struct ActivateArgs {
     /// $WARMCACHE_STAGING), e.g. code signing; repeatable, run in order.
     #[arg(long = "hook", value_name = "CMD")]
     pub hooks: Vec<String>,
-    /// How files are placed: auto (reflink, else hardlink, else copy; a private copy when hooks
-    /// are given), reflink, hardlink, copy or symlink.
+    /// How files are placed: auto (reflink, else copy: always a private, writable copy),
+    /// reflink, copy, hardlink (DEST is read-only: its files are the cache's own, and writing
+    /// to them damages the cache) or symlink (DEST points into the cache and keeps the artifact
+    /// from garbage collection for as long as it does).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_link_mode)]
     pub link: LinkMode,
 }

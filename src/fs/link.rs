@@ -12,11 +12,13 @@ use super::{annotate2, sys};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkMode {
-    /// Reflink, then hardlink, then copy: the cheapest that works.
+    /// Reflink, else copy: the cheapest private copy. Never a hard link, so writing to DEST can
+    /// never change the cache.
     Auto,
     /// Copy-on-write clone (Btrfs, XFS, APFS); fails where unsupported.
     Reflink,
-    /// A hard link to the (read-only) cached file; needs the same file system.
+    /// A hard link to the (read-only) cached file; needs the same file system. DEST is then
+    /// read-only: it *is* the cached file, and a write to it (after a chmod) damages the cache.
     Hardlink,
     /// A full byte copy.
     Copy,

@@ -60,9 +60,12 @@ const PENDING_PREFIX: &str = ".pending-";
 const RESERVE_ATTEMPTS: u32 = 100;
 
 impl StagingArea {
-    /// A staging area rooted at `dir` (created if missing).
+    /// A staging area rooted at `dir` (created if missing). The directory is made absolute here,
+    /// the one place staging paths come from, because they are handed to builders and hooks
+    /// that run in other working directories (`$WARMCACHE_OUT`, `$WARMCACHE_STAGING`).
     pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
+        let dir = std::path::absolute(&dir).map_err(|e| annotate(e, "make absolute", &dir))?;
         fs::create_dir_all(&dir)?;
         Ok(Self { dir })
     }

@@ -6,6 +6,7 @@
 //! into `objects/ab/<id>` and the parent directory fsynced. Losing that rename to another writer
 //! means the same content is already published: ours is discarded.
 
+mod identity;
 mod manifest;
 pub mod rule;
 mod tree;
@@ -127,6 +128,10 @@ pub struct Published {
     pub disk_usage: u64,
     /// False when identical content was already published (nothing new was stored).
     pub created: bool,
+    /// The content's stat identity, taken right after its content was hashed (or, for content
+    /// already published, re-hashed), so it describes intact content; `None` when this
+    /// description did not come from a publish (the catalog then keeps what it has).
+    pub identity: Option<String>,
 }
 
 /// One problem found by [`Store::verify`].
@@ -177,6 +182,21 @@ impl Store {
     /// a handle that existed; a reader must still treat a later failure to open as a miss.
     pub fn is_present(&self, id: &ArtifactId) -> bool {
         crate::fs::open_existing(&self.content_path(id)).is_ok_and(|opened| opened.is_some())
+    }
+
+    /// The artifact's current stat identity (see `store/identity.rs`), from one open and `fstat`
+    /// for a file and one `lstat` per entry for a tree; `None` when the content is gone (a miss).
+    pub fn identity(&self, id: &ArtifactId) -> io::Result<Option<String>> {
+        let path = self.content_path(id);
+        let Some((file, meta)) = crate::fs::open_existing(&path)? else {
+            return Ok(None);
+        };
+        match identity::of_opened(&path, &meta, &file) {
+            Ok(identity) => Ok(Some(identity)),
+            // Collected while being walked: as gone as if the open had failed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Copies a file or directory into the cache and publishes it (under the operation lock, so
@@ -340,9 +360,10 @@ impl Store {
         create_dir_all_durable(&shard).map_err(|e| StoreError::writing(e, &shard))?;
         let mut created =
             rename_noreplace(&stage_dir, &target).map_err(|e| StoreError::writing(e, &target))?;
-        if !created && !self.is_present(&id) {
-            // The name is taken by a broken copy (content deleted by hand): move it aside and
-            // publish ours in its place.
+        // The name is taken. Before trusting that copy (and recording its identity as intact),
+        // re-hash it: a damaged or half-deleted copy is moved aside and ours published in its
+        // place, which also repairs it.
+        if !created && (!self.is_present(&id) || !self.verify(&id)?.is_empty()) {
             self.quarantine(op, &id)?;
             created = rename_noreplace(&stage_dir, &target).map_err(|e| StoreError::writing(e, &target))?;
         }
@@ -352,6 +373,7 @@ impl Store {
         }
         drop(staged);
         let disk_usage = crate::fs::disk_usage(&target)?;
+        let identity = self.identity(&id)?;
         Ok(Published {
             disk_usage,
             path: target.join(CONTENT),
@@ -360,6 +382,7 @@ impl Store {
             size: manifest.size,
             files: manifest.files,
             created,
+            identity,
         })
     }
 
@@ -388,6 +411,7 @@ impl Store {
         crate::fs::set_permissions(&path, crate::fs::published_file_permissions(false))?;
         fs::write(dir.join(MANIFEST_FILE), &encoded)?;
         Ok(Published {
+            identity: self.identity(&id)?,
             disk_usage: crate::fs::disk_usage(&dir)?,
             id,
             path,

@@ -5,11 +5,13 @@
 mod support;
 
 mod activate_hook_failure;
+mod activate_never_shares_the_store;
 mod activate_refuses_a_destination_inside_the_cache;
 mod activate_torn_reads;
 mod archive_hostile;
 mod archive_roundtrip;
 mod crash_kill_during_import;
+mod damaged_artifacts_are_never_served;
 mod ensure_artifact_vanished;
 mod ensure_deterministic_pinning;
 mod ensure_exactly_once;
@@ -24,6 +26,7 @@ mod gc_checks_every_argument_before_changing_anything;
 mod gc_killed_leaves_consistent_cache;
 mod gc_never_pulls_from_readers;
 mod gc_standing_budget;
+mod hooks_get_absolute_paths;
 mod import_archive_concurrent_install;
 mod import_archive_hostile_cli;
 mod import_bad_input;

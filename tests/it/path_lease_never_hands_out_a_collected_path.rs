@@ -30,10 +30,8 @@ fn every_leased_path_exists_while_reimports_and_gc_race() {
                         std::fs::write(&file, format!("{n} {i}")).unwrap();
                         ok(warmcache(&root).arg("import").arg(&file).args(["--name", "x"]));
                     } else {
-                        let out = run(warmcache(&root).args(["gc", "--max-size", "0"]));
-                        // Two collectors take turns: one may find the other running.
-                        let busy = stderr(&out).contains("another `warmcache gc` is running");
-                        assert!(out.status.success() || busy, "{}", stderr(&out));
+                        // Two collectors take turns on the gc lock.
+                        ok(warmcache(&root).args(["gc", "--max-size", "0"]));
                     }
                 }
             })
