@@ -19,8 +19,8 @@ const SHOWN_NAME_CHARS: usize = 80;
 /// Why an entry name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid entry name {shown}: {reason}; use letters, digits and `-_.+@:`, optionally with `/` \
-     between parts as in `plugins/foo`"
+    "invalid entry name {shown}: {reason}; a name is visible text without white space or `\\`, \
+     with `/` only between parts, as in `plugins/foo`"
 )]
 pub struct NameError {
     /// The refused name, quoted, escaped and cut to a readable length.
@@ -90,30 +90,49 @@ fn name_problem(name: &str) -> Option<&'static str> {
             _ => {}
         }
     }
-    if !unicode_normalization::is_nfc(name) {
+    if name.split('/').any(|part| {
+        part.chars()
+            .next()
+            .is_some_and(unicode_normalization::char::is_combining_mark)
+    }) {
+        return Some("a part starts with a combining mark, which has no letter to sit on");
+    }
+    if !unicode_normalization::is_nfkc(name) {
         return Some(
-            "it is not in Unicode normal form C (an accent typed as a separate combining mark); \
-             retype it, or normalise it to NFC",
+            "it is not in Unicode normal form KC (a separately typed accent, a full-width letter \
+             or a ligature looks like another name); retype it, or normalise it to NFKC",
         );
+    }
+    if is_hex_digest(name) {
+        return Some("it looks like an artifact id (64 hex digits), which commands would take it for");
     }
     None
 }
 
-/// Format characters that render as nothing or reorder text: zero-width spaces and joiners,
-/// bidirectional marks, embeddings, overrides and isolates, the word joiner and the byte-order
-/// mark. Listed by hand because the standard library has no "default ignorable" query.
+/// Characters that render as nothing or reorder text: Unicode's default-ignorable code points
+/// (zero-width spaces and joiners, bidirectional marks, embeddings, overrides and isolates, the
+/// word joiner, the byte-order mark, variation selectors, Hangul fillers, tag characters).
+/// Listed by hand because the standard library has no "default ignorable" query.
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{00ad}'
             | '\u{034f}'
             | '\u{061c}'
-            | '\u{180e}'
+            | '\u{115f}'..='\u{1160}'
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
             | '\u{200b}'..='\u{200f}'
             | '\u{202a}'..='\u{202e}'
             | '\u{2060}'..='\u{206f}'
-            | '\u{feff}'
+            | '\u{3164}'
             | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fff8}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
     )
 }
 
@@ -266,9 +285,17 @@ mod tests {
             "a\u{200b}b",
             "a\u{202e}b",
             "cafe\u{301}",
+            "a\u{3164}",
+            "a\u{e0041}b",
+            "\u{301}",
+            "a/\u{301}",
+            "\u{ff21}\u{ff22}",
+            "\u{fb01}",
         ] {
             assert!(EntryName::new(bad).is_err(), "{bad:?}");
         }
+        let id_like = blake3::hash(b"x").to_hex().to_string();
+        assert!(EntryName::new(&id_like).is_err(), "an artifact id is not a name");
         assert!(EntryName::new(&"x".repeat(256)).is_err());
     }
 

@@ -47,8 +47,11 @@ impl Layout {
         Self { root, base }
     }
 
-    /// Creates the directories and the cache tag if missing.
+    /// Creates the directories and the cache tag if missing, and sets the gc reserve aside in a
+    /// new root (an existing root gets it back after each collection, never on open: `gc` may
+    /// have just released it to work on a full disk).
     pub fn create(&self) -> io::Result<()> {
+        let new_root = !self.catalog().exists();
         create_dir_all_durable(&self.root)?;
         let tag = self.root.join("CACHEDIR.TAG");
         if !tag.exists() {
@@ -63,8 +66,24 @@ impl Layout {
         ] {
             create_dir_all_durable(&dir).map_err(|e| annotate(e, "create cache directory", &dir))?;
         }
-        self.restore_reserve();
+        if new_root {
+            self.restore_reserve();
+        }
         Ok(())
+    }
+
+    /// The root and every fixed directory under it (not the per-artifact ones).
+    pub fn fixed_dirs(&self) -> Vec<PathBuf> {
+        vec![
+            self.root.clone(),
+            self.base.clone(),
+            self.objects_dir(),
+            self.staging_dir(),
+            self.quarantine_dir(),
+            self.trash_dir(),
+            self.base.join("locks"),
+            self.entry_locks_dir(),
+        ]
     }
 
     /// The cache root as given.
@@ -164,7 +183,7 @@ impl Layout {
         let size = rustix::fs::statvfs(&self.base)
             .map(|fs| (fs.f_blocks.saturating_mul(fs.f_frsize) / 100) as usize)
             .map_or(RESERVE_BYTES, |hundredth| {
-                hundredth.clamp(64 << 10, RESERVE_BYTES)
+                hundredth.clamp(256 << 10, RESERVE_BYTES)
             });
         #[cfg(not(unix))]
         let size = RESERVE_BYTES;

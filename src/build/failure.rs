@@ -73,6 +73,11 @@ pub enum FailureCause {
     BadOutput {
         message: String,
     },
+    /// The cache could not hold the build: its volume is full or read-only. The environment's
+    /// doing, never the inputs', so always transient.
+    NoRoom {
+        message: String,
+    },
 }
 
 impl FailureCause {
@@ -93,7 +98,7 @@ impl std::fmt::Display for FailureCause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FailureCause::Step { step, termination } => write!(f, "{} {termination}", step.as_str()),
-            FailureCause::BadOutput { message } => f.write_str(message),
+            FailureCause::BadOutput { message } | FailureCause::NoRoom { message } => f.write_str(message),
         }
     }
 }
@@ -151,6 +156,9 @@ impl FailurePolicy {
     /// with the same code as a compile error.
     pub fn classify(&self, cause: &FailureCause, tail: &str) -> FailureKind {
         use FailureKind::{Deterministic, Transient};
+        if let FailureCause::NoRoom { .. } = cause {
+            return Transient;
+        }
         if let FailureCause::Step { termination, .. } = cause {
             match termination {
                 Termination::Signaled(_) | Termination::TimedOut(_) => return Transient,
@@ -172,6 +180,7 @@ impl FailurePolicy {
         }
         match cause {
             FailureCause::BadOutput { .. } => Deterministic,
+            FailureCause::NoRoom { .. } => Transient,
             FailureCause::Step {
                 step: Step::Validate, ..
             } => Deterministic,

@@ -96,17 +96,43 @@ impl Cache {
         }
     }
 
-    /// Refuses a destination inside the cache root (compared after resolving symlinks of the
-    /// deepest existing ancestor, so a link into the root is caught too).
+    /// Refuses a destination inside the cache root: by path (after resolving symlinks of the
+    /// deepest existing ancestor), and, on Unix, by identity, so the same directories reached
+    /// through a bind mount (a container volume) are caught too: no existing ancestor of DEST may
+    /// be the root, a directory of its layout, or a shard of its objects.
     fn refuse_inside_root(&self, dest: &Path) -> Result<(), CacheError> {
-        let root = crate::fs::resolve_existing_prefix(self.root());
-        let resolved = crate::fs::resolve_existing_prefix(dest);
-        if resolved.starts_with(&root) {
-            return Err(ActivateError::InsideCache {
+        let refuse = || {
+            Err(ActivateError::InsideCache {
                 dest: dest.to_path_buf(),
                 root: self.root().to_path_buf(),
             }
-            .into());
+            .into())
+        };
+        let root = crate::fs::resolve_existing_prefix(self.root());
+        let resolved = crate::fs::resolve_existing_prefix(dest);
+        if resolved.starts_with(&root) {
+            return refuse();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let identity = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+            let mut inside: std::collections::HashSet<(u64, u64)> = self
+                .layout()
+                .fixed_dirs()
+                .iter()
+                .filter_map(|d| identity(d))
+                .collect();
+            if let Ok(shards) = std::fs::read_dir(self.layout().objects_dir()) {
+                inside.extend(shards.flatten().filter_map(|shard| identity(&shard.path())));
+            }
+            if resolved
+                .ancestors()
+                .filter_map(identity)
+                .any(|id| inside.contains(&id))
+            {
+                return refuse();
+            }
         }
         Ok(())
     }

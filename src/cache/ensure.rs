@@ -462,53 +462,69 @@ impl Call<'_> {
         build_lock: LockGuard,
         remote: Option<RemoteActivity>,
     ) -> Result<Ensured, EnsureError> {
-        let staged = self.cache.store().stage("build").map_err(CacheError::from)?;
+        let staged = match self.cache.store().stage("build") {
+            Ok(staged) => staged,
+            Err(e) => return self.failed(&state, self.no_room(e)?, ""),
+        };
         let out = content_path_in(&staged);
         let outcome = run(self.recipe, &out, staged.path(), DEFAULT_TAIL_BYTES);
-        let failure = match outcome.failure {
-            Some(failure) => {
-                drop(staged);
-                failure
-            }
-            None => {
-                let op = self.cache.operation()?;
-                match self.cache.store().publish_staged(&op, staged, &Progress::none()) {
-                    Ok(published) => {
-                        self.cache.record(
-                            &op,
-                            Some(&self.recipe.name),
-                            &published,
-                            Some(&self.fp),
-                            "build",
-                        )?;
-                        let state = self.state(&op)?;
-                        let built = self.serve(
-                            &op,
-                            self.result(EnsureStatus::Built, &published.id, &state, None, None),
-                        )?;
-                        drop(op);
-                        // Waiters need not wait for the upload.
-                        drop(build_lock);
-                        return self.push(built, remote);
-                    }
-                    // An output the store cannot hold is the builder's doing, as deterministic
-                    // as a missing output: recorded as a failure of these inputs (no rebuild
-                    // storm), the last good artifact served stale (docs/DESIGN.md, "What a tree
-                    // may hold"). The staging directory is gone, so the message names the entry
-                    // inside the output.
-                    Err(e) => match unstorable_output(&e) {
-                        Some(message) => {
-                            let cause = FailureCause::BadOutput { message };
-                            RunFailure {
-                                kind: self.recipe.failure_policy.classify(&cause, &outcome.tail),
-                                cause,
-                            }
+        if let Some(failure) = outcome.failure {
+            drop(staged);
+            return self.failed(&state, failure, &outcome.tail);
+        }
+        let op = self.cache.operation()?;
+        let published = match self.cache.store().publish_staged(&op, staged, &Progress::none()) {
+            Ok(published) => published,
+            // An output the store cannot hold is the builder's doing, as deterministic as a
+            // missing output: recorded as a failure of these inputs (no rebuild storm), the last
+            // good artifact served stale (docs/DESIGN.md, "What a tree may hold"). The staging
+            // directory is gone, so the message names the entry inside the output.
+            Err(e) => {
+                drop(op);
+                let failure = match unstorable_output(&e) {
+                    Some(message) => {
+                        let cause = FailureCause::BadOutput { message };
+                        RunFailure {
+                            kind: self.recipe.failure_policy.classify(&cause, &outcome.tail),
+                            cause,
                         }
-                        None => return Err(CacheError::from(e).into()),
-                    },
-                }
+                    }
+                    None => self.no_room(e)?,
+                };
+                return self.failed(&state, failure, &outcome.tail);
             }
         };
+        self.cache
+            .record(&op, Some(&self.recipe.name), &published, Some(&self.fp), "build")?;
+        let state = self.state(&op)?;
+        let built = self.serve(
+            &op,
+            self.result(EnsureStatus::Built, &published.id, &state, None, None),
+        )?;
+        drop(op);
+        // Waiters need not wait for the upload.
+        drop(build_lock);
+        self.push(built, remote)
+    }
+
+    /// A store error that means the cache has no room for the build (a full or read-only
+    /// volume) as a transient failure; any other store error as the error it is.
+    fn no_room(&self, err: StoreError) -> Result<RunFailure, EnsureError> {
+        match err {
+            StoreError::DiskFull { .. } | StoreError::ReadOnly { .. } => Ok(RunFailure {
+                kind: FailureKind::Transient,
+                cause: FailureCause::NoRoom {
+                    message: format!("the cache could not hold the build: {err}"),
+                },
+            }),
+            err => Err(CacheError::from(err).into()),
+        }
+    }
+
+    /// Records a failed build (best effort: on a full or read-only cache the record may not be
+    /// writable, and that must not hide the failure itself) and serves the last good artifact as
+    /// stale when there is one and the recipe allows it.
+    fn failed(&self, state: &EntryState, failure: RunFailure, tail: &str) -> Result<Ensured, EnsureError> {
         if let Some(signal) = failure.cause.interrupted() {
             // Not a failure of these inputs: recording it would block or delay the next call.
             return Err(EnsureError::Interrupted {
@@ -521,23 +537,22 @@ impl Call<'_> {
             &self.fp,
             failure.kind,
             &failure.cause.to_string(),
-            &outcome.tail,
+            tail,
             self.cache.now_ms(),
             &self.recipe.backoff,
             random_jitter(),
         );
         let op = self.cache.operation()?;
-        self.cache
-            .catalog()
-            .record_failure(&self.recipe.name, &record)
-            .map_err(CacheError::from)?;
+        if let Err(e) = self.cache.catalog().record_failure(&self.recipe.name, &record) {
+            tracing::warn!("the failure of `{}` could not be recorded: {e}", self.recipe.name);
+        }
         match state.servable_stale(self.recipe.stale) {
             Some(good) => {
                 let why = format!("building from the current inputs failed: {}", record.exit);
                 let stale = self.result(
                     EnsureStatus::Stale,
                     &good.artifact,
-                    &state,
+                    state,
                     Some(&record),
                     Some(why),
                 );
@@ -676,9 +691,10 @@ impl Cache {
         if fp.cache_changed {
             let bytes = cache.to_bytes();
             drop(caches);
-            self.catalog()
-                .set_stat_cache(&recipe.name, &bytes)
-                .map_err(CacheError::from)?;
+            // Only saves re-hashing next time: a full disk must not fail the call.
+            if let Err(e) = self.catalog().set_stat_cache(&recipe.name, &bytes) {
+                tracing::warn!("the stat cache of `{}` was not saved: {e}", recipe.name);
+            }
         }
         Ok(fp)
     }

@@ -173,6 +173,23 @@ impl Cache {
         Self::open_with(root, CacheOptions::default())
     }
 
+    /// Opens the cache at `root` to collect garbage in it: like [`Cache::open_with`], but when
+    /// a full disk leaves the catalog readable only, the space set aside for collection is
+    /// released first and the catalog opened again, so that `gc` can still free space.
+    pub fn open_for_gc(root: &Path, options: CacheOptions) -> Result<Self, CacheError> {
+        let cache = Self::open_with(root, options.clone())?;
+        if cache.read_only().is_none() || !cache.layout.reserve().exists() {
+            return Ok(cache);
+        }
+        let layout = cache.layout.clone();
+        drop(cache);
+        // On a read-only volume this fails, nothing can be freed, and `gc` will say so.
+        if let Err(e) = layout.release_reserve() {
+            tracing::debug!("{e}");
+        }
+        Self::open_with(root, options)
+    }
+
     /// Opens (creating if needed) the cache at `root`, and sweeps staging leftovers of crashed
     /// processes.
     pub fn open_with(root: &Path, options: CacheOptions) -> Result<Self, CacheError> {

@@ -278,7 +278,7 @@ pub(super) fn activate(cli: &Cli, out: &Output, args: &ActivateArgs) -> Result<(
 }
 
 pub(super) fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
-    let cache = open(cli)?;
+    let cache = super::context::open_for_gc(cli)?;
     let options = warmcache::cache::GcOptions {
         max_size: args.max_size,
         max_age: args.max_age,

@@ -42,12 +42,24 @@ pub(super) fn config() -> Result<Option<&'static Config>> {
 }
 
 pub(super) fn open(cli: &Cli) -> Result<Cache> {
+    open_by(cli, Cache::open_with)
+}
+
+/// The cache for `gc`, which may use the space set aside for it on a full disk.
+pub(super) fn open_for_gc(cli: &Cli) -> Result<Cache> {
+    open_by(cli, Cache::open_for_gc)
+}
+
+fn open_by(
+    cli: &Cli,
+    opener: fn(&std::path::Path, CacheOptions) -> Result<Cache, warmcache::CacheError>,
+) -> Result<Cache> {
     let root = root(cli)?;
     let options = CacheOptions {
         lock_timeout: cli.global.lock_timeout.unwrap_or(DEFAULT_LOCK_TIMEOUT),
         ..CacheOptions::default()
     };
-    Cache::open_with(&root, options).map_err(|e| match e {
+    opener(&root, options).map_err(|e| match e {
         warmcache::CacheError::Root { .. } => {
             anyhow::anyhow!("{e}; choose a writable directory with --root DIR or WARMCACHE_ROOT")
         }

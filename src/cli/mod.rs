@@ -364,9 +364,16 @@ fn usage_error(err: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if std::env::args_os().any(|a| a == "--json") {
+        // Clap's message up to its usage line, on one line: "the following required arguments
+        // were not provided: <NAME>" must keep the part after its colon.
         let rendered = err.render().to_string();
-        let first = rendered.lines().next().unwrap_or_default();
-        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let message = rendered
+            .lines()
+            .take_while(|line| !line.trim().is_empty() && !line.starts_with("Usage:"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
         println!("{}", serde_json::json!({ "error": message, "kind": "usage" }));
     }
     let _ = err.print();

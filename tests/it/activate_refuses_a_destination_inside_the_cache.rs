@@ -31,3 +31,45 @@ fn dest_inside_the_root_is_refused_and_the_artifact_is_unchanged() {
     let verify = json_ok(&run(warmcache(&root).args(["verify", "--json"])));
     assert_eq!(verify["damaged"], serde_json::json!([]), "{verify}");
 }
+
+#[test]
+fn the_root_reached_through_a_bind_mount_is_refused_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let (precious, other) = (tmp.path().join("precious"), tmp.path().join("other"));
+    std::fs::write(&precious, b"precious").unwrap();
+    std::fs::write(&other, b"evil").unwrap();
+    ok(warmcache(&root)
+        .arg("import")
+        .arg(&precious)
+        .args(["--name", "precious"]));
+    ok(warmcache(&root)
+        .arg("import")
+        .arg(&other)
+        .args(["--name", "other"]));
+    let path = ok(warmcache(&root).args(["path", "precious"]));
+    let relative = std::path::Path::new(&path)
+        .strip_prefix(&root)
+        .unwrap()
+        .to_path_buf();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = in_namespace(
+        r#"mount --bind "$2" "$3" || exit 1
+           "$1" --root "$2" activate other "$3/$4"; echo "artifact rc=$?"
+           "$1" --root "$2" activate other "$3/v1/catalog.sqlite"; echo "catalog rc=$?"
+           "$1" --root "$2" activate other "$3/v1/objects/new"; echo "objects rc=$?""#,
+        &[
+            std::path::Path::new(env!("CARGO_BIN_EXE_warmcache")),
+            &root,
+            &mnt,
+            &relative,
+        ],
+    );
+    for what in ["artifact", "catalog", "objects"] {
+        assert!(out.contains(&format!("{what} rc=1")), "{what}:\n{out}");
+    }
+    assert_eq!(out.matches("inside the cache root").count(), 3, "{out}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    json_ok(&run(warmcache(&root).args(["status", "--json"])));
+}

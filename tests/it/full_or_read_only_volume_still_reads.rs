@@ -1,6 +1,7 @@
 //! A cache on a full or read-only volume: reading commands (`path`, `status`, `verify`) keep
-//! working, `gc` frees space on the full disk, `gc` on a read-only one says why it cannot, and
-//! no message advises moving an intact catalog aside.
+//! working, `ensure` with changed inputs serves the last good artifact as stale, `gc` frees space
+//! on the full disk (even with no WAL index left by an earlier process), `gc` on a read-only one
+//! says why it cannot, and no message advises moving an intact catalog aside.
 
 use std::path::Path;
 
@@ -10,11 +11,17 @@ use crate::support::in_namespace;
 /// `NAME rc=N` markers (and the commands' own output) for the assertions.
 const SCRIPT: &str = r#"
     mount -t tmpfs -o size=4m tmpfs "$2" || exit 1
-    B="$1"; M="$2"; F="$3"; BIG="$4"
+    B="$1"; M="$2"; F="$3"; BIG="$4"; P="$5"
     run() { name="$1"; shift; "$B" --root "$M/cache" "$@"; echo "$name rc=$?" >&2; }
+    build() { (cd "$P" && run "$@" ensure tool --input in.txt --build 'cat in.txt > "$WARMCACHE_OUT"'); }
     run import-small import "$F" --name small >/dev/null
     run import-big import "$BIG" --name big >/dev/null
+    build build-tool >/dev/null
+    # What an older warmcache (or another SQLite client) leaves after a clean close: no WAL index.
+    rm -f "$M/cache/v1/catalog.sqlite-wal" "$M/cache/v1/catalog.sqlite-shm"
     head -c 8000000 /dev/zero > "$M/fill" 2>/dev/null
+    echo changed > "$P/in.txt"
+    build full-ensure-stale
     run full-path path small
     run full-status status
     run full-verify verify
@@ -22,6 +29,7 @@ const SCRIPT: &str = r#"
     run full-gc gc --evict big --max-size 0
     run after-gc-import import "$F" --name another
     mount -o remount,ro "$M" || exit 1
+    build ro-ensure-stale
     run ro-path path small
     run ro-status status --json
     run ro-verify verify
@@ -39,9 +47,18 @@ fn reading_commands_work_and_gc_frees_space_or_says_why_not() {
     std::fs::write(&small, b"small\n").unwrap();
     let big = tmp.path().join("big");
     std::fs::write(&big, vec![7u8; 1 << 20]).unwrap();
+    let project = tmp.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("in.txt"), b"original\n").unwrap();
     let out = in_namespace(
         SCRIPT,
-        &[Path::new(env!("CARGO_BIN_EXE_warmcache")), &mnt, &small, &big],
+        &[
+            Path::new(env!("CARGO_BIN_EXE_warmcache")),
+            &mnt,
+            &small,
+            &big,
+            &project,
+        ],
     );
     let rc = |name: &str| {
         let marker = format!("{name} rc=");
@@ -57,6 +74,9 @@ fn reading_commands_work_and_gc_frees_space_or_says_why_not() {
     for (name, expected) in [
         ("import-small", "0"),
         ("import-big", "0"),
+        ("build-tool", "0"),
+        ("full-ensure-stale", "0"),
+        ("ro-ensure-stale", "0"),
         ("full-path", "0"),
         ("full-status", "0"),
         ("full-verify", "0"),

@@ -24,5 +24,10 @@ fn usage_errors_are_one_json_object_and_exit_2() {
             "exactly one object"
         );
     }
+    let missing = json_exit(&run(warmcache(&root).args(["--json", "import"])), 2);
+    assert!(
+        missing["error"].as_str().unwrap().contains("<SOURCE>"),
+        "names the missing argument: {missing}"
+    );
     assert!(!root.exists(), "a usage error changes nothing");
 }
