@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True  # importing bench.py must leave no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import ENSURE_NAME, REPO, make_inputs, med_p90, pct, rm, run_json, tree_stats, warm  # noqa: E402
 
