@@ -4,9 +4,10 @@
 //! the next `ensure` of the entry must end it (it carries the dead run's token) before its own
 //! builder starts, and build exactly once.
 //!
-//! To kill both "at once" without racing the supervisor's own reaction, the supervisor is stopped
-//! first (a stopped process runs no code, so it cannot act on warmcache's death), then warmcache
-//! is killed, then the supervisor.
+//! To kill both "at once" without racing warmcache's own reaction, warmcache is stopped first (a
+//! stopped process runs no code, so it cannot act on its child's death), then the supervisor is
+//! killed, then warmcache. (Stopping the supervisor instead would not do: when warmcache died, the
+//! kernel would send SIGHUP to the builder's group, newly orphaned with a stopped member.)
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -94,17 +95,19 @@ fn next_ensure_ends_the_orphaned_builder_before_building_once() {
         "the builder's parent is not warmcache's child"
     );
 
-    signal(supervisor, libc::SIGSTOP);
-    wait_until("the supervisor stopping", || {
-        stat(supervisor).is_some_and(|(state, _)| state == 'T')
+    // warmcache is stopped while the supervisor is killed, so that it cannot react to its
+    // child's death either (as when both get SIGKILL at once), then it is killed too.
+    signal(warmcache_pid, libc::SIGSTOP);
+    wait_until("warmcache stopping", || {
+        stat(warmcache_pid).is_some_and(|(state, _)| state == 'T')
     });
-    first.kill().unwrap();
-    first.wait().unwrap();
     signal(supervisor, libc::SIGKILL);
     wait_until("the supervisor dying", || !running(supervisor));
     // The `sh` dies with the supervisor (its parent-death signal); the sleep it started does
     // not: this is the orphan the next ensure must end.
     wait_until("the builder's sh dying", || !running(sh));
+    first.kill().unwrap();
+    first.wait().unwrap();
     assert!(
         running(sleeper),
         "the precondition failed: the builder's child did not survive"
