@@ -6,6 +6,8 @@
 //! - `WARMCACHE_OUT`: where to write the output (a file or a directory, per the recipe);
 //! - `WARMCACHE_NAME`: the entry name;
 //! - `WARMCACHE_TMP`: a private scratch directory (the staging directory), removed with it;
+//! - `WARMCACHE_RUN`: when run under the entry's build lock, the run's token (after any inherited
+//!   ones), by which a build orphaned by a killed warmcache is found and ended (`shell::runs`);
 //! - the rest of this process's environment; stdin is /dev/null; the working directory is the
 //!   recipe's [`Recipe::work_dir`].
 //!
