@@ -481,7 +481,7 @@ fn run_hook(
         ("WARMCACHE_DEST", absolute_dest.as_os_str()),
         ("WARMCACHE_SOURCE", artifact.as_os_str()),
     ];
-    let (result, output) = crate::shell::run(hook, cwd, &env, None, HOOK_OUTPUT_TAIL);
+    let (result, output) = crate::shell::run(hook, cwd, &env, None, HOOK_OUTPUT_TAIL, None);
     match result {
         Ok(()) => {
             tracing::debug!("hook `{hook}` succeeded: {output}");

@@ -136,6 +136,14 @@ impl Layout {
         self.keyed_lock(name.as_str())
     }
 
+    /// The run record beside an entry's build lock: the token of the build running under it
+    /// (`shell::RunRecord`), so the lock's next holder can end a build whose holder was killed.
+    pub fn entry_run_record(&self, name: &EntryName) -> PathBuf {
+        let mut path = self.entry_lock(name).into_os_string();
+        path.push(".run");
+        PathBuf::from(path)
+    }
+
     /// The lock of an import source (an archive's digest with the import options), so that
     /// concurrent importers of one archive extract it once.
     pub fn source_lock(&self, key: &str) -> PathBuf {

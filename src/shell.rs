@@ -9,6 +9,7 @@
 //! (docs/DESIGN.md, "Nothing outlives its command").
 
 mod group;
+pub mod runs;
 pub mod signals;
 #[cfg(target_os = "linux")]
 mod supervisor;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use crate::units::format_duration;
 use group::NotStarted;
+pub use runs::{RUN_VAR, RunRecord, RunRecordError};
 use tail::Tail;
 
 /// Default size of the captured output tail.
@@ -91,12 +93,52 @@ fn signal_name(sig: i32) -> &'static str {
 /// command left running in its group is killed when it ends, and this returns only once nothing
 /// of the group runs, so nothing outlives it. Returns how it ended (Ok for exit 0) and the tail
 /// of its output.
+///
+/// With a `record` (held under the lock that serialises these runs), the command runs with a
+/// fresh token in `WARMCACHE_RUN`, written in the record before it starts and removed once
+/// nothing of it runs, so that if warmcache and its supervisor are both killed, the lock's next
+/// holder can end what is left ([`RunRecord::end_leftovers`]; docs/DESIGN.md, "Nothing outlives
+/// its command").
 pub fn run(
     command: &str,
     cwd: &Path,
     env: &[(&str, &OsStr)],
     timeout: Option<Duration>,
     tail_bytes: usize,
+    record: Option<&RunRecord>,
+) -> (Result<(), Termination>, String) {
+    let token = match record.map(RunRecord::start).transpose() {
+        Ok(token) => token,
+        Err(e) => {
+            let termination = Termination::SpawnFailed {
+                errno: None,
+                message: e.to_string(),
+            };
+            return (Err(termination), String::new());
+        }
+    };
+    let run_value = token.as_deref().map(runs::env_value);
+    let mut env = env.to_vec();
+    if let Some(value) = &run_value {
+        env.push((RUN_VAR, value.as_os_str()));
+    }
+    let result = run_in_group(command, cwd, &env, timeout, tail_bytes, record);
+    // Nothing of the command runs any more (or it never started): the record has served.
+    if let Some(record) = record
+        && let Err(e) = record.remove()
+    {
+        tracing::warn!("{e}; the next run under its lock will look for leftovers of this one");
+    }
+    result
+}
+
+fn run_in_group(
+    command: &str,
+    cwd: &Path,
+    env: &[(&str, &OsStr)],
+    timeout: Option<Duration>,
+    tail_bytes: usize,
+    record: Option<&RunRecord>,
 ) -> (Result<(), Termination>, String) {
     let (mut cmd, reader) = match prepare(command, cwd, env) {
         Ok(prepared) => prepared,
@@ -120,6 +162,9 @@ pub fn run(
         }
     };
     let pgid = child.id();
+    if let Some(record) = record {
+        record.started(pgid);
+    }
     let capture = Capture::start(reader, tail_bytes);
     let (status, timed_out) = wait(child, timeout);
     // Whatever the command left behind in its group goes with it.

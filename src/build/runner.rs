@@ -6,6 +6,8 @@
 //! - `WARMCACHE_OUT`: where to write the output (a file or a directory, per the recipe);
 //! - `WARMCACHE_NAME`: the entry name;
 //! - `WARMCACHE_TMP`: a private scratch directory (the staging directory), removed with it;
+//! - `WARMCACHE_RUN`: when run under the entry's build lock, the run's token (after any inherited
+//!   ones), by which a build orphaned by a killed warmcache is found and ended (`shell::runs`);
 //! - the rest of this process's environment; stdin is /dev/null; the working directory is the
 //!   recipe's [`Recipe::work_dir`].
 //!
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::failure::{FailureCause, FailureKind, Step, Termination};
 use super::recipe::{OutputKind, Recipe};
-use crate::shell;
+use crate::shell::{self, RunRecord};
 
 pub use crate::shell::DEFAULT_TAIL_BYTES;
 
@@ -50,7 +52,17 @@ impl RunOutcome {
 /// the validation command if there is one. Each command gets the recipe's full timeout.
 /// `staging_dir` is offered to the commands as `$WARMCACHE_TMP`. Never fails: every problem,
 /// including being unable to start `sh`, is a classified [`RunFailure`].
-pub fn run(recipe: &Recipe, out_path: &Path, staging_dir: &Path, tail_bytes: usize) -> RunOutcome {
+///
+/// With a `record` (the caller holds the entry's build lock), both commands run recorded in it,
+/// so that the lock's next holder can end them if warmcache and its supervisor are killed
+/// (docs/DESIGN.md, "Nothing outlives its command").
+pub fn run(
+    recipe: &Recipe,
+    out_path: &Path,
+    staging_dir: &Path,
+    tail_bytes: usize,
+    record: Option<&RunRecord>,
+) -> RunOutcome {
     let start = Instant::now();
     // The commands run in the recipe's directory, so what they are handed must not depend on
     // ours (the cache's staging paths already are absolute; a library caller's may not be).
@@ -68,7 +80,7 @@ pub fn run(recipe: &Recipe, out_path: &Path, staging_dir: &Path, tail_bytes: usi
         }
     };
 
-    let (result, tail) = run_command(recipe, &recipe.build, out_path, staging_dir, tail_bytes);
+    let (result, tail) = run_command(recipe, &recipe.build, out_path, staging_dir, tail_bytes, record);
     if let Err(termination) = result {
         let cause = FailureCause::Step {
             step: Step::Build,
@@ -82,7 +94,7 @@ pub fn run(recipe: &Recipe, out_path: &Path, staging_dir: &Path, tail_bytes: usi
     let Some(validate) = &recipe.validate else {
         return finish(None, tail);
     };
-    let (result, tail) = run_command(recipe, validate, out_path, staging_dir, tail_bytes);
+    let (result, tail) = run_command(recipe, validate, out_path, staging_dir, tail_bytes, record);
     match result {
         Ok(()) => finish(None, tail),
         Err(termination) => finish(
@@ -161,13 +173,21 @@ fn run_command(
     out_path: &Path,
     staging_dir: &Path,
     tail_bytes: usize,
+    record: Option<&RunRecord>,
 ) -> (Result<(), Termination>, String) {
     let env = [
         ("WARMCACHE_OUT", out_path.as_os_str()),
         ("WARMCACHE_NAME", std::ffi::OsStr::new(recipe.name.as_str())),
         ("WARMCACHE_TMP", staging_dir.as_os_str()),
     ];
-    shell::run(command, &recipe.work_dir(), &env, recipe.timeout, tail_bytes)
+    shell::run(
+        command,
+        &recipe.work_dir(),
+        &env,
+        recipe.timeout,
+        tail_bytes,
+        record,
+    )
 }
 
 #[cfg(test)]
@@ -210,6 +230,7 @@ mod tests {
                 &self.out(),
                 &self.dir.path().join("staging"),
                 DEFAULT_TAIL_BYTES,
+                None,
             )
         }
     }

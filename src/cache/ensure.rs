@@ -26,6 +26,7 @@ use crate::catalog::EntryRow;
 use crate::ids::{ArtifactId, EntryName, Fingerprint};
 use crate::lock::{self, LockGuard, Mode, OpGuard};
 use crate::progress::Progress;
+use crate::shell::RunRecord;
 use crate::store::{StoreError, content_path_in};
 
 /// What to do when another process is building the entry right now.
@@ -391,6 +392,7 @@ impl Call<'_> {
     fn lock_entry(&self) -> Result<Step<LockGuard>, EnsureError> {
         let lock_path = self.cache.layout().entry_lock(&self.recipe.name);
         if let Some(guard) = lock::try_lock(&lock_path, Mode::Exclusive).map_err(CacheError::from)? {
+            self.cache.end_killed_build(&self.recipe.name)?;
             return Ok(Step::Next(guard));
         }
         if self.options.wait == WaitPolicy::TakeStale {
@@ -411,6 +413,7 @@ impl Call<'_> {
         let what = format!("the build of `{}` in another process", self.recipe.name);
         let timeout = self.cache.options().lock_timeout;
         let guard = lock::lock(&lock_path, Mode::Exclusive, timeout, &what).map_err(CacheError::from)?;
+        self.cache.end_killed_build(&self.recipe.name)?;
         Ok(Step::Next(guard))
     }
 
@@ -467,7 +470,16 @@ impl Call<'_> {
             Err(e) => return self.failed(&state, self.no_room(e)?, ""),
         };
         let out = content_path_in(&staged);
-        let outcome = run(self.recipe, &out, staged.path(), DEFAULT_TAIL_BYTES);
+        // Recorded beside the entry lock we hold, for the next holder if we are killed with our
+        // supervisor (docs/DESIGN.md, "Nothing outlives its command").
+        let record = RunRecord::new(self.cache.layout().entry_run_record(&self.recipe.name));
+        let outcome = run(
+            self.recipe,
+            &out,
+            staged.path(),
+            DEFAULT_TAIL_BYTES,
+            Some(&record),
+        );
         if let Some(failure) = outcome.failure {
             drop(staged);
             return self.failed(&state, failure, &outcome.tail);
@@ -610,6 +622,22 @@ impl Call<'_> {
 }
 
 impl Cache {
+    /// Called by the holder of `name`'s build lock as soon as it takes it: ends what a build
+    /// whose holder was killed together with its supervisor left running (its record is still
+    /// beside the lock), so a build never runs alongside the processes of an earlier one. Costs
+    /// one failed `open` when there is no record, which is always unless such a kill happened.
+    pub(super) fn end_killed_build(&self, name: &EntryName) -> Result<(), CacheError> {
+        let record = RunRecord::new(self.layout().entry_run_record(name));
+        let ended = record.end_leftovers()?;
+        if ended > 0 {
+            tracing::warn!(
+                "ended {ended} process(es) of an earlier build of `{name}` that outlived the \
+                 warmcache process running it (killed together with its supervisor)"
+            );
+        }
+        Ok(())
+    }
+
     /// Returns an artifact built from the recipe's current inputs, building it if needed, and
     /// following the entry state machine for recorded failures (docs/DESIGN.md).
     pub fn ensure(&self, recipe: &Recipe, options: &EnsureOptions) -> Result<Ensured, EnsureError> {

@@ -342,7 +342,8 @@ fn finish_staging(content: &Path, source: &Path, options: &ImportOptions) -> Res
         } else {
             content.parent().unwrap_or(content)
         };
-        let (result, output) = crate::shell::run(hook, cwd, &env, None, crate::shell::DEFAULT_TAIL_BYTES);
+        let (result, output) =
+            crate::shell::run(hook, cwd, &env, None, crate::shell::DEFAULT_TAIL_BYTES, None);
         if let Err(termination) = result {
             return Err(ImportError::Hook {
                 hook: hook.clone(),

@@ -110,6 +110,9 @@ pub enum CacheError {
     /// Lock failure.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The processes of a killed holder's build could not be ended, or its record not used.
+    #[error(transparent)]
+    Run(#[from] crate::shell::RunRecordError),
     /// An archive could not be imported.
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),

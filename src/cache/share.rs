@@ -52,6 +52,7 @@ impl Cache {
             &what,
         )
         .map_err(CacheError::from)?;
+        self.end_killed_build(&recipe.name)?;
         let pulled = pull(self, &recipe.name, &fingerprint, sharing)?;
         Ok((fingerprint, pulled))
     }

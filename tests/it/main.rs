@@ -10,6 +10,7 @@ mod activate_refuses_a_destination_inside_the_cache;
 mod activate_torn_reads;
 mod archive_hostile;
 mod archive_roundtrip;
+mod builder_outliving_killed_warmcache_and_supervisor_is_ended;
 mod crash_kill_during_import;
 mod damaged_artifacts_are_never_served;
 mod ensure_artifact_vanished;
