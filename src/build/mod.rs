@@ -13,5 +13,5 @@ pub use failure::{
     StalePolicy, decide, random_jitter, record_failure,
 };
 pub use fingerprint::{FingerprintError, Fingerprinted, StatCache, fingerprint};
-pub use recipe::{EntryConfig, OutputKind, Recipe, RecipeError};
+pub use recipe::{EntryConfig, OutputKind, Recipe, RecipeError, check_input_glob};
 pub use runner::{DEFAULT_TAIL_BYTES, RunFailure, RunOutcome, run};

@@ -251,27 +251,41 @@ impl Recipe {
 }
 
 fn validate_input(name: &str, glob: &str) -> Result<(), RecipeError> {
-    let err = |reason: String| {
-        Err(RecipeError::InvalidInput {
+    match input_glob_problem(glob) {
+        Some(reason) => Err(RecipeError::InvalidInput {
             name: name.to_string(),
             glob: glob.to_string(),
             reason,
-        })
-    };
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks one input glob by the rule every recipe follows (for the command line, which reports
+/// a bad `--input` as a usage error).
+pub fn check_input_glob(glob: &str) -> Result<(), String> {
+    match input_glob_problem(glob) {
+        Some(reason) => Err(format!("input glob `{glob}` {reason}")),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with an input glob, if anything.
+fn input_glob_problem(glob: &str) -> Option<String> {
     if glob.trim().is_empty() {
-        return err("is empty".into());
+        return Some("is empty".into());
     }
     let path = Path::new(glob);
     if path.is_absolute() {
-        return err("is absolute; inputs are relative to the directory of warmcache.toml (or the working directory for --input)".into());
+        return Some("is absolute; inputs are relative to the directory of warmcache.toml (or the working directory for --input)".into());
     }
     if path.components().any(|c| c == Component::ParentDir) {
-        return err("contains `..`; inputs must stay inside the recipe's directory (move warmcache.toml up, or give the entry its own `cwd`)".into());
+        return Some("contains `..`; inputs must stay inside the recipe's directory (move warmcache.toml up, or give the entry its own `cwd`)".into());
     }
     if let Err(e) = globset::GlobBuilder::new(glob).literal_separator(true).build() {
-        return err(format!("is not a valid glob: {}", e.kind()));
+        return Some(format!("is not a valid glob: {}", e.kind()));
     }
-    Ok(())
+    None
 }
 
 fn validate_env_name(name: &str, var: &str) -> Result<(), RecipeError> {
@@ -281,6 +295,8 @@ fn validate_env_name(name: &str, var: &str) -> Result<(), RecipeError> {
         "it contains `=`; give the variable's name only, its value is read from the environment"
     } else if var.contains('\0') {
         "it contains a NUL byte"
+    } else if var.chars().any(char::is_whitespace) {
+        "it contains white space, which no shell variable name holds"
     } else {
         return Ok(());
     };

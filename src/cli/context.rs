@@ -18,6 +18,10 @@ pub(super) fn root(cli: &Cli) -> Result<PathBuf> {
     if let Some(root) = &cli.global.root {
         return Ok(root.clone());
     }
+    // An empty WARMCACHE_ROOT is unset, as shells mean it when they export `VAR=`.
+    if let Some(root) = std::env::var_os("WARMCACHE_ROOT").filter(|r| !r.is_empty()) {
+        return Ok(PathBuf::from(root));
+    }
     let base = dirs::cache_dir().context(
         "no platform cache directory is known for this user; give one with --root DIR or WARMCACHE_ROOT",
     )?;

@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// The cache root (default: $WARMCACHE_ROOT, else the platform cache directory).
-    #[arg(long, global = true, env = "WARMCACHE_ROOT", value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Print one JSON object on stdout instead of human output.
     #[arg(long, global = true)]
@@ -121,7 +121,7 @@ pub struct GcArgs {
 #[derive(Debug, Args)]
 pub struct RecipeArgs {
     /// An input file glob, relative to the recipe's directory (repeatable).
-    #[arg(long = "input", value_name = "GLOB")]
+    #[arg(long = "input", value_name = "GLOB", value_parser = parse_input_glob)]
     pub inputs: Vec<String>,
     /// The build command, run by `sh -c`; it writes its output to $WARMCACHE_OUT.
     #[arg(long, value_name = "CMD")]
@@ -274,6 +274,11 @@ fn parse_link_mode(s: &str) -> Result<LinkMode, String> {
     .into_iter()
     .find(|m| m.as_str() == s)
     .ok_or_else(|| format!("unknown link mode `{s}`; use auto, reflink, hardlink, copy or symlink"))
+}
+
+/// An input glob checked by the recipe's own rule, so a bad one is a usage error.
+fn parse_input_glob(s: &str) -> Result<String, String> {
+    warmcache::build::check_input_glob(s).map(|()| s.to_string())
 }
 
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {

@@ -13,6 +13,8 @@ fn usage_errors_are_one_json_object_and_exit_2() {
         vec!["--json", "no-such-command"],
         vec!["--json", "ensure", "x", "--build", "true", "--timeout", "0"],
         vec!["--json", "path", "a b"],
+        vec!["--json", "ensure", "x", "--build", "true", "--input", "../x"],
+        vec!["--json", "ensure", "x", "--build", "true", "--input", "["],
     ] {
         let out = run(warmcache(&root).args(&args));
         let value = json_exit(&out, 2);
