@@ -395,26 +395,51 @@ impl Call<'_> {
             self.cache.end_killed_build(&self.recipe.name)?;
             return Ok(Step::Next(guard));
         }
-        if self.options.wait == WaitPolicy::TakeStale {
-            let op = self.cache.operation()?;
-            let state = self.state(&op)?;
-            if let Some(good) = state.servable_stale(self.recipe.stale) {
-                let why = "a build from the current inputs is under way in another process".to_string();
-                let stale = self.result(
-                    EnsureStatus::Stale,
-                    &good.artifact,
-                    &state,
-                    state.failure.as_ref(),
-                    Some(why),
-                );
-                return Ok(Step::Done(Box::new(self.serve(&op, stale))));
-            }
+        if self.options.wait == WaitPolicy::TakeStale
+            && let Some(stale) = self.stale_while_another_builds("is under way in another process")?
+        {
+            return Ok(Step::Done(Box::new(stale)));
         }
         let what = format!("the build of `{}` in another process", self.recipe.name);
         let timeout = self.cache.options().lock_timeout;
-        let guard = lock::lock(&lock_path, Mode::Exclusive, timeout, &what).map_err(CacheError::from)?;
-        self.cache.end_killed_build(&self.recipe.name)?;
-        Ok(Step::Next(guard))
+        match lock::lock(&lock_path, Mode::Exclusive, timeout, &what) {
+            Ok(guard) => {
+                self.cache.end_killed_build(&self.recipe.name)?;
+                Ok(Step::Next(guard))
+            }
+            // Waited as long as allowed: the last good artifact beats an error.
+            Err(e @ lock::LockError::Timeout { .. }) => {
+                match self
+                    .stale_while_another_builds("did not finish within the lock timeout in another process")?
+                {
+                    Some(stale) => Ok(Step::Done(Box::new(stale))),
+                    None => Err(CacheError::from(e).into()),
+                }
+            }
+            Err(e) => Err(CacheError::from(e).into()),
+        }
+    }
+
+    /// The last good artifact as stale, when the recipe allows it, because a build of the
+    /// current inputs `why` (another process holds the entry lock).
+    fn stale_while_another_builds(
+        &self,
+        why: &str,
+    ) -> Result<Option<Result<Ensured, EnsureError>>, EnsureError> {
+        let op = self.cache.operation()?;
+        let state = self.state(&op)?;
+        let Some(good) = state.servable_stale(self.recipe.stale) else {
+            return Ok(None);
+        };
+        let why = format!("a build from the current inputs {why}");
+        let stale = self.result(
+            EnsureStatus::Stale,
+            &good.artifact,
+            &state,
+            state.failure.as_ref(),
+            Some(why),
+        );
+        Ok(Some(self.serve(&op, stale)))
     }
 
     /// Lock, then re-check: whoever held the lock may have built or failed already.

@@ -17,6 +17,7 @@ mod ensure_artifact_vanished;
 mod ensure_deterministic_pinning;
 mod ensure_exactly_once;
 mod ensure_rebuild_storm;
+mod ensure_serves_stale_when_the_wait_runs_out;
 mod ensure_transient_recovery;
 mod ensure_unstorable_output;
 mod entry_names_follow_one_rule;
