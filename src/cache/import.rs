@@ -20,7 +20,7 @@ use crate::lock::{self, Mode, OpGuard};
 use crate::progress::Progress;
 use crate::store::{ArtifactKind, Published, StoreError, content_path_in};
 
-/// Errors of the import options.
+/// Errors of the import options and hooks.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     /// A `--mode` rule that cannot be used.
@@ -45,6 +45,17 @@ pub enum ImportError {
         termination: crate::shell::Termination,
         /// The tail of its output.
         output: String,
+    },
+    /// A hook removed what it was given to post-process; nothing was published.
+    #[error(
+        "the hook `{hook}` removed the staging copy of `{source_path}` it was given \
+         ($WARMCACHE_STAGING); nothing was published. A hook may change the copy, not remove it"
+    )]
+    HookRemoved {
+        /// The hook command.
+        hook: String,
+        /// What was imported.
+        source_path: PathBuf,
     },
     /// A file named like an archive whose content is no archive at all.
     #[error(
@@ -350,6 +361,14 @@ fn finish_staging(content: &Path, source: &Path, options: &ImportOptions) -> Res
                 source_path: source.to_path_buf(),
                 termination,
                 output,
+            }
+            .into());
+        }
+        // Named here, by the hook and the source: later, only a staging path would be named.
+        if std::fs::symlink_metadata(content).is_err() {
+            return Err(ImportError::HookRemoved {
+                hook: hook.clone(),
+                source_path: source.to_path_buf(),
             }
             .into());
         }

@@ -30,7 +30,11 @@ fn the_last_good_artifact_beats_a_lock_timeout() {
     // A slow build of new inputs holds the entry lock.
     std::fs::write(&input, "v2").unwrap();
     std::fs::remove_file(&started).unwrap();
-    let mut slow = ensure().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut slow = ensure()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !started.exists() {
         assert!(Instant::now() < deadline, "the slow build never started");

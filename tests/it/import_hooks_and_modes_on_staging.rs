@@ -75,3 +75,25 @@ fn hooks_and_modes_act_on_staging_only() {
         "no staging leftovers"
     );
 }
+
+#[test]
+fn a_hook_that_removes_its_copy_is_named_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let file = tmp.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    let out = run(warmcache(&root).arg("import").arg(&file).args([
+        "--name",
+        "f",
+        "--hook",
+        "rm -f \"$WARMCACHE_STAGING\"",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let message = stderr(&out);
+    assert!(message.contains("removed the staging copy"), "{message}");
+    assert!(
+        !message.contains("/staging/"),
+        "names the hook and source, not staging: {message}"
+    );
+    assert_eq!(artifact_ids(&root), Vec::<String>::new());
+}
