@@ -29,6 +29,9 @@ const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by warmcache.\n\
 # For information about cache directory tags see https://bford.info/cachedir/\n";
 
+/// The smallest reserve worth keeping: the catalog's WAL index and a few pages of WAL.
+const MIN_RESERVE_BYTES: usize = 48 << 10;
+
 /// The largest size of [`Layout::reserve`]: room for the catalog writes of a collection batch.
 const RESERVE_BYTES: usize = 1 << 20;
 
@@ -195,8 +198,14 @@ impl Layout {
             });
         #[cfg(not(unix))]
         let size = RESERVE_BYTES;
-        if let Err(e) = write_atomic(&path, &vec![0u8; size]) {
-            tracing::debug!("no space set aside for gc at `{}`: {e}", path.display());
+        // What fits: a collection that freed nothing must still leave some reserve behind it.
+        let mut size = size;
+        while let Err(e) = write_atomic(&path, &vec![0u8; size]) {
+            size /= 2;
+            if size < MIN_RESERVE_BYTES {
+                tracing::debug!("no space set aside for gc at `{}`: {e}", path.display());
+                return;
+            }
         }
     }
 }

@@ -98,8 +98,9 @@ impl Cache {
 
     /// Refuses a destination inside the cache root: by path (after resolving symlinks of the
     /// deepest existing ancestor), and, on Unix, by identity, so the same directories reached
-    /// through a bind mount (a container volume) are caught too: no existing ancestor of DEST may
-    /// be the root, a directory of its layout, or a shard of its objects.
+    /// another way (a bind mount, a container volume, `/proc/PID/root`) are caught too: no
+    /// existing ancestor of DEST, as given or resolved, may be the root, a directory of its
+    /// layout, an object shard, an artifact's directory or its content directory.
     fn refuse_inside_root(&self, dest: &Path) -> Result<(), CacheError> {
         let refuse = || {
             Err(ActivateError::InsideCache {
@@ -114,27 +115,51 @@ impl Cache {
             return refuse();
         }
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let identity = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-            let mut inside: std::collections::HashSet<(u64, u64)> = self
-                .layout()
-                .fixed_dirs()
-                .iter()
-                .filter_map(|d| identity(d))
-                .collect();
-            if let Ok(shards) = std::fs::read_dir(self.layout().objects_dir()) {
-                inside.extend(shards.flatten().filter_map(|shard| identity(&shard.path())));
-            }
-            if resolved
-                .ancestors()
-                .filter_map(identity)
-                .any(|id| inside.contains(&id))
-            {
-                return refuse();
-            }
+        if self.reached_by_identity(dest, &resolved) {
+            return refuse();
         }
         Ok(())
+    }
+
+    /// Whether an existing ancestor of `dest` (as given, made absolute, and as resolved) is a
+    /// directory of the store, compared by device and inode. Only when some ancestor is on the
+    /// root's device does this list the store's directories (a stat per artifact): an
+    /// activation onto another file system pays one stat per ancestor.
+    #[cfg(unix)]
+    fn reached_by_identity(&self, dest: &Path, resolved: &Path) -> bool {
+        use std::collections::HashSet;
+        use std::os::unix::fs::MetadataExt;
+        let identity = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        let given = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+        let ancestors: HashSet<(u64, u64)> = given
+            .ancestors()
+            .chain(resolved.ancestors())
+            .filter_map(identity)
+            .collect();
+        let Some((root_dev, _)) = identity(self.root()) else {
+            return false;
+        };
+        if !ancestors.iter().any(|(dev, _)| *dev == root_dev) {
+            return false;
+        }
+        let mut inside: HashSet<(u64, u64)> = self
+            .layout()
+            .fixed_dirs()
+            .iter()
+            .filter_map(|d| identity(d))
+            .collect();
+        for shard in std::fs::read_dir(self.layout().objects_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            inside.extend(identity(&shard.path()));
+            for artifact in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                inside.extend(identity(&artifact.path()));
+                inside.extend(identity(&artifact.path().join("content")));
+            }
+        }
+        ancestors.iter().any(|id| inside.contains(id))
     }
 }
 

@@ -11,7 +11,8 @@ use crate::lock::OpGuard;
 #[derive(Debug)]
 pub struct Lease<'a> {
     cache: &'a Cache,
-    id: i64,
+    /// The catalog row; none on a read-only cache, where nothing can collect.
+    id: Option<i64>,
     expires_at: i64,
     keep: bool,
 }
@@ -31,11 +32,11 @@ impl Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if self.keep {
+        let Some(id) = self.id.filter(|_| !self.keep) else {
             return;
-        }
-        if let Err(e) = self.cache.catalog().release_lease(self.id) {
-            tracing::warn!("could not release lease {}: {e}", self.id);
+        };
+        if let Err(e) = self.cache.catalog().release_lease(id) {
+            tracing::warn!("could not release lease {id}: {e}");
         }
     }
 }
@@ -66,7 +67,18 @@ impl Cache {
             .now_ms()
             .saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX));
         let holder = format!("pid {}", std::process::id());
-        let id = self.catalog().add_lease(artifact, &holder, expires_at)?;
+        let mut catalog = self.catalog();
+        if catalog.read_only().is_some() {
+            // Nothing can collect on a cache that can only be read: the lease holds by itself.
+            return Ok(Lease {
+                cache: self,
+                id: None,
+                expires_at,
+                keep: true,
+            });
+        }
+        let id = Some(catalog.add_lease(artifact, &holder, expires_at)?);
+        drop(catalog);
         Ok(Lease {
             cache: self,
             id,

@@ -52,24 +52,37 @@ fn the_root_reached_through_a_bind_mount_is_refused_too() {
         .strip_prefix(&root)
         .unwrap()
         .to_path_buf();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"tree").unwrap();
+    ok(warmcache(&root).arg("import").arg(&tree).args(["--name", "tree"]));
+    let tree_artifact = std::path::PathBuf::from(ok(warmcache(&root).args(["path", "tree"])))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let out = in_namespace(
         r#"mount --bind "$2" "$3" || exit 1
            "$1" --root "$2" activate other "$3/$4"; echo "artifact rc=$?"
            "$1" --root "$2" activate other "$3/v1/catalog.sqlite"; echo "catalog rc=$?"
-           "$1" --root "$2" activate other "$3/v1/objects/new"; echo "objects rc=$?""#,
+           "$1" --root "$2" activate other "$3/v1/objects/new"; echo "objects rc=$?"
+           umount "$3" && mount --bind "$5" "$3" || exit 1
+           "$1" --root "$2" activate other "$3/manifest.json"; echo "artifact-dir rc=$?"
+           umount "$3" && mount --bind "$5/content" "$3" || exit 1
+           "$1" --root "$2" activate other "$3/new"; echo "content-dir rc=$?""#,
         &[
             std::path::Path::new(env!("CARGO_BIN_EXE_warmcache")),
             &root,
             &mnt,
             &relative,
+            &tree_artifact,
         ],
     );
-    for what in ["artifact", "catalog", "objects"] {
+    for what in ["artifact", "catalog", "objects", "artifact-dir", "content-dir"] {
         assert!(out.contains(&format!("{what} rc=1")), "{what}:\n{out}");
     }
-    assert_eq!(out.matches("inside the cache root").count(), 3, "{out}");
+    assert_eq!(out.matches("inside the cache root").count(), 5, "{out}");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     json_ok(&run(warmcache(&root).args(["status", "--json"])));
 }

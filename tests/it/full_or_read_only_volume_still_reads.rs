@@ -13,7 +13,7 @@ const SCRIPT: &str = r#"
     mount -t tmpfs -o size=4m tmpfs "$2" || exit 1
     B="$1"; M="$2"; F="$3"; BIG="$4"; P="$5"
     run() { name="$1"; shift; "$B" --root "$M/cache" "$@"; echo "$name rc=$?" >&2; }
-    build() { (cd "$P" && run "$@" ensure tool --input in.txt --build 'cat in.txt > "$WARMCACHE_OUT"'); }
+    build() { n="$1"; shift; (cd "$P" && run "$n" ensure tool --input in.txt --build 'cat in.txt > "$WARMCACHE_OUT"' "$@"); }
     run import-small import "$F" --name small >/dev/null
     run import-big import "$BIG" --name big >/dev/null
     build build-tool >/dev/null
@@ -30,6 +30,7 @@ const SCRIPT: &str = r#"
     run after-gc-import import "$F" --name another
     mount -o remount,ro "$M" || exit 1
     build ro-ensure-stale
+    build ro-ensure-lease --lease 5m
     run ro-path path small
     run ro-status status --json
     run ro-verify verify
@@ -77,6 +78,7 @@ fn reading_commands_work_and_gc_frees_space_or_says_why_not() {
         ("build-tool", "0"),
         ("full-ensure-stale", "0"),
         ("ro-ensure-stale", "0"),
+        ("ro-ensure-lease", "0"),
         ("full-path", "0"),
         ("full-status", "0"),
         ("full-verify", "0"),
