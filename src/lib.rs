@@ -24,6 +24,7 @@ pub(crate) mod lock;
 pub(crate) mod parallel;
 pub(crate) mod place;
 pub mod progress;
+pub(crate) mod random;
 pub mod remote;
 pub(crate) mod shell;
 pub(crate) mod store;

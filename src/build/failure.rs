@@ -240,24 +240,12 @@ impl Backoff {
     }
 }
 
-/// A jitter value in [0, 1) for [`Backoff::next_delay`], from BLAKE3 of the time, pid and a counter
-/// (good enough to decorrelate processes; not for cryptography).
+/// A jitter value in [0, 1) for [`Backoff::next_delay`] (decorrelates processes that failed
+/// together; not for cryptography).
 pub fn random_jitter() -> f64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&nanos.to_le_bytes());
-    hasher.update(&std::process::id().to_le_bytes());
-    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    let bytes = hasher.finalize();
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes.as_bytes()[..8]);
+    let word = u64::from_le_bytes(crate::random::bytes::<8>());
     // 53 random bits → a double in [0, 1).
-    (u64::from_le_bytes(word) >> 11) as f64 / (1u64 << 53) as f64
+    (word >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The recorded failure of an entry (one per entry; the `failure` record of docs/DESIGN.md).

@@ -156,28 +156,9 @@ pub(super) fn env_value(token: &str) -> std::ffi::OsString {
     value
 }
 
-/// 32 hex digits from the OS's random source (falling back to a hash of what differs between
-/// two runs, should it fail).
+/// 32 hex digits from the OS's random source.
 fn new_token() -> String {
-    let mut bytes = [0u8; 16];
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        if usize::try_from(n) == Ok(bytes.len()) {
-            return hex(&bytes);
-        }
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&nanos.to_le_bytes());
-    hasher.update(&std::process::id().to_le_bytes());
-    hasher.update(format!("{:?}{:p}", std::thread::current().id(), &bytes).as_bytes());
-    bytes.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    hex(&bytes)
+    hex(&crate::random::bytes::<16>())
 }
 
 fn hex(bytes: &[u8]) -> String {
