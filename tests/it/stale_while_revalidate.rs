@@ -254,10 +254,8 @@ fn the_background_build_survives_the_caller_and_its_process_group() {
     wait_until("the background builder to start", || g.runs() == 2);
     // SAFETY: a signal to the process group the test created.
     unsafe { libc::kill(-group, libc::SIGKILL) };
-    assert!(
-        alive(pid),
-        "the background build died with its caller's process group"
-    );
+    // Had the background build been in that group, it would die (maybe after a check here could
+    // see it), and the call below would find the inputs unbuilt: stale again, not a hit.
 
     g.open_gate();
     wait_until("the background build to end", || !alive(pid));
