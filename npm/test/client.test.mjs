@@ -87,7 +87,7 @@ test("staleWhileRevalidate resolves at once with the last good artifact and buil
     root,
     cwd: dir,
     inputs: ["in.txt"],
-    build: `touch started; while [ ! -e '${gate}' ]; do sleep 0.02; done; cp in.txt "$WARMCACHE_OUT"`,
+    build: `touch started; while [ ! -e '${gate}' ]; do [ -e in.txt ] || exit 1; sleep 0.02; done; cp in.txt "$WARMCACHE_OUT"`,
     staleWhileRevalidate: true,
   };
   writeFileSync(join(dir, "in.txt"), "v1");

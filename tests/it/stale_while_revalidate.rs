@@ -56,7 +56,9 @@ impl Gated {
             "--input",
             "in.txt",
             "--build",
-            "echo $$ >> runs; while [ ! -e go ]; do sleep 0.02; done; cp in.txt \"$WARMCACHE_OUT\"",
+            // Gone with the project when a failing test drops it: never waits forever.
+            "echo $$ >> runs; while [ ! -e go ]; do [ -e in.txt ] || exit 1; sleep 0.02; done; \
+             cp in.txt \"$WARMCACHE_OUT\"",
         ]);
         cmd.args(extra);
         cmd
