@@ -147,6 +147,14 @@ impl Layout {
         PathBuf::from(path)
     }
 
+    /// The report of the last background build of an entry (stale-while-revalidate): the
+    /// detached `warmcache` that runs it writes its stderr there, beside the entry's build lock.
+    pub fn entry_revalidation_log(&self, name: &EntryName) -> PathBuf {
+        let mut path = self.entry_lock(name).into_os_string();
+        path.push(".log");
+        PathBuf::from(path)
+    }
+
     /// The lock of an import source (an archive's digest with the import options), so that
     /// concurrent importers of one archive extract it once.
     pub fn source_lock(&self, key: &str) -> PathBuf {

@@ -79,6 +79,44 @@ test("a stale result is a result with its warning, not an exception", LONG, asyn
   assert.match(stale.warning ?? "", /serving a stale `s`/);
 });
 
+test("staleWhileRevalidate resolves at once with the last good artifact and builds in the background", LONG, async (t) => {
+  const { dir, root } = workspace(t);
+  const gate = join(dir, "go");
+  // The builder waits for the gate: the call resolving while it is closed proves it did not wait.
+  const opts = {
+    root,
+    cwd: dir,
+    inputs: ["in.txt"],
+    build: `touch started; while [ ! -e '${gate}' ]; do [ -e in.txt ] || exit 1; sleep 0.02; done; cp in.txt "$WARMCACHE_OUT"`,
+    staleWhileRevalidate: true,
+  };
+  writeFileSync(join(dir, "in.txt"), "v1");
+  writeFileSync(gate, "");
+  const first = await wc.ensure("swr", opts);
+  assert.equal(first.status, "built");
+  assert.equal(first.revalidation, undefined);
+  rmSync(gate);
+  rmSync(join(dir, "started"));
+  writeFileSync(join(dir, "in.txt"), "version 2");
+  const stale = await wc.ensure("swr", opts);
+  assert.equal(stale.status, "stale");
+  assert.equal(stale.artifact, first.artifact);
+  assert.equal(readFileSync(stale.path, "utf8"), "v1");
+  assert.equal(stale.revalidation, "started");
+  assert.equal(typeof stale.revalidation_pid, "number");
+  assert.match(stale.stale_reason ?? "", /inputs changed/);
+  assert.match(stale.warning ?? "", /built in the background/);
+  // While the background build runs, another call starts nothing.
+  await until("the background build started", () => existsSync(join(dir, "started")));
+  const again = await wc.ensure("swr", opts);
+  assert.equal(again.revalidation, "under-way");
+  writeFileSync(gate, "");
+  await until("the background build ended", () => gone(stale.revalidation_pid));
+  const fresh = await wc.ensure("swr", opts);
+  assert.equal(fresh.status, "hit");
+  assert.equal(readFileSync(fresh.path, "utf8"), "version 2");
+});
+
 test("a failure is a WarmcacheError with exit code, kind, message and failure record", LONG, async (t) => {
   const { dir, root } = workspace(t);
   const err = await rejection(wc.ensure("f", { root, cwd: dir, build: "echo boom >&2; exit 3" }));

@@ -44,6 +44,42 @@ pub enum StalePolicy {
     IfError,
     /// Never serve an artifact built from other inputs; report the recorded error instead.
     Never,
+    /// Stale-while-revalidate (the HTTP rule of RFC 5861, applied to builds): everything
+    /// `IfError` does, and also when the inputs changed (or a transient failure's retry is due)
+    /// and a last good artifact is present, serve it at once, marked stale, and build the
+    /// current inputs in the background instead of making the caller wait (docs/DESIGN.md,
+    /// "Stale while revalidate").
+    WhileRevalidate,
+}
+
+impl StalePolicy {
+    /// Whether a last good artifact built from other inputs may be served at all.
+    pub fn serves_stale(self) -> bool {
+        matches!(self, StalePolicy::IfError | StalePolicy::WhileRevalidate)
+    }
+
+    /// The policy's name as written in `warmcache.toml` and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StalePolicy::IfError => "if-error",
+            StalePolicy::Never => "never",
+            StalePolicy::WhileRevalidate => "while-revalidate",
+        }
+    }
+}
+
+impl std::str::FromStr for StalePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "if-error" => Ok(StalePolicy::IfError),
+            "never" => Ok(StalePolicy::Never),
+            "while-revalidate" => Ok(StalePolicy::WhileRevalidate),
+            other => Err(format!(
+                "unknown stale policy `{other}`; use `if-error`, `never` or `while-revalidate`"
+            )),
+        }
+    }
 }
 
 /// Which step of a build failed.
@@ -339,12 +375,17 @@ pub enum Decision {
         failure: FailureRecord,
         stale: Option<LastGood>,
     },
+    /// A build is due (for `reason`: the inputs changed, or a transient failure's retry is due)
+    /// and the stale policy is `while-revalidate` with `stale` (the last good artifact, present,
+    /// built from other inputs) to serve meanwhile: serve it now and build in the background.
+    Revalidate { stale: LastGood, reason: BuildReason },
 }
 
 /// The entry state machine's table (docs/DESIGN.md, "The entry state machine"), for the current fingerprint `current_fp`.
 ///
 /// `artifact_present` is whether `last_good`'s artifact could be opened. `now` is unix
-/// milliseconds. `refresh` forces a build whatever is recorded (a hit included: the user asked).
+/// milliseconds. `refresh` forces a build whatever is recorded (a hit included: the user asked),
+/// in the foreground whatever the stale policy: the caller asked to wait for it.
 pub fn decide(
     current_fp: &Fingerprint,
     last_good: Option<&LastGood>,
@@ -371,21 +412,57 @@ pub fn decide(
             FailureKind::Transient => failure.next_retry_at.is_some_and(|at| now < at),
         };
         if blocked {
-            let stale = match stale_policy {
-                StalePolicy::IfError => last_good.filter(|_| artifact_present).cloned(),
-                StalePolicy::Never => None,
-            };
+            let stale = last_good
+                .filter(|_| artifact_present && stale_policy.serves_stale())
+                .cloned();
             return Decision::Blocked {
                 failure: failure.clone(),
                 stale,
             };
         }
-        return Decision::Build(BuildReason::RetryDue);
+        return revalidate_or_build(
+            BuildReason::RetryDue,
+            current_fp,
+            last_good,
+            artifact_present,
+            stale_policy,
+        );
     }
     match last_good {
         None => Decision::Build(BuildReason::NoRecord),
-        Some(good) if &good.fingerprint != current_fp => Decision::Build(BuildReason::InputsChanged),
+        Some(good) if &good.fingerprint != current_fp => revalidate_or_build(
+            BuildReason::InputsChanged,
+            current_fp,
+            last_good,
+            artifact_present,
+            stale_policy,
+        ),
         Some(_) => Decision::Build(BuildReason::ArtifactMissing),
+    }
+}
+
+/// A build for `reason`, or, under `while-revalidate` with a present last good artifact of other
+/// inputs to serve meanwhile, a revalidation. Without one (never built, or its artifact gone) the
+/// caller has nothing to run but a fresh build, so it builds in the foreground.
+fn revalidate_or_build(
+    reason: BuildReason,
+    current_fp: &Fingerprint,
+    last_good: Option<&LastGood>,
+    artifact_present: bool,
+    stale_policy: StalePolicy,
+) -> Decision {
+    match last_good {
+        Some(good)
+            if stale_policy == StalePolicy::WhileRevalidate
+                && artifact_present
+                && &good.fingerprint != current_fp =>
+        {
+            Decision::Revalidate {
+                stale: good.clone(),
+                reason,
+            }
+        }
+        _ => Decision::Build(reason),
     }
 }
 
@@ -560,6 +637,69 @@ mod tests {
         assert_eq!(
             decide(&F, Some(&old), true, Some(&f), NOW, false, StalePolicy::IfError),
             Decision::Build(BuildReason::InputsChanged)
+        );
+    }
+
+    #[test]
+    fn while_revalidate_serves_stale_and_builds_in_the_background() {
+        let swr = StalePolicy::WhileRevalidate;
+        let old = good(&OLD);
+        let revalidate = |reason| Decision::Revalidate {
+            stale: old.clone(),
+            reason,
+        };
+        // Inputs changed, last good present: revalidate.
+        assert_eq!(
+            decide(&F, Some(&old), true, None, NOW, false, swr),
+            revalidate(BuildReason::InputsChanged)
+        );
+        // A transient failure of F whose retry is due: revalidate too.
+        let due = failure(&F, FailureKind::Transient, Some(NOW));
+        assert_eq!(
+            decide(&F, Some(&old), true, Some(&due), NOW, false, swr),
+            revalidate(BuildReason::RetryDue)
+        );
+        // Failure memory still blocks, serving stale as `if-error` does.
+        for f in [
+            failure(&F, FailureKind::Transient, Some(NOW + 1)),
+            failure(&F, FailureKind::Deterministic, None),
+        ] {
+            assert_eq!(
+                decide(&F, Some(&old), true, Some(&f), NOW, false, swr),
+                Decision::Blocked {
+                    failure: f.clone(),
+                    stale: Some(old.clone())
+                }
+            );
+        }
+        // Nothing to serve meanwhile: a foreground build, as under `if-error`.
+        assert_eq!(
+            decide(&F, None, false, None, NOW, false, swr),
+            Decision::Build(BuildReason::NoRecord)
+        );
+        assert_eq!(
+            decide(&F, Some(&old), false, None, NOW, false, swr),
+            Decision::Build(BuildReason::InputsChanged)
+        );
+        let g = good(&F);
+        assert_eq!(
+            decide(&F, Some(&g), false, None, NOW, false, swr),
+            Decision::Build(BuildReason::ArtifactMissing)
+        );
+        // A hit is a hit; --refresh builds in the foreground.
+        assert_eq!(decide(&F, Some(&g), true, None, NOW, false, swr), Decision::Hit);
+        assert_eq!(
+            decide(&F, Some(&old), true, None, NOW, true, swr),
+            Decision::Build(BuildReason::Refresh)
+        );
+        for policy in ["if-error", "never", "while-revalidate"] {
+            assert_eq!(policy.parse::<StalePolicy>().unwrap().as_str(), policy);
+        }
+        assert!(
+            "sometimes"
+                .parse::<StalePolicy>()
+                .unwrap_err()
+                .contains("while-revalidate")
         );
     }
 

@@ -79,7 +79,7 @@ pub struct EntryConfig {
     /// Longest retry delay (default 15m).
     #[serde(default, deserialize_with = "serde_units::opt_duration")]
     pub backoff_cap: Option<Duration>,
-    /// `if-error` (default) or `never` (`--stale`).
+    /// `if-error` (default), `never` or `while-revalidate` (`--stale`, `--stale-while-revalidate`).
     pub stale: Option<StalePolicy>,
     /// Working directory of the commands, relative to the config file's directory.
     pub cwd: Option<PathBuf>,

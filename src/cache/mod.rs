@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use activate::Activated;
-pub use ensure::{EnsureError, EnsureOptions, EnsureStatus, Ensured, FailureReport, WaitPolicy};
+pub use ensure::{
+    EnsureError, EnsureOptions, EnsureStatus, Ensured, FailureReport, Revalidated, Revalidation, WaitPolicy,
+};
 pub use gc::{GcError, GcOptions, GcReport, Reason, Removed};
 pub use import::{ImportError, ImportOptions, Imported, ModeRule};
 pub use inspect::{DamagedArtifact, EntryStatus, VerifyReport};

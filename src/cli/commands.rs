@@ -63,7 +63,10 @@ fn collect_in_background(cache: &Cache, out: &Output) {
 }
 
 pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
-    let recipe = recipe(&args.name, &args.recipe)?;
+    let mut recipe = recipe(&args.name, &args.recipe)?;
+    if args.stale_while_revalidate {
+        recipe.stale = warmcache::build::StalePolicy::WhileRevalidate;
+    }
     let cache = open(cli)?;
     let options = warmcache::cache::EnsureOptions {
         refresh: args.refresh,
@@ -73,9 +76,30 @@ pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
             warmcache::cache::WaitPolicy::Wait
         },
         remote: super::share::ensure_sharing(out, &args.share)?,
-        lease: args.lease,
+        // A lease belongs to the caller that uses the path, never to the background build.
+        lease: args.lease.filter(|_| !cli.background_build),
     };
-    let ensured = cache.ensure(&recipe, &options)?;
+    if cli.background_build {
+        if super::revalidate::run(&cache, out, &recipe, &options)? {
+            collect_in_background(&cache, out);
+        }
+        return Ok(());
+    }
+    let mut ensured = cache.ensure(&recipe, &options)?;
+    // Under `while-revalidate`, the build of the changed inputs runs in a detached process.
+    let mut started = None;
+    if ensured.revalidation == Some(warmcache::cache::Revalidation::Due) {
+        match super::revalidate::start(&cache, &ensured.name) {
+            Ok(s) => {
+                ensured.revalidation = Some(warmcache::cache::Revalidation::Started);
+                started = Some(s);
+            }
+            Err(e) => out.warn(&format!(
+                "the background build of `{}` could not be started ({e:#}); the next call tries again",
+                ensured.name
+            )),
+        }
+    }
     for warning in &ensured.warnings {
         out.warn(warning);
     }
@@ -93,9 +117,22 @@ pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
         ));
     }
     if ensured.status == warmcache::cache::EnsureStatus::Stale {
-        out.warn(&stale_warning(&ensured));
+        let mut warning = stale_warning(&ensured);
+        if let Some(s) = &started {
+            warning.push_str(&format!(
+                "\n  background build: pid {}, report in {}",
+                s.pid,
+                s.log.display()
+            ));
+        }
+        out.warn(&warning);
     }
-    out.result(&json!(ensured), || ensured.path.display().to_string());
+    let mut value = json!(ensured);
+    if let (Some(s), Some(obj)) = (&started, value.as_object_mut()) {
+        obj.insert("revalidation_pid".into(), json!(s.pid));
+        obj.insert("revalidation_log".into(), json!(s.log));
+    }
+    out.result(&value, || ensured.path.display().to_string());
     if ensured.status == warmcache::cache::EnsureStatus::Built {
         collect_in_background(&cache, out);
     }
@@ -104,7 +141,7 @@ pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
 
 /// The warning printed whenever a stale artifact is served: its age, why, the last error and the
 /// next retry.
-fn stale_warning(e: &warmcache::cache::Ensured) -> String {
+pub(super) fn stale_warning(e: &warmcache::cache::Ensured) -> String {
     let age = std::time::Duration::from_millis((warmcache::clock::now_ms() - e.updated_at).max(0) as u64);
     let mut text = format!(
         "serving a stale `{}` (built {} ago from older inputs): {}",
@@ -114,6 +151,10 @@ fn stale_warning(e: &warmcache::cache::Ensured) -> String {
             .as_deref()
             .unwrap_or("the current inputs could not be built")
     );
+    if let Some(revalidation) = e.revalidation {
+        text.push_str("; ");
+        text.push_str(revalidation.describe());
+    }
     if let Some(f) = &e.failure {
         let retry = match f.next_retry_at {
             Some(at) => format!(
@@ -318,7 +359,7 @@ pub(super) fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
 }
 
 /// A unix-ms timestamp as UTC `YYYY-MM-DD HH:MM:SS`.
-fn format_time(ms: i64) -> String {
+pub(super) fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil-from-days (Howard Hinnant's algorithm): no date crate needed for one format.

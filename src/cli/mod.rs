@@ -8,6 +8,7 @@ mod commands;
 mod context;
 mod output;
 mod progress;
+mod revalidate;
 mod share;
 mod snapshot;
 
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use warmcache::EntryName;
 use warmcache::activate::LinkMode;
 
@@ -28,6 +29,11 @@ use share::{EnsureRemoteArgs, PullArgs, PushArgs};
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// Internal: this process is the detached background build of a stale-while-revalidate
+    /// `ensure`, started by another `warmcache ensure` with its own arguments after this flag
+    /// (docs/DESIGN.md, "Stale while revalidate").
+    #[arg(long = revalidate::FLAG, hide = true)]
+    pub background_build: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -141,7 +147,9 @@ pub struct RecipeArgs {
     /// Time limit for the build and for the validation (e.g. 10m).
     #[arg(long, value_name = "DUR", value_parser = parse_time_limit)]
     pub timeout: Option<Duration>,
-    /// Serve the last good artifact when building fails (`if-error`, the default) or not (`never`).
+    /// Serve the last good artifact when building fails (`if-error`, the default), or not
+    /// (`never`), or also at once while the changed inputs build in the background
+    /// (`while-revalidate`).
     #[arg(long, value_name = "POLICY", value_parser = parse_stale)]
     pub stale: Option<warmcache::build::StalePolicy>,
 }
@@ -166,6 +174,11 @@ pub struct EnsureArgs {
     /// Hold the artifact against garbage collection for this long after returning.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub lease: Option<Duration>,
+    /// When the inputs changed and a last good artifact exists, return it at once (marked stale)
+    /// and build the current inputs in a detached background process; the same as
+    /// `--stale while-revalidate`.
+    #[arg(long, conflicts_with = "stale")]
+    pub stale_while_revalidate: bool,
     #[command(flatten)]
     pub share: EnsureRemoteArgs,
 }
@@ -256,11 +269,7 @@ fn parse_mode_rule(s: &str) -> Result<warmcache::cache::ModeRule, String> {
 }
 
 fn parse_stale(s: &str) -> Result<warmcache::build::StalePolicy, String> {
-    match s {
-        "if-error" => Ok(warmcache::build::StalePolicy::IfError),
-        "never" => Ok(warmcache::build::StalePolicy::Never),
-        _ => Err(format!("unknown stale policy `{s}`; use `if-error` or `never`")),
-    }
+    s.parse()
 }
 
 fn parse_link_mode(s: &str) -> Result<LinkMode, String> {
@@ -308,6 +317,12 @@ pub fn run() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    if cli.background_build && !matches!(cli.command, Command::Ensure(_)) {
+        return usage_error(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!("--{} is internal to `warmcache ensure`", revalidate::FLAG),
+        ));
+    }
     let out = Output::new(cli.global.json, cli.global.quiet, cli.global.verbose);
     out.init_logging();
     if let Err(e) = signals {

@@ -50,6 +50,8 @@ mod snapshot_concurrent;
 mod snapshot_round_trip;
 mod snapshot_unchanged_and_warmth_guard;
 mod staging_of_killed_process_swept_at_once;
+mod stale_while_revalidate;
+mod stale_while_revalidate_failures;
 mod transient_failure_recovers_when_the_clock_says_so;
 mod tree_rule_round_trips;
 mod verify_reports_damage_with_exit_1;

@@ -90,6 +90,16 @@ export interface Ensured extends Warned {
   fingerprint: string;
   failure: FailureReport | null;
   stale_reason?: string;
+  /**
+   * Stale-while-revalidate only: where the build of the current inputs stands while this stale
+   * artifact is served. `started`: a detached background `warmcache` builds them now (a later
+   * call gets the fresh artifact); `under-way`: another process already builds them.
+   */
+  revalidation?: "started" | "under-way" | "due";
+  /** The background build's process id, when this call started it. */
+  revalidation_pid?: number;
+  /** Where the background build this call started reports (its stderr). */
+  revalidation_log?: string;
   updated_at: number;
   unmatched_globs?: string[];
   remote?: RemoteActivity;
@@ -336,7 +346,11 @@ export interface RecipeOptions {
   fingerprintEnv?: string[];
   /** Time limit for the build and the validation (`--timeout`). */
   buildTimeout?: Duration;
-  stale?: "if-error" | "never";
+  /**
+   * Serve the last good artifact when building fails (`if-error`, the default), never, or also at
+   * once while changed inputs build in the background (`while-revalidate`).
+   */
+  stale?: "if-error" | "never" | "while-revalidate";
 }
 
 /** Remote flags. */
@@ -356,6 +370,14 @@ export interface EnsureOptions extends CallOptions, RecipeOptions, RemoteOptions
   lease?: Duration;
   /** Push what is built locally to the remote. */
   push?: boolean;
+  /**
+   * When the inputs changed and a last good artifact exists, resolve at once with it
+   * (`status: "stale"`, `revalidation: "started"` or `"under-way"`) and build the current inputs in
+   * a detached background process, so a cold start never waits for a build
+   * (`--stale-while-revalidate`, the same as `stale: "while-revalidate"`). Without a last good
+   * artifact the build runs in the foreground as usual.
+   */
+  staleWhileRevalidate?: boolean;
 }
 
 export interface ImportOptions extends CallOptions {
@@ -413,6 +435,7 @@ export function ensure(name: string, options: EnsureOptions = {}): Promise<Ensur
   flag(args, "--no-wait", options.noWait);
   value(args, "--lease", duration(options.lease));
   flag(args, "--push", options.push);
+  flag(args, "--stale-while-revalidate", options.staleWhileRevalidate);
   return run<Ensured>(args, options);
 }
 

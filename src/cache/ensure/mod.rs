@@ -11,12 +11,18 @@
 //! timeout) and reuse its result: a caller asking for the current inputs should get them, and
 //! waiting costs only as long as the build that is already under way. A caller that prefers speed
 //! (`--no-wait`, [`WaitPolicy::TakeStale`]) gets its last good artifact at once, marked stale.
+//!
+//! Under the `while-revalidate` stale policy, a call whose inputs changed does not build at all
+//! when it has a last good artifact to serve: it serves it as stale with a [`Revalidation`], and
+//! the build runs in [`Cache::revalidate`], which the caller starts in the background
+//! (docs/DESIGN.md, "Stale while revalidate").
 
 use super::share::RemoteActivity;
 use super::{Cache, CacheError};
 use crate::build::{
-    DEFAULT_TAIL_BYTES, Decision, FailureCause, FailureKind, FailureRecord, Fingerprinted, LastGood, Recipe,
-    RunFailure, StalePolicy, StatCache, decide, fingerprint, random_jitter, record_failure, run,
+    BuildReason, DEFAULT_TAIL_BYTES, Decision, FailureCause, FailureKind, FailureRecord, Fingerprinted,
+    LastGood, Recipe, RunFailure, StalePolicy, StatCache, decide, fingerprint, random_jitter, record_failure,
+    run,
 };
 use crate::catalog::EntryRow;
 use crate::ids::{ArtifactId, EntryName, Fingerprint};
@@ -28,7 +34,9 @@ use crate::store::{StoreError, content_path_in};
 mod outcome;
 
 use outcome::blocked_reason;
-pub use outcome::{EnsureError, EnsureOptions, EnsureStatus, Ensured, FailureReport, WaitPolicy};
+pub use outcome::{
+    EnsureError, EnsureOptions, EnsureStatus, Ensured, FailureReport, Revalidated, Revalidation, WaitPolicy,
+};
 
 /// What the catalog says about an entry.
 struct EntryState {
@@ -51,7 +59,7 @@ impl EntryState {
     fn servable_stale(&self, policy: StalePolicy) -> Option<&LastGood> {
         self.last_good
             .as_ref()
-            .filter(|_| self.present && policy == StalePolicy::IfError)
+            .filter(|_| self.present && policy.serves_stale())
     }
 }
 
@@ -64,6 +72,9 @@ struct Call<'a> {
     unmatched: Vec<String>,
     special: Vec<String>,
     started: i64,
+    /// This call is the background build of a stale-while-revalidate entry ([`Cache::revalidate`]):
+    /// it builds instead of serving stale and revalidating again.
+    revalidating: bool,
     /// Warnings collected along the way, reported with the result.
     warnings: std::cell::RefCell<Vec<String>>,
 }
@@ -91,6 +102,7 @@ impl Call<'_> {
             fingerprint: self.fp.clone(),
             failure: failure.map(FailureReport::from),
             stale_reason: why,
+            revalidation: None,
             updated_at: state.updated_at(),
             unmatched_globs: self.unmatched.clone(),
             special_inputs: self.special.clone(),
@@ -112,8 +124,13 @@ impl Call<'_> {
         Ok(state)
     }
 
-    /// The state machine's decision for the current fingerprint, now.
+    /// The state machine's decision for the current fingerprint, now. The background build of a
+    /// `while-revalidate` entry decides as `if-error` does: it is the build the others wait for.
     fn decide(&self, state: &EntryState, refresh: bool) -> Decision {
+        let policy = match self.recipe.stale {
+            StalePolicy::WhileRevalidate if self.revalidating => StalePolicy::IfError,
+            policy => policy,
+        };
         decide(
             &self.fp,
             state.last_good.as_ref(),
@@ -121,7 +138,7 @@ impl Call<'_> {
             state.failure.as_ref(),
             self.cache.now_ms(),
             refresh,
-            self.recipe.stale,
+            policy,
         )
     }
 
@@ -161,12 +178,54 @@ impl Call<'_> {
                     failure: Box::new(failure),
                 }));
             }
-            Decision::Build(reason) => {
+            // Under the entry lock (the re-check), the holder builds: revalidating is for the
+            // first look only.
+            Decision::Build(reason) | Decision::Revalidate { reason, .. } => {
                 tracing::info!("`{}` needs a build ({reason:?})", self.recipe.name);
                 return None;
             }
         };
         Some(self.serve(op, served))
+    }
+
+    /// Serves `stale` at once while the current inputs need a build for `reason`, under the
+    /// `while-revalidate` policy: `Due` when nobody builds the entry (the caller starts
+    /// [`Cache::revalidate`]), `UnderWay` when another process holds its build lock. `None` on a
+    /// read-only cache, where no build can be recorded: the caller goes on to the build, which
+    /// fails at once and serves stale as `if-error` does, instead of revalidating on every call.
+    fn revalidate(
+        &self,
+        state: &EntryState,
+        stale: &LastGood,
+        reason: BuildReason,
+    ) -> Result<Option<Ensured>, EnsureError> {
+        if self.cache.read_only().is_some() {
+            return Ok(None);
+        }
+        let lock_path = self.cache.layout().entry_lock(&self.recipe.name);
+        // A try, never a wait, so taking it under the root lock cannot deadlock (docs/DESIGN.md,
+        // "Lock order"); it is released at once: the background build takes it for itself.
+        let free = lock::try_lock(&lock_path, Mode::Exclusive)
+            .map_err(CacheError::from)?
+            .is_some();
+        let why = match reason {
+            BuildReason::RetryDue => match state.failure.as_ref() {
+                Some(f) => format!(
+                    "the last build of the current inputs failed ({}) and its retry is due",
+                    f.exit
+                ),
+                None => "a retry of the current inputs is due".to_string(),
+            },
+            _ => "its inputs changed since it was built".to_string(),
+        };
+        let failure = state.failure.as_ref().filter(|f| f.fingerprint == self.fp);
+        let mut served = self.result(EnsureStatus::Stale, &stale.artifact, state, failure, Some(why));
+        served.revalidation = Some(if free {
+            Revalidation::Due
+        } else {
+            Revalidation::UnderWay
+        });
+        Ok(Some(served))
     }
 
     /// Hands out `ensured`, leasing it first when asked.
@@ -184,6 +243,11 @@ impl Call<'_> {
         let op = self.cache.operation()?;
         let state = self.state(&op)?;
         let decision = self.decide(&state, self.options.refresh);
+        if let Decision::Revalidate { stale, reason } = &decision
+            && let Some(served) = self.revalidate(&state, stale, *reason)?
+        {
+            return Ok(Step::Done(Box::new(self.serve(&op, served))));
+        }
         if let (Decision::Hit, Some(entry)) = (&decision, &state.entry) {
             self.cache
                 .catalog()
@@ -421,6 +485,27 @@ impl Call<'_> {
             Step::Done(done) => return *done,
             Step::Next(guard) => guard,
         };
+        self.run_locked(build_lock)
+    }
+
+    /// The background build of a `while-revalidate` entry: look, then the build lock if nobody
+    /// holds it (never a wait: whoever holds it is building these inputs or will re-check), then
+    /// re-check, pull, build as any call does.
+    fn revalidate_in_this_thread(&self) -> Result<Revalidated, EnsureError> {
+        if let Step::Done(done) = self.look()? {
+            return (*done).map(|e| Revalidated::Done(Box::new(e)));
+        }
+        let lock_path = self.cache.layout().entry_lock(&self.recipe.name);
+        let Some(build_lock) = lock::try_lock(&lock_path, Mode::Exclusive).map_err(CacheError::from)? else {
+            return Ok(Revalidated::UnderWay);
+        };
+        self.cache.end_killed_build(&self.recipe.name)?;
+        self.run_locked(build_lock)
+            .map(|e| Revalidated::Done(Box::new(e)))
+    }
+
+    /// The steps under the entry's build lock: re-check, pull, build.
+    fn run_locked(&self, build_lock: LockGuard) -> Result<Ensured, EnsureError> {
         let state = match self.recheck()? {
             Step::Done(done) => return *done,
             Step::Next(state) => state,
@@ -430,6 +515,15 @@ impl Call<'_> {
             Step::Next(remote) => remote,
         };
         self.build(state, build_lock, remote)
+    }
+
+    /// A success carries its warnings; an error must not swallow them.
+    fn report_warnings_of<T>(&self, result: &Result<T, EnsureError>) {
+        if result.is_err() {
+            for warning in self.warnings.borrow().iter() {
+                tracing::warn!("{warning}");
+            }
+        }
     }
 
     /// Pushes a fresh local build when the remote asks for it.
@@ -474,10 +568,51 @@ impl Cache {
 
     /// Returns an artifact built from the recipe's current inputs, building it if needed, and
     /// following the entry state machine for recorded failures (docs/DESIGN.md).
+    ///
+    /// Under the `while-revalidate` stale policy, when the inputs changed (or a transient
+    /// failure's retry is due) and the last good artifact is present, it is returned at once as
+    /// stale with [`Ensured::revalidation`] set, and nothing is built: on
+    /// [`Revalidation::Due`], run [`Cache::revalidate`] in the background.
     pub fn ensure(&self, recipe: &Recipe, options: &EnsureOptions) -> Result<Ensured, EnsureError> {
+        let call = self.call(recipe, options, false)?;
+        let result = call.run();
+        call.report_warnings_of(&result);
+        result
+    }
+
+    /// The build behind a stale-while-revalidate result ([`Revalidation::Due`]), meant to run
+    /// in the background (a thread, or a detached process as the `warmcache` command does): it
+    /// takes the entry's build lock if nobody holds it (it never waits: a holder is building
+    /// or will re-check), re-checks, then pulls or builds as [`Cache::ensure`] would, and records
+    /// a failure as any build does (failure memory and backoff apply to the next call). Returns
+    /// [`Revalidated::UnderWay`] without doing anything when another process holds the lock.
+    ///
+    /// The builder runs in the calling thread, under the same supervision as any build
+    /// (docs/DESIGN.md, "Nothing outlives its command"): the thread must live until it returns.
+    pub fn revalidate(&self, recipe: &Recipe, options: &EnsureOptions) -> Result<Revalidated, EnsureError> {
+        let call = self.call(recipe, options, true)?;
+        let result = call.revalidate_in_this_thread();
+        call.report_warnings_of(&result);
+        result
+    }
+
+    /// Where a background build of `name` started by the `warmcache` command reports (its
+    /// stderr: what it built, or why it failed), beside the entry's build lock. A library user
+    /// running [`Cache::revalidate`] reports as it likes.
+    pub fn revalidation_log(&self, name: &EntryName) -> std::path::PathBuf {
+        self.layout().entry_revalidation_log(name)
+    }
+
+    /// One call of `recipe`: its fingerprint now, and what was asked.
+    fn call<'a>(
+        &'a self,
+        recipe: &'a Recipe,
+        options: &'a EnsureOptions,
+        revalidating: bool,
+    ) -> Result<Call<'a>, EnsureError> {
         let started = self.now_ms();
         let fingerprinted = self.fingerprint(recipe)?;
-        let call = Call {
+        Ok(Call {
             cache: self,
             recipe,
             options,
@@ -485,16 +620,9 @@ impl Cache {
             unmatched: fingerprinted.unmatched_globs,
             special: fingerprinted.special_inputs,
             started,
+            revalidating,
             warnings: std::cell::RefCell::new(Vec::new()),
-        };
-        let result = call.run();
-        if result.is_err() {
-            // A success carries its warnings; an error must not swallow them.
-            for warning in call.warnings.borrow().iter() {
-                tracing::warn!("{warning}");
-            }
-        }
-        result
+        })
     }
 
     /// What the catalog says about `name`, with its last good artifact checked before anything

@@ -43,8 +43,51 @@ pub enum EnsureStatus {
     /// Built now.
     Built,
     /// The last good artifact, built from older inputs, served because building failed or is
-    /// blocked by a recorded failure (or under way, with [`WaitPolicy::TakeStale`]).
+    /// blocked by a recorded failure (or under way, with [`WaitPolicy::TakeStale`]), or, under
+    /// the `while-revalidate` stale policy, while the current inputs are built in the background
+    /// (see [`Ensured::revalidation`]).
     Stale,
+}
+
+/// Where the build of the current inputs stands when a stale artifact is served under the
+/// `while-revalidate` stale policy (docs/DESIGN.md, "Stale while revalidate").
+///
+/// The library never starts a process or a thread on its own: `ensure` answers [`Due`](Self::Due)
+/// and the caller runs [`Cache::revalidate`](crate::Cache::revalidate) where it sees fit (a
+/// thread of a daemon, a detached process of a command line). The `warmcache` command starts a
+/// detached `warmcache` for it and reports [`Started`](Self::Started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Revalidation {
+    /// A build of the current inputs is due and nobody runs one: the caller should start
+    /// [`Cache::revalidate`](crate::Cache::revalidate) in the background.
+    Due,
+    /// The caller started the background build (set by the caller, e.g. the command line).
+    Started,
+    /// Another process holds the entry's build lock (a build is under way): nothing to start.
+    UnderWay,
+}
+
+impl Revalidation {
+    /// What it means, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Revalidation::Due => "a build of the current inputs is due",
+            Revalidation::Started => "the current inputs are being built in the background",
+            Revalidation::UnderWay => "a build of the current inputs is already under way in another process",
+        }
+    }
+}
+
+/// What [`Cache::revalidate`](crate::Cache::revalidate) did.
+#[derive(Debug, Clone)]
+pub enum Revalidated {
+    /// It ran the state machine under the entry lock: `Built` when it built (or pulled) the
+    /// current inputs, `Hit` when someone else already had, `Stale` when the build failed (the
+    /// failure is recorded, as for any build) or a recorded failure forbids building now.
+    Done(Box<Ensured>),
+    /// Another process holds the entry's build lock: nothing was done.
+    UnderWay,
 }
 
 /// A recorded failure as reported to users.
@@ -95,6 +138,10 @@ pub struct Ensured {
     /// Why a stale artifact was served.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_reason: Option<String>,
+    /// Under the `while-revalidate` stale policy, where the build of the current inputs stands
+    /// while this stale artifact is served; none otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revalidation: Option<Revalidation>,
     /// When the served artifact was recorded (unix ms).
     pub updated_at: i64,
     /// When the lease asked for with [`EnsureOptions::lease`] ends (unix ms).
