@@ -22,7 +22,6 @@
 //! timestamps come from a coarse clock (one tick is up to ~10 ms on Linux, 1–2 s on FAT or HFS+),
 //! "the same tick" is taken as a window of [`RACY_WINDOW`] before the recording time.
 
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io;
@@ -38,7 +37,7 @@ use crate::fs::annotate;
 /// Version of the fingerprint encoding; bumping it changes every fingerprint (forcing rebuilds).
 pub const FINGERPRINT_VERSION: u32 = 1;
 /// Version of the serialized [`StatCache`]; a cache of another version is discarded, not trusted.
-pub const STAT_CACHE_VERSION: u32 = 1;
+pub const STAT_CACHE_VERSION: u32 = 2;
 /// Files modified within this window before their cache entry was recorded are re-hashed.
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
@@ -87,7 +86,19 @@ pub struct Fingerprinted {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatCache {
     version: u32,
-    entries: HashMap<String, StatEntry>,
+    /// The paths (raw bytes, relative to the base), one after another in `entries`' order.
+    keys: Vec<u8>,
+    /// Sorted by path bytes, the order the walk visits inputs in, so that a fingerprint looks
+    /// each input up by advancing a cursor rather than hashing its path (see [`Cursor`]).
+    entries: Vec<Cached>,
+}
+
+/// One path's cached stat data: `key_len` bytes of [`StatCache::keys`] from `key_start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cached {
+    key_start: usize,
+    key_len: usize,
+    stat: StatEntry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +119,8 @@ impl StatCache {
     pub fn new() -> Self {
         Self {
             version: STAT_CACHE_VERSION,
-            entries: HashMap::new(),
+            keys: Vec::new(),
+            entries: Vec::new(),
         }
     }
 
@@ -121,17 +133,33 @@ impl StatCache {
         self.entries.is_empty()
     }
 
+    fn key(&self, i: usize) -> &[u8] {
+        let e = &self.entries[i];
+        &self.keys[e.key_start..e.key_start + e.key_len]
+    }
+
+    /// Appends `key` (which must sort after every key already held).
+    fn push(&mut self, key: &[u8], stat: StatEntry) {
+        self.entries.push(Cached {
+            key_start: self.keys.len(),
+            key_len: key.len(),
+            stat,
+        });
+        self.keys.extend_from_slice(key);
+    }
+
     /// Serialized form, for storing with the entry: a small versioned binary encoding, because
     /// a command-line `ensure` decodes it on every call (JSON for 10,000 paths took
     /// milliseconds; this takes microseconds).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.entries.len() * 128);
+        let mut out = Vec::with_capacity(16 + self.keys.len() + self.entries.len() * 97);
         out.extend_from_slice(STAT_CACHE_MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        for (path, e) in &self.entries {
-            out.extend_from_slice(&(path.len() as u64).to_le_bytes());
-            out.extend_from_slice(path.as_bytes());
+        for (i, c) in self.entries.iter().enumerate() {
+            let e = &c.stat;
+            out.extend_from_slice(&(c.key_len as u64).to_le_bytes());
+            out.extend_from_slice(self.key(i));
             for n in [
                 e.size,
                 e.mtime_ns as u64,
@@ -148,8 +176,9 @@ impl StatCache {
         out
     }
 
-    /// Reads a serialized cache. A corrupt cache or one of another version is discarded (an empty
-    /// cache only costs re-hashing, a wrong one could hide a change).
+    /// Reads a serialized cache. A corrupt cache, one of another version or one whose paths are
+    /// not in order is discarded (an empty cache only costs re-hashing, a wrong one could hide a
+    /// change).
     pub fn from_bytes(bytes: &[u8]) -> Self {
         Self::decode(bytes)
             .filter(|c| c.version == STAT_CACHE_VERSION)
@@ -167,15 +196,22 @@ impl StatCache {
         if count > (bytes.len() / 89) as u64 {
             return None;
         }
-        let mut entries = HashMap::with_capacity(count as usize);
-        for _ in 0..count {
+        let mut cache = Self {
+            version,
+            keys: Vec::with_capacity(bytes.len() - count as usize * 89),
+            entries: Vec::with_capacity(count as usize),
+        };
+        for i in 0..count as usize {
             let len = usize::try_from(r.u64()?).ok()?;
-            let path = std::str::from_utf8(r.take(len)?).ok()?.to_string();
+            let key = r.take(len)?;
+            if i > 0 && cache.key(i - 1) >= key {
+                return None;
+            }
             let (size, mtime, ctime, ino, dev, recorded) =
                 (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
             let executable = r.take(1)?[0] != 0;
             let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
-            let entry = StatEntry {
+            let stat = StatEntry {
                 size,
                 mtime_ns: mtime as i64,
                 ctime_ns: ctime as i64,
@@ -185,9 +221,31 @@ impl StatCache {
                 digest,
                 recorded_at_ns: recorded as i64,
             };
-            entries.insert(path, entry);
+            cache.push(key, stat);
         }
-        r.0.is_empty().then_some(Self { version, entries })
+        r.0.is_empty().then_some(cache)
+    }
+}
+
+/// Looks up paths in a [`StatCache`] in ascending order, each lookup moving past the keys
+/// before it: the whole walk costs one pass over the cache, with no hashing.
+struct Cursor {
+    next: usize,
+    /// How many lookups found their path.
+    found: usize,
+}
+
+impl Cursor {
+    fn find(&mut self, cache: &StatCache, key: &[u8]) -> Option<StatEntry> {
+        while self.next < cache.entries.len() && cache.key(self.next) < key {
+            self.next += 1;
+        }
+        if self.next < cache.entries.len() && cache.key(self.next) == key {
+            self.next += 1;
+            self.found += 1;
+            return Some(cache.entries[self.next - 1].stat);
+        }
+        None
     }
 }
 
@@ -227,6 +285,8 @@ enum InputContent {
 struct Input {
     rel: PathBuf,
     content: InputContent,
+    /// A file's stat data and digest, for the next stat cache.
+    stat: Option<StatEntry>,
 }
 
 /// One input glob, split for pruning the walk.
@@ -235,6 +295,8 @@ struct GlobSpec {
     literal: Vec<String>,
     /// Segments after the literal ones, or None when a `**` makes the depth unbounded.
     rest_depth: Option<usize>,
+    /// The glob is `LITERAL/**`: it matches everything under its literal prefix.
+    takes_all_under: bool,
 }
 
 impl GlobSpec {
@@ -252,7 +314,16 @@ impl GlobSpec {
         } else {
             Some(rest.len())
         };
-        Self { literal, rest_depth }
+        Self {
+            takes_all_under: !literal.is_empty() && rest == ["**"],
+            literal,
+            rest_depth,
+        }
+    }
+
+    /// Whether every path under directory `dir` (segments relative to the base) matches.
+    fn takes_all_under(&self, dir: &[String]) -> bool {
+        self.takes_all_under && dir.len() >= self.literal.len() && dir[..self.literal.len()] == self.literal[..]
     }
 
     /// Whether something under directory `dir` (segments relative to the base) could match.
@@ -271,15 +342,43 @@ struct Walk<'a> {
     set: GlobSet,
     specs: Vec<GlobSpec>,
     matched_globs: Vec<bool>,
+    /// How many globs have matched nothing so far.
+    unmatched: usize,
     hits: Vec<usize>,
-    cache: &'a mut StatCache,
+    cache: &'a StatCache,
+    cursor: Cursor,
     now_ns: i64,
     hashed: usize,
-    changed: bool,
-    seen: usize,
     dirs_walked: usize,
     inputs: Vec<Input>,
+    /// Matched entries not yet stated, in path order (see [`Walk::flush`]).
+    pending: Vec<Pending>,
+    /// How many directories the pending entries come from (each keeps its directory open).
+    pending_dirs: usize,
 }
+
+/// A matched directory entry waiting to be stated (and hashed if it changed).
+struct Pending {
+    rel: PathBuf,
+    entry: std::fs::DirEntry,
+    file_type: std::fs::FileType,
+    /// What the stat cache holds for this path.
+    cached: Option<StatEntry>,
+}
+
+/// What stating (and if needed hashing) one pending entry found.
+struct Resolved {
+    content: InputContent,
+    /// A file's stat data and digest.
+    stat: Option<StatEntry>,
+    /// Whether the file was read and hashed (the stat cache could not vouch for it).
+    hashed: bool,
+}
+
+/// Pending entries are stated in batches of at most this many...
+const BATCH_ENTRIES: usize = 4096;
+/// ...from at most this many directories, each of which stays open until its batch is done.
+const BATCH_DIRS: usize = 128;
 
 /// Computes the current fingerprint of `recipe`, reading environment variables from this process
 /// and using (and updating) `cache` so that unchanged files are not re-read.
@@ -332,38 +431,47 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
     let mut walk = Walk {
         set,
         matched_globs: vec![false; specs.len()],
+        unmatched: specs.len(),
         specs,
         hits: Vec::new(),
-        cache,
+        cache: &*cache,
+        cursor: Cursor { next: 0, found: 0 },
         now_ns,
         hashed: 0,
-        changed: false,
-        seen: 0,
         dirs_walked: 0,
         inputs: Vec::new(),
+        pending: Vec::new(),
+        pending_dirs: 0,
     };
     if !recipe.inputs.is_empty() {
         let mut segments = Vec::new();
         walk.dir(&recipe.base_dir, &mut PathBuf::new(), &mut segments, false)
             .map_err(io_err)?;
+        walk.flush().map_err(io_err)?;
     }
-    walk.inputs.sort_by(|a, b| {
-        a.rel
-            .as_os_str()
-            .as_encoded_bytes()
-            .cmp(b.rel.as_os_str().as_encoded_bytes())
-    });
+    debug_assert!(
+        walk.inputs
+            .windows(2)
+            .all(|w| w[0].rel.as_os_str().as_encoded_bytes() < w[1].rel.as_os_str().as_encoded_bytes()),
+        "the walk yields inputs sorted by path"
+    );
 
-    // Forget paths that are no longer inputs so the cache does not grow without bound.
-    if walk.cache.entries.len() > walk.seen {
-        let live: HashSet<String> = walk.inputs.iter().map(|i| cache_key(&i.rel)).collect();
-        walk.cache.entries.retain(|k, _| live.contains(k));
-        walk.changed = true;
+    // The next stat cache holds exactly the current inputs (paths no longer inputs are
+    // forgotten, so it does not grow without bound); rebuilt only when something changed.
+    let cache_changed = walk.hashed > 0 || walk.cursor.found != cache.len();
+    let (inputs, hashed, dirs_walked, matched_globs) =
+        (walk.inputs, walk.hashed, walk.dirs_walked, walk.matched_globs);
+    if cache_changed {
+        let mut next = StatCache::new();
+        for input in &inputs {
+            if let Some(stat) = input.stat {
+                next.push(input.rel.as_os_str().as_encoded_bytes(), stat);
+            }
+        }
+        *cache = next;
     }
-
-    let digest = encode(recipe, &walk.inputs);
-    let special_inputs = walk
-        .inputs
+    let digest = encode(recipe, &inputs);
+    let special_inputs = inputs
         .iter()
         .filter_map(|input| match input.content {
             InputContent::Other(kind) => Some(format!("{} ({kind})", input.rel.display())),
@@ -373,23 +481,27 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
     let unmatched_globs = recipe
         .inputs
         .iter()
-        .zip(&walk.matched_globs)
+        .zip(&matched_globs)
         .filter(|(_, matched)| !**matched)
         .map(|(glob, _)| glob.clone())
         .collect();
     Ok(Fingerprinted {
         digest,
-        inputs: walk.inputs.len(),
+        inputs: inputs.len(),
         unmatched_globs,
         special_inputs,
-        hashed: walk.hashed,
-        cache_changed: walk.changed,
-        dirs_walked: walk.dirs_walked,
+        hashed,
+        cache_changed,
+        dirs_walked,
     })
 }
 
 impl Walk<'_> {
     /// Walks directory `abs` (= base/`rel`); `included` means a glob matched an ancestor.
+    ///
+    /// Entries are visited in the order of their paths' bytes (a directory sorts as its name
+    /// followed by `/`, which is how every path under it begins), so the inputs come out sorted
+    /// without sorting thousands of long paths afterwards.
     fn dir(
         &mut self,
         abs: &Path,
@@ -397,21 +509,31 @@ impl Walk<'_> {
         segments: &mut Vec<String>,
         included: bool,
     ) -> io::Result<()> {
-        let entries = match std::fs::read_dir(abs) {
-            Ok(entries) => entries,
+        let listing = match std::fs::read_dir(abs) {
+            Ok(listing) => listing,
             // Vanished between being listed and being read: it is simply not there any more.
             Err(e) if e.kind() == io::ErrorKind::NotFound && !segments.is_empty() => return Ok(()),
             Err(e) => return Err(annotate(e, "read directory", abs)),
         };
         self.dirs_walked += 1;
-        for entry in entries {
+        let mut entries = Vec::new();
+        for entry in listing {
             let entry = entry.map_err(|e| annotate(e, "read directory", abs))?;
-            let file_name = entry.file_name();
             let file_type = entry
                 .file_type()
                 .map_err(|e| annotate(e, "inspect", &entry.path()))?;
+            entries.push((entry.file_name(), file_type, entry));
+        }
+        entries.sort_unstable_by(|(a, a_type, _), (b, b_type, _)| {
+            path_order(a, a_type.is_dir()).cmp(path_order(b, b_type.is_dir()))
+        });
+        // Under a `DIR/**` glob every path matches: once each glob is known to match something,
+        // there is nothing left to learn from matching each path.
+        let covered = self.specs.iter().any(|s| s.takes_all_under(segments));
+        let mut counted = false;
+        for (file_name, file_type, entry) in entries {
             rel.push(&file_name);
-            let matched = included || self.matches(rel);
+            let matched = included || (covered && self.unmatched == 0) || self.matches(rel);
             if file_type.is_dir() {
                 segments.push(file_name.to_string_lossy().into_owned());
                 if matched || self.specs.iter().any(|s| s.could_match_under(segments)) {
@@ -419,9 +541,46 @@ impl Walk<'_> {
                 }
                 segments.pop();
             } else if matched {
-                self.input(&entry, rel, file_type)?;
+                if !counted {
+                    counted = true;
+                    self.pending_dirs += 1;
+                }
+                let cached = match file_type.is_file() {
+                    true => self.cursor.find(self.cache, rel.as_os_str().as_encoded_bytes()),
+                    false => None,
+                };
+                self.pending.push(Pending {
+                    rel: rel.clone(),
+                    entry,
+                    file_type,
+                    cached,
+                });
+                if self.pending.len() >= BATCH_ENTRIES || self.pending_dirs >= BATCH_DIRS {
+                    self.flush()?;
+                    counted = false;
+                }
             }
             rel.pop();
+        }
+        Ok(())
+    }
+
+    /// States (and hashes where the stat cache cannot vouch for them) the pending entries, on
+    /// several threads: a warm fingerprint is one `statx` per input, and the kernel's part of it
+    /// is most of a cache hit. Then records them in path order.
+    fn flush(&mut self) -> io::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_dirs = 0;
+        let now_ns = self.now_ns;
+        let resolved = crate::parallel::map(&pending, |p| resolve(p, now_ns))?;
+        for (p, resolved) in pending.into_iter().zip(resolved) {
+            let Some(resolved) = resolved else { continue };
+            self.hashed += usize::from(resolved.hashed);
+            self.inputs.push(Input {
+                rel: p.rel,
+                content: resolved.content,
+                stat: resolved.stat,
+            });
         }
         Ok(())
     }
@@ -430,95 +589,84 @@ impl Walk<'_> {
         self.set
             .matches_candidate_into(&Candidate::new(rel), &mut self.hits);
         for &i in &self.hits {
-            self.matched_globs[i] = true;
+            if !self.matched_globs[i] {
+                self.matched_globs[i] = true;
+                self.unmatched -= 1;
+            }
         }
         !self.hits.is_empty()
     }
+}
 
-    fn input(
-        &mut self,
-        entry: &std::fs::DirEntry,
-        rel: &Path,
-        file_type: std::fs::FileType,
-    ) -> io::Result<()> {
-        let content = if file_type.is_symlink() {
-            let path = entry.path();
-            match std::fs::read_link(&path) {
-                Ok(target) => InputContent::Symlink {
-                    target: target.into_os_string(),
-                },
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(annotate(e, "read symlink", &path)),
-            }
-        } else if file_type.is_file() {
-            // Stat relative to the open directory (fstatat), without following links.
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(annotate(e, "stat", &entry.path())),
-            };
-            // Look up without allocating: this is the hot path of a warm fingerprint.
-            let cached = match rel.to_str() {
-                Some(key) => self.cache.entries.get(key),
-                None => self.cache.entries.get(&cache_key(rel)),
-            };
-            match cached {
-                Some(cached) if cached.matches(&meta) && !cached.is_racy() => {
-                    self.seen += 1;
-                    InputContent::File {
-                        executable: cached.executable,
-                        digest: cached.digest,
-                    }
-                }
-                _ => match self.hash_file(&entry.path())? {
-                    Some(stat) => {
-                        self.cache.entries.insert(cache_key(rel), stat);
-                        self.seen += 1;
-                        self.changed = true;
-                        InputContent::File {
-                            executable: stat.executable,
-                            digest: stat.digest,
-                        }
-                    }
-                    None => return Ok(()),
-                },
-            }
-        } else {
-            InputContent::Other(crate::store::rule::other_kind(file_type))
-        };
-        self.inputs.push(Input {
-            rel: rel.to_path_buf(),
-            content,
-        });
-        Ok(())
-    }
-
-    /// Opens, stats the handle, then hashes: the recorded stat data is that of the bytes read.
-    /// None when the file vanished since it was listed.
-    fn hash_file(&mut self, path: &Path) -> io::Result<Option<StatEntry>> {
-        let mut file = match File::open(path) {
-            Ok(file) => file,
+/// The content of one matched entry: a symlink's target, a file's digest (from the stat cache
+/// when its stat data vouches for it, else read and hashed), or a special file's kind. `None`
+/// when it vanished since it was listed.
+fn resolve(p: &Pending, now_ns: i64) -> io::Result<Option<Resolved>> {
+    let content = if p.file_type.is_symlink() {
+        let path = p.entry.path();
+        match std::fs::read_link(&path) {
+            Ok(target) => InputContent::Symlink {
+                target: target.into_os_string(),
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(annotate(e, "open input", path)),
+            Err(e) => return Err(annotate(e, "read symlink", &path)),
+        }
+    } else if p.file_type.is_file() {
+        // Stat relative to the open directory (fstatat), without following links.
+        let meta = match p.entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(annotate(e, "stat", &p.entry.path())),
         };
-        let meta = file.metadata().map_err(|e| annotate(e, "stat", path))?;
-        let mut hasher = blake3::Hasher::new();
-        hasher
-            .update_reader(&mut file)
-            .map_err(|e| annotate(e, "read input", path))?;
-        self.hashed += 1;
-        let stat = StatData::of(&meta);
-        Ok(Some(StatEntry {
-            size: stat.size,
-            mtime_ns: stat.mtime_ns,
-            ctime_ns: stat.ctime_ns,
-            ino: stat.ino,
-            dev: stat.dev,
-            executable: crate::fs::is_executable(&meta),
-            digest: *hasher.finalize().as_bytes(),
-            recorded_at_ns: self.now_ns,
-        }))
-    }
+        let (stat, hashed) = match p.cached {
+            Some(cached) if cached.matches(&meta) && !cached.is_racy() => (cached, false),
+            _ => match hash_file(&p.entry.path(), now_ns)? {
+                Some(stat) => (stat, true),
+                None => return Ok(None),
+            },
+        };
+        return Ok(Some(Resolved {
+            content: InputContent::File {
+                executable: stat.executable,
+                digest: stat.digest,
+            },
+            stat: Some(stat),
+            hashed,
+        }));
+    } else {
+        InputContent::Other(crate::store::rule::other_kind(p.file_type))
+    };
+    Ok(Some(Resolved {
+        content,
+        stat: None,
+        hashed: false,
+    }))
+}
+
+/// Opens, stats the handle, then hashes: the recorded stat data is that of the bytes read.
+/// None when the file vanished since it was listed.
+fn hash_file(path: &Path, now_ns: i64) -> io::Result<Option<StatEntry>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(annotate(e, "open input", path)),
+    };
+    let meta = file.metadata().map_err(|e| annotate(e, "stat", path))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(&mut file)
+        .map_err(|e| annotate(e, "read input", path))?;
+    let stat = StatData::of(&meta);
+    Ok(Some(StatEntry {
+        size: stat.size,
+        mtime_ns: stat.mtime_ns,
+        ctime_ns: stat.ctime_ns,
+        ino: stat.ino,
+        dev: stat.dev,
+        executable: crate::fs::is_executable(&meta),
+        digest: *hasher.finalize().as_bytes(),
+        recorded_at_ns: now_ns,
+    }))
 }
 
 impl StatEntry {
@@ -588,28 +736,37 @@ fn unix_ns(t: SystemTime) -> i64 {
     }
 }
 
-fn cache_key(rel: &Path) -> String {
-    rel.to_string_lossy().into_owned()
+/// The bytes a directory entry's paths begin with, for ordering siblings by path: a directory's
+/// name is followed by `/`.
+fn path_order(name: &std::ffi::OsStr, is_dir: bool) -> impl Iterator<Item = u8> + '_ {
+    let slash: &'static [u8] = if is_dir { b"/" } else { b"" };
+    name.as_encoded_bytes().iter().chain(slash).copied()
 }
+
 
 /// The versioned, length-prefixed encoding of everything the fingerprint covers, hashed.
 fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
-    struct Enc(blake3::Hasher);
+    // Written into one buffer and hashed at once: BLAKE3 hashes a long input many chunks at a
+    // time, while thousands of small updates (a length, a tag, a path) each pay its setup.
+    struct Enc(Vec<u8>);
     impl Enc {
+        fn update(&mut self, b: &[u8]) {
+            self.0.extend_from_slice(b);
+        }
         fn bytes(&mut self, b: &[u8]) {
-            self.0.update(&(b.len() as u64).to_le_bytes());
-            self.0.update(b);
+            self.update(&(b.len() as u64).to_le_bytes());
+            self.update(b);
         }
         fn count(&mut self, n: usize) {
-            self.0.update(&(n as u64).to_le_bytes());
+            self.update(&(n as u64).to_le_bytes());
         }
         fn tag(&mut self, t: u8) {
-            self.0.update(&[t]);
+            self.update(&[t]);
         }
     }
-    let mut e = Enc(blake3::Hasher::new());
+    let mut e = Enc(Vec::with_capacity(64 + inputs.len() * 96));
     e.bytes(b"warmcache-fingerprint");
-    e.0.update(&FINGERPRINT_VERSION.to_le_bytes());
+    e.update(&FINGERPRINT_VERSION.to_le_bytes());
     e.bytes(recipe.output.as_str().as_bytes());
     e.bytes(recipe.build.as_bytes());
     match &recipe.validate {
@@ -653,7 +810,7 @@ fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
         match &input.content {
             InputContent::File { executable, digest } => {
                 e.tag(if *executable { b'x' } else { b'f' });
-                e.0.update(digest);
+                e.update(digest);
             }
             InputContent::Symlink { target } => {
                 e.tag(b'l');
@@ -662,7 +819,7 @@ fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
             InputContent::Other(_) => e.tag(b'o'),
         }
     }
-    Fingerprint::from_hash(&e.0.finalize())
+    Fingerprint::from_hash(&blake3::hash(&e.0))
 }
 
 #[cfg(test)]
@@ -966,7 +1123,7 @@ mod tests {
         write(base, "f", "v2");
         let meta = std::fs::symlink_metadata(base.join("f")).unwrap();
         let forge = |cache: &mut StatCache, recorded_at_ns: i64| {
-            let e = cache.entries.get_mut("f").unwrap();
+            let e = &mut cache.entries[0].stat;
             let stat = StatData::of(&meta);
             (e.size, e.mtime_ns, e.ctime_ns, e.ino, e.dev) =
                 (stat.size, stat.mtime_ns, stat.ctime_ns, stat.ino, stat.dev);

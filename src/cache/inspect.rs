@@ -40,6 +40,8 @@ pub struct VerifyReport {
     pub dangling: Vec<EntryName>,
     /// Published artifacts no entry names (kept; garbage collection decides).
     pub unreferenced: u64,
+    /// Staging leftovers of dead processes, removed (only on a writable cache).
+    pub staging_swept: u64,
 }
 
 impl VerifyReport {
@@ -102,6 +104,9 @@ impl Cache {
         let op = self.operation()?;
         let repair = self.read_only().is_none();
         let mut report = VerifyReport::default();
+        if repair {
+            report.staging_swept = self.store().sweep_staging().removed;
+        }
         let ids = self.store().list()?;
         for id in &ids {
             report.checked += 1;

@@ -195,8 +195,9 @@ impl Cache {
         Self::open_with(root, options)
     }
 
-    /// Opens (creating if needed) the cache at `root`, and sweeps staging leftovers of crashed
-    /// processes.
+    /// Opens (creating if needed) the cache at `root`. Nothing is swept here: staging leftovers
+    /// of dead processes are removed by the first operation that stages something, by `verify`
+    /// and by `gc`, so that a cache hit only reads (docs/DESIGN.md, "Staging and lock files").
     pub fn open_with(root: &Path, options: CacheOptions) -> Result<Self, CacheError> {
         let root_error = |source| CacheError::Root {
             root: root.to_path_buf(),
@@ -208,28 +209,13 @@ impl Cache {
         layout.create().map_err(root_error)?;
         let store = Store::new(&layout).map_err(root_error)?;
         let catalog = Catalog::open(&layout.catalog())?;
-        let cache = Self {
+        Ok(Self {
             layout,
             store,
             catalog: Mutex::new(catalog),
             options,
             stat_caches: Mutex::new(HashMap::new()),
-        };
-        {
-            let _op = cache.operation()?;
-            match cache.store.staging().sweep() {
-                Ok(swept) if swept.removed > 0 => {
-                    tracing::info!("swept {} staging leftover(s) of crashed processes", swept.removed);
-                }
-                Ok(_) => {}
-                // A read-only cache can still be read; its leftovers wait for a writable one.
-                Err(e) if cache.read_only().is_some() => {
-                    tracing::debug!("staging leftovers not swept on a read-only cache: {e}");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(cache)
+        })
     }
 
     /// The cache root.

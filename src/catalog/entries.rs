@@ -30,23 +30,28 @@ impl Catalog {
         &self,
         name: &EntryName,
     ) -> Result<Option<(EntryRow, Option<String>)>, CatalogError> {
-        let columns = ENTRY_COLUMNS
-            .split(", ")
-            .map(|c| format!("e.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // Built once: this is the query of every cache hit, and a cached statement is not parsed
+        // again (one `Cache` in a long-running process hits many times).
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            let columns = ENTRY_COLUMNS
+                .split(", ")
+                .map(|c| format!("e.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "SELECT {columns}, a.identity FROM entries e
+                 LEFT JOIN artifacts a ON a.id = e.artifact WHERE e.name = ?1"
+            )
+        });
         self.conn
-            .query_row(
-                &format!(
-                    "SELECT {columns}, a.identity FROM entries e
-                     LEFT JOIN artifacts a ON a.id = e.artifact WHERE e.name = ?1"
-                ),
-                [name.as_str()],
-                |r| {
+            .prepare_cached(sql)
+            .and_then(|mut statement| {
+                statement.query_row([name.as_str()], |r| {
                     let identity: Option<String> = r.get(7).unwrap_or(None);
                     Ok(decode_entry(r)?.map(|entry| (entry, identity)))
-                },
-            )
+                })
+            })
             .optional()
             .map_err(self.err("read an entry"))
             .map(Option::flatten)
@@ -184,11 +189,8 @@ impl Catalog {
     /// The failure recorded for `name`, if any (and decodable).
     pub fn failure(&self, name: &EntryName) -> Result<Option<FailureRecord>, CatalogError> {
         self.conn
-            .query_row(
-                &format!("SELECT {FAILURE_COLUMNS} FROM failures WHERE name = ?1"),
-                [name.as_str()],
-                decode_failure,
-            )
+            .prepare_cached(&format!("SELECT {FAILURE_COLUMNS} FROM failures WHERE name = ?1"))
+            .and_then(|mut statement| statement.query_row([name.as_str()], decode_failure))
             .optional()
             .map(Option::flatten)
             .map_err(self.err("read a failure"))
@@ -275,11 +277,8 @@ impl Catalog {
     /// The encoded stat cache of an entry's inputs, if one was saved.
     pub fn stat_cache(&self, name: &EntryName) -> Result<Option<Vec<u8>>, CatalogError> {
         self.conn
-            .query_row(
-                "SELECT data FROM stat_caches WHERE name = ?1",
-                [name.as_str()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT data FROM stat_caches WHERE name = ?1")
+            .and_then(|mut statement| statement.query_row([name.as_str()], |r| r.get(0)))
             .optional()
             .map_err(self.err("read a stat cache"))
     }

@@ -42,7 +42,7 @@ pub use perms::{
     set_permissions,
 };
 pub use rename::{exchange, rename_noreplace, rename_with_retry};
-pub use staging::{Staged, StagingArea, unique_name};
+pub use staging::{Staged, StagingArea, SweepReport, unique_name};
 pub use walk::{disk_usage, walk_sorted};
 
 /// Wraps an `io::Error` with the operation and path, keeping its kind.

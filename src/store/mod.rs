@@ -13,6 +13,7 @@ mod tree;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
 
 use fs_err as fs;
 
@@ -20,7 +21,7 @@ pub use manifest::{ArtifactKind, EntryKind, Manifest};
 pub use tree::{Progress, hash_file};
 
 use crate::fs::{
-    Staged, StagingArea, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree,
+    Staged, StagingArea, SweepReport, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree,
     sync_tree_each,
 };
 use crate::ids::ArtifactId;
@@ -148,6 +149,8 @@ pub struct Damage {
 pub struct Store {
     layout: Layout,
     staging: StagingArea,
+    /// Set once this store swept the staging leftovers of dead processes (see [`Store::stage`]).
+    swept: Arc<Once>,
 }
 
 impl Store {
@@ -157,6 +160,7 @@ impl Store {
         Ok(Self {
             layout: layout.clone(),
             staging,
+            swept: Arc::new(Once::new()),
         })
     }
 
@@ -167,10 +171,36 @@ impl Store {
 
     /// A fresh staging directory for content that will be published with
     /// [`Store::publish_staged`]; write the content at [`content_path_in`].
+    ///
+    /// The first call of a process sweeps the staging leftovers of dead processes: the moment a
+    /// process is about to fill staging is when their space matters, and a cache hit, which
+    /// stages nothing, does not pay for listing the directory (docs/DESIGN.md, "Staging and lock
+    /// files").
     pub fn stage(&self, purpose: &str) -> Result<Staged, StoreError> {
+        self.swept.call_once(|| {
+            self.sweep_staging();
+        });
         self.staging
             .create_dir(purpose)
             .map_err(|e| StoreError::writing(e, self.staging.dir()))
+    }
+
+    /// Removes the staging leftovers of dead processes, logging what it did; a failure is only
+    /// logged (on a read-only cache the leftovers wait for a writable one; anything else shows
+    /// again when staging is written).
+    pub fn sweep_staging(&self) -> SweepReport {
+        match self.staging.sweep() {
+            Ok(swept) => {
+                if swept.removed > 0 {
+                    tracing::info!("swept {} staging leftover(s) of dead processes", swept.removed);
+                }
+                swept
+            }
+            Err(e) => {
+                tracing::debug!("staging leftovers not swept: {e}");
+                SweepReport::default()
+            }
+        }
     }
 
     /// The path of an artifact's content (which may or may not exist).

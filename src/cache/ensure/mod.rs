@@ -662,8 +662,10 @@ impl Cache {
     }
 
     /// Fingerprints a recipe, keeping its stat cache in memory for this `Cache` (a daemon pays only
-    /// for what changed) and in the catalog (a fresh process does too).
-    pub(super) fn fingerprint(&self, recipe: &Recipe) -> Result<Fingerprinted, EnsureError> {
+    /// for what changed) and in the catalog (a fresh process does too). This is the first step of
+    /// [`Cache::ensure`], public so that a caller can learn the current fingerprint without the
+    /// rest.
+    pub fn fingerprint(&self, recipe: &Recipe) -> Result<Fingerprinted, EnsureError> {
         let mut caches = self.stat_caches();
         let cache = match caches.get_mut(&recipe.name) {
             Some(cache) => cache,
