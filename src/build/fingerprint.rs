@@ -22,6 +22,7 @@
 //! timestamps come from a coarse clock (one tick is up to ~10 ms on Linux, 1–2 s on FAT or HFS+),
 //! "the same tick" is taken as a window of [`RACY_WINDOW`] before the recording time.
 
+use std::cmp::Ordering;
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io;
@@ -271,10 +272,9 @@ impl<'a> Reader<'a> {
 
 /// What kind of thing a matched input is, and what it contributes.
 enum InputContent {
-    File {
-        executable: bool,
-        digest: [u8; 32],
-    },
+    /// A regular file: its stat data, executable bit and content digest (also the next stat
+    /// cache's entry for it).
+    File(StatEntry),
     Symlink {
         target: OsString,
     },
@@ -285,8 +285,6 @@ enum InputContent {
 struct Input {
     rel: PathBuf,
     content: InputContent,
-    /// A file's stat data and digest, for the next stat cache.
-    stat: Option<StatEntry>,
 }
 
 /// One input glob, split for pruning the walk.
@@ -323,7 +321,9 @@ impl GlobSpec {
 
     /// Whether every path under directory `dir` (segments relative to the base) matches.
     fn takes_all_under(&self, dir: &[String]) -> bool {
-        self.takes_all_under && dir.len() >= self.literal.len() && dir[..self.literal.len()] == self.literal[..]
+        self.takes_all_under
+            && dir.len() >= self.literal.len()
+            && dir[..self.literal.len()] == self.literal[..]
     }
 
     /// Whether something under directory `dir` (segments relative to the base) could match.
@@ -364,15 +364,6 @@ struct Pending {
     file_type: std::fs::FileType,
     /// What the stat cache holds for this path.
     cached: Option<StatEntry>,
-}
-
-/// What stating (and if needed hashing) one pending entry found.
-struct Resolved {
-    content: InputContent,
-    /// A file's stat data and digest.
-    stat: Option<StatEntry>,
-    /// Whether the file was read and hashed (the stat cache could not vouch for it).
-    hashed: bool,
 }
 
 /// Pending entries are stated in batches of at most this many...
@@ -439,8 +430,9 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
         now_ns,
         hashed: 0,
         dirs_walked: 0,
-        inputs: Vec::new(),
-        pending: Vec::new(),
+        // Last time's count is the likely count: no growing (and copying) on the way.
+        inputs: Vec::with_capacity(cache.len()),
+        pending: Vec::with_capacity(cache.len().min(BATCH_ENTRIES)),
         pending_dirs: 0,
     };
     if !recipe.inputs.is_empty() {
@@ -464,7 +456,7 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
     if cache_changed {
         let mut next = StatCache::new();
         for input in &inputs {
-            if let Some(stat) = input.stat {
+            if let InputContent::File(stat) = input.content {
                 next.push(input.rel.as_os_str().as_encoded_bytes(), stat);
             }
         }
@@ -525,7 +517,7 @@ impl Walk<'_> {
             entries.push((entry.file_name(), file_type, entry));
         }
         entries.sort_unstable_by(|(a, a_type, _), (b, b_type, _)| {
-            path_order(a, a_type.is_dir()).cmp(path_order(b, b_type.is_dir()))
+            path_order((a, a_type.is_dir()), (b, b_type.is_dir()))
         });
         // Under a `DIR/**` glob every path matches: once each glob is known to match something,
         // there is nothing left to learn from matching each path.
@@ -565,22 +557,38 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// States (and hashes where the stat cache cannot vouch for them) the pending entries, on
-    /// several threads: a warm fingerprint is one `statx` per input, and the kernel's part of it
-    /// is most of a cache hit. Then records them in path order.
+    /// States the pending entries, then reads and hashes those the stat cache cannot vouch for
+    /// on several threads, and records them all in path order.
+    ///
+    /// Stating stays on one thread: measured, a second one made a warm fingerprint slower (the
+    /// kernel's lookups in one directory contend), while hashing spreads well.
     fn flush(&mut self) -> io::Result<()> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_dirs = 0;
+        let looked = pending.iter().map(look).collect::<io::Result<Vec<_>>>()?;
+        let changed: Vec<&Pending> = pending
+            .iter()
+            .zip(&looked)
+            .filter(|(_, looked)| matches!(looked, Some(Looked::Changed)))
+            .map(|(p, _)| p)
+            .collect();
         let now_ns = self.now_ns;
-        let resolved = crate::parallel::map(&pending, |p| resolve(p, now_ns))?;
-        for (p, resolved) in pending.into_iter().zip(resolved) {
-            let Some(resolved) = resolved else { continue };
-            self.hashed += usize::from(resolved.hashed);
-            self.inputs.push(Input {
-                rel: p.rel,
-                content: resolved.content,
-                stat: resolved.stat,
-            });
+        let hashed = crate::parallel::map(&changed, |p| hash_file(&p.entry.path(), now_ns))?;
+        drop(changed);
+        let mut hashed = hashed.into_iter();
+        for (p, looked) in pending.into_iter().zip(looked) {
+            let content = match looked {
+                None => continue,
+                Some(Looked::Known(content)) => content,
+                Some(Looked::Changed) => match hashed.next().flatten() {
+                    Some(stat) => {
+                        self.hashed += 1;
+                        InputContent::File(stat)
+                    }
+                    None => continue,
+                },
+            };
+            self.inputs.push(Input { rel: p.rel, content });
         }
         Ok(())
     }
@@ -598,10 +606,18 @@ impl Walk<'_> {
     }
 }
 
-/// The content of one matched entry: a symlink's target, a file's digest (from the stat cache
-/// when its stat data vouches for it, else read and hashed), or a special file's kind. `None`
-/// when it vanished since it was listed.
-fn resolve(p: &Pending, now_ns: i64) -> io::Result<Option<Resolved>> {
+/// What looking at one matched entry found.
+enum Looked {
+    /// Its content: a symlink's target, a special file's kind, or a file whose stat data the
+    /// stat cache vouches for.
+    Known(InputContent),
+    /// A file to read and hash.
+    Changed,
+}
+
+/// Looks at one matched entry without reading any file; `None` when it vanished since it was
+/// listed.
+fn look(p: &Pending) -> io::Result<Option<Looked>> {
     let content = if p.file_type.is_symlink() {
         let path = p.entry.path();
         match std::fs::read_link(&path) {
@@ -618,29 +634,14 @@ fn resolve(p: &Pending, now_ns: i64) -> io::Result<Option<Resolved>> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(annotate(e, "stat", &p.entry.path())),
         };
-        let (stat, hashed) = match p.cached {
-            Some(cached) if cached.matches(&meta) && !cached.is_racy() => (cached, false),
-            _ => match hash_file(&p.entry.path(), now_ns)? {
-                Some(stat) => (stat, true),
-                None => return Ok(None),
-            },
-        };
-        return Ok(Some(Resolved {
-            content: InputContent::File {
-                executable: stat.executable,
-                digest: stat.digest,
-            },
-            stat: Some(stat),
-            hashed,
-        }));
+        match p.cached {
+            Some(cached) if cached.matches(&meta) && !cached.is_racy() => InputContent::File(cached),
+            _ => return Ok(Some(Looked::Changed)),
+        }
     } else {
         InputContent::Other(crate::store::rule::other_kind(p.file_type))
     };
-    Ok(Some(Resolved {
-        content,
-        stat: None,
-        hashed: false,
-    }))
+    Ok(Some(Looked::Known(content)))
 }
 
 /// Opens, stats the handle, then hashes: the recorded stat data is that of the bytes read.
@@ -736,13 +737,18 @@ fn unix_ns(t: SystemTime) -> i64 {
     }
 }
 
-/// The bytes a directory entry's paths begin with, for ordering siblings by path: a directory's
-/// name is followed by `/`.
-fn path_order(name: &std::ffi::OsStr, is_dir: bool) -> impl Iterator<Item = u8> + '_ {
-    let slash: &'static [u8] = if is_dir { b"/" } else { b"" };
-    name.as_encoded_bytes().iter().chain(slash).copied()
+/// The order of two sibling entries' paths: by name bytes, a directory's name followed by `/`
+/// (every path under it begins so).
+fn path_order((a, a_dir): (&std::ffi::OsStr, bool), (b, b_dir): (&std::ffi::OsStr, bool)) -> Ordering {
+    let (a, b) = (a.as_encoded_bytes(), b.as_encoded_bytes());
+    let common = a.len().min(b.len());
+    a[..common].cmp(&b[..common]).then_with(|| {
+        // One name is a prefix of the other: what follows it is `/` for a directory, else the
+        // end of the path.
+        let after = |name: &[u8], dir: bool| name.get(common).copied().or(dir.then_some(b'/'));
+        after(a, a_dir).cmp(&after(b, b_dir))
+    })
 }
-
 
 /// The versioned, length-prefixed encoding of everything the fingerprint covers, hashed.
 fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
@@ -808,9 +814,9 @@ fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
     for input in inputs {
         e.bytes(input.rel.as_os_str().as_encoded_bytes());
         match &input.content {
-            InputContent::File { executable, digest } => {
-                e.tag(if *executable { b'x' } else { b'f' });
-                e.update(digest);
+            InputContent::File(stat) => {
+                e.tag(if stat.executable { b'x' } else { b'f' });
+                e.update(&stat.digest);
             }
             InputContent::Symlink { target } => {
                 e.tag(b'l');

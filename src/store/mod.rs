@@ -21,8 +21,8 @@ pub use manifest::{ArtifactKind, EntryKind, Manifest};
 pub use tree::{Progress, hash_file};
 
 use crate::fs::{
-    Staged, StagingArea, SweepReport, annotate, create_dir_all_durable, fsync_dir, rename_noreplace, sync_tree,
-    sync_tree_each,
+    Staged, StagingArea, SweepReport, annotate, create_dir_all_durable, fsync_dir, rename_noreplace,
+    sync_tree, sync_tree_each,
 };
 use crate::ids::ArtifactId;
 use crate::layout::Layout;

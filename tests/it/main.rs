@@ -4,6 +4,7 @@
 
 mod support;
 
+mod a_hit_only_reads;
 mod activate_hook_failure;
 mod activate_never_shares_the_store;
 mod activate_refuses_a_destination_inside_the_cache;
