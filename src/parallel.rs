@@ -31,10 +31,12 @@ pub fn map<T: Sync, R: Send, E: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R, E> + Sync,
 ) -> Result<Vec<R>, E> {
-    let threads = threads();
-    if items.len() < SERIAL_BELOW || threads == 1 {
+    // The length first: asking for the thread count reads files, and a warm fingerprint maps
+    // over no items at all.
+    if items.len() < SERIAL_BELOW || threads() == 1 {
         return items.iter().map(&f).collect();
     }
+    let threads = threads();
     let step = (items.len() / (threads * 16)).clamp(1, 64);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
