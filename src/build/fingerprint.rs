@@ -139,6 +139,16 @@ impl StatCache {
         &self.keys[e.key_start..e.key_start + e.key_len]
     }
 
+    /// A cache of this one's first `n` entries.
+    fn prefix(&self, n: usize) -> Self {
+        let keys_end = self.entries[..n].last().map_or(0, |e| e.key_start + e.key_len);
+        Self {
+            version: self.version,
+            keys: self.keys[..keys_end].to_vec(),
+            entries: self.entries[..n].to_vec(),
+        }
+    }
+
     /// Appends `key` (which must sort after every key already held).
     fn push(&mut self, key: &[u8], stat: StatEntry) {
         self.entries.push(Cached {
@@ -237,14 +247,15 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn find(&mut self, cache: &StatCache, key: &[u8]) -> Option<StatEntry> {
+    /// The entry for `key` and its index in the cache.
+    fn find(&mut self, cache: &StatCache, key: &[u8]) -> Option<(usize, StatEntry)> {
         while self.next < cache.entries.len() && cache.key(self.next) < key {
             self.next += 1;
         }
         if self.next < cache.entries.len() && cache.key(self.next) == key {
             self.next += 1;
             self.found += 1;
-            return Some(cache.entries[self.next - 1].stat);
+            return Some((self.next - 1, cache.entries[self.next - 1].stat));
         }
         None
     }
@@ -280,11 +291,6 @@ enum InputContent {
     },
     /// A FIFO, socket or device: its kind (named for the warning) counts, never its content.
     Other(&'static str),
-}
-
-struct Input {
-    rel: PathBuf,
-    content: InputContent,
 }
 
 /// One input glob, split for pruning the walk.
@@ -350,20 +356,31 @@ struct Walk<'a> {
     now_ns: i64,
     hashed: usize,
     dirs_walked: usize,
-    inputs: Vec<Input>,
-    /// Matched entries not yet stated, in path order (see [`Walk::flush`]).
+    /// The encoding of the inputs so far, in path order (see [`encode`]), and their count.
+    encoded: Vec<u8>,
+    count: usize,
+    /// Special inputs so far, with their kind.
+    special: Vec<String>,
+    /// How many of the inputs so far are files.
+    files: usize,
+    /// The next stat cache, once it differs from the current one: until then, every file input
+    /// so far was the current cache's next entry, unchanged, and nothing is copied.
+    next: Option<StatCache>,
+    /// Matched entries not yet stated, in path order (see [`Walk::flush`]), and their paths.
     pending: Vec<Pending>,
+    rels: Vec<u8>,
     /// How many directories the pending entries come from (each keeps its directory open).
     pending_dirs: usize,
 }
 
 /// A matched directory entry waiting to be stated (and hashed if it changed).
 struct Pending {
-    rel: PathBuf,
+    /// The path relative to the base: a range of [`Walk::rels`].
+    rel: std::ops::Range<usize>,
     entry: std::fs::DirEntry,
     file_type: std::fs::FileType,
-    /// What the stat cache holds for this path.
-    cached: Option<StatEntry>,
+    /// What the stat cache holds for this path, and where.
+    cached: Option<(usize, StatEntry)>,
 }
 
 /// Pending entries are stated in batches of at most this many...
@@ -431,8 +448,13 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
         hashed: 0,
         dirs_walked: 0,
         // Last time's count is the likely count: no growing (and copying) on the way.
-        inputs: Vec::with_capacity(cache.len()),
+        encoded: Vec::with_capacity(cache.len() * 96),
+        count: 0,
+        special: Vec::new(),
+        files: 0,
+        next: None,
         pending: Vec::with_capacity(cache.len().min(BATCH_ENTRIES)),
+        rels: Vec::new(),
         pending_dirs: 0,
     };
     if !recipe.inputs.is_empty() {
@@ -441,35 +463,18 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
             .map_err(io_err)?;
         walk.flush().map_err(io_err)?;
     }
-    debug_assert!(
-        walk.inputs
-            .windows(2)
-            .all(|w| w[0].rel.as_os_str().as_encoded_bytes() < w[1].rel.as_os_str().as_encoded_bytes()),
-        "the walk yields inputs sorted by path"
-    );
-
-    // The next stat cache holds exactly the current inputs (paths no longer inputs are
-    // forgotten, so it does not grow without bound); rebuilt only when something changed.
-    let cache_changed = walk.hashed > 0 || walk.cursor.found != cache.len();
-    let (inputs, hashed, dirs_walked, matched_globs) =
-        (walk.inputs, walk.hashed, walk.dirs_walked, walk.matched_globs);
-    if cache_changed {
-        let mut next = StatCache::new();
-        for input in &inputs {
-            if let InputContent::File(stat) = input.content {
-                next.push(input.rel.as_os_str().as_encoded_bytes(), stat);
-            }
-        }
+    // The next stat cache holds exactly the current file inputs (paths no longer inputs are
+    // forgotten, so it does not grow without bound); made only when something changed.
+    if walk.next.is_none() && walk.files != cache.len() {
+        walk.next = Some(cache.prefix(walk.files));
+    }
+    let digest = encode(recipe, walk.count, &walk.encoded);
+    let (inputs, hashed, dirs_walked) = (walk.count, walk.hashed, walk.dirs_walked);
+    let (special_inputs, matched_globs, next) = (walk.special, walk.matched_globs, walk.next);
+    let cache_changed = next.is_some();
+    if let Some(next) = next {
         *cache = next;
     }
-    let digest = encode(recipe, &inputs);
-    let special_inputs = inputs
-        .iter()
-        .filter_map(|input| match input.content {
-            InputContent::Other(kind) => Some(format!("{} ({kind})", input.rel.display())),
-            _ => None,
-        })
-        .collect();
     let unmatched_globs = recipe
         .inputs
         .iter()
@@ -479,7 +484,7 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
         .collect();
     Ok(Fingerprinted {
         digest,
-        inputs: inputs.len(),
+        inputs,
         unmatched_globs,
         special_inputs,
         hashed,
@@ -537,12 +542,14 @@ impl Walk<'_> {
                     counted = true;
                     self.pending_dirs += 1;
                 }
+                let start = self.rels.len();
+                self.rels.extend_from_slice(rel.as_os_str().as_encoded_bytes());
                 let cached = match file_type.is_file() {
-                    true => self.cursor.find(self.cache, rel.as_os_str().as_encoded_bytes()),
+                    true => self.cursor.find(self.cache, &self.rels[start..]),
                     false => None,
                 };
                 self.pending.push(Pending {
-                    rel: rel.clone(),
+                    rel: start..self.rels.len(),
                     entry,
                     file_type,
                     cached,
@@ -576,21 +583,46 @@ impl Walk<'_> {
         let hashed = crate::parallel::map(&changed, |p| hash_file(&p.entry.path(), now_ns))?;
         drop(changed);
         let mut hashed = hashed.into_iter();
-        for (p, looked) in pending.into_iter().zip(looked) {
-            let content = match looked {
+        let rels = std::mem::take(&mut self.rels);
+        for (p, looked) in pending.iter().zip(looked) {
+            let (content, rehashed) = match looked {
                 None => continue,
-                Some(Looked::Known(content)) => content,
+                Some(Looked::Known(content)) => (content, false),
                 Some(Looked::Changed) => match hashed.next().flatten() {
-                    Some(stat) => {
-                        self.hashed += 1;
-                        InputContent::File(stat)
-                    }
+                    Some(stat) => (InputContent::File(stat), true),
                     None => continue,
                 },
             };
-            self.inputs.push(Input { rel: p.rel, content });
+            self.record(&rels[p.rel.clone()], content, p.cached.map(|(i, _)| i), rehashed);
         }
+        self.rels = rels;
+        self.rels.clear();
         Ok(())
+    }
+
+    /// Adds one input, in path order: to the encoding, and to the next stat cache once that
+    /// differs from the current one (`cached_at` is where the current one holds this path).
+    fn record(&mut self, rel: &[u8], content: InputContent, cached_at: Option<usize>, rehashed: bool) {
+        encode_input(&mut self.encoded, rel, &content);
+        self.count += 1;
+        match content {
+            InputContent::File(stat) => {
+                self.hashed += usize::from(rehashed);
+                let in_step = !rehashed && cached_at == Some(self.files);
+                if self.next.is_none() && !in_step {
+                    self.next = Some(self.cache.prefix(self.files));
+                }
+                if let Some(next) = &mut self.next {
+                    next.push(rel, stat);
+                }
+                self.files += 1;
+            }
+            InputContent::Other(kind) => {
+                self.special
+                    .push(format!("{} ({kind})", String::from_utf8_lossy(rel)));
+            }
+            InputContent::Symlink { .. } => {}
+        }
     }
 
     fn matches(&mut self, rel: &Path) -> bool {
@@ -635,7 +667,7 @@ fn look(p: &Pending) -> io::Result<Option<Looked>> {
             Err(e) => return Err(annotate(e, "stat", &p.entry.path())),
         };
         match p.cached {
-            Some(cached) if cached.matches(&meta) && !cached.is_racy() => InputContent::File(cached),
+            Some((_, cached)) if cached.matches(&meta) && !cached.is_racy() => InputContent::File(cached),
             _ => return Ok(Some(Looked::Changed)),
         }
     } else {
@@ -751,7 +783,7 @@ fn path_order((a, a_dir): (&std::ffi::OsStr, bool), (b, b_dir): (&std::ffi::OsSt
 }
 
 /// The versioned, length-prefixed encoding of everything the fingerprint covers, hashed.
-fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
+fn encode(recipe: &Recipe, count: usize, inputs: &[u8]) -> Fingerprint {
     // Written into one buffer and hashed at once: BLAKE3 hashes a long input many chunks at a
     // time, while thousands of small updates (a length, a tag, a path) each pay its setup.
     struct Enc(Vec<u8>);
@@ -770,7 +802,7 @@ fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
             self.update(&[t]);
         }
     }
-    let mut e = Enc(Vec::with_capacity(64 + inputs.len() * 96));
+    let mut e = Enc(Vec::with_capacity(256));
     e.bytes(b"warmcache-fingerprint");
     e.update(&FINGERPRINT_VERSION.to_le_bytes());
     e.bytes(recipe.output.as_str().as_bytes());
@@ -810,22 +842,32 @@ fn encode(recipe: &Recipe, inputs: &[Input]) -> Fingerprint {
             }
         }
     }
-    e.count(inputs.len());
-    for input in inputs {
-        e.bytes(input.rel.as_os_str().as_encoded_bytes());
-        match &input.content {
-            InputContent::File(stat) => {
-                e.tag(if stat.executable { b'x' } else { b'f' });
-                e.update(&stat.digest);
-            }
-            InputContent::Symlink { target } => {
-                e.tag(b'l');
-                e.bytes(target.as_encoded_bytes());
-            }
-            InputContent::Other(_) => e.tag(b'o'),
+    e.count(count);
+    // The inputs' part was encoded during the walk (see [`encode_input`]).
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&e.0).update(inputs);
+    Fingerprint::from_hash(&hasher.finalize())
+}
+
+/// Appends one input to the fingerprint's encoding: its path, then a tag with its content.
+fn encode_input(out: &mut Vec<u8>, rel: &[u8], content: &InputContent) {
+    let mut bytes = |b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    bytes(rel);
+    match content {
+        InputContent::File(stat) => {
+            out.push(if stat.executable { b'x' } else { b'f' });
+            out.extend_from_slice(&stat.digest);
         }
+        InputContent::Symlink { target } => {
+            out.push(b'l');
+            out.extend_from_slice(&(target.len() as u64).to_le_bytes());
+            out.extend_from_slice(target.as_encoded_bytes());
+        }
+        InputContent::Other(_) => out.push(b'o'),
     }
-    Fingerprint::from_hash(&blake3::hash(&e.0))
 }
 
 #[cfg(test)]
