@@ -30,6 +30,10 @@ struct State {
     pieces: VecDeque<Bytes>,
     end: End,
     reader_gone: bool,
+    /// The reader stopped because the bytes made no sense (corrupt, unsafe): only the digest,
+    /// once every byte is in, says whether they were damaged; so the writer keeps going,
+    /// discarding what it pushes.
+    suspect: bool,
 }
 
 struct Shared {
@@ -55,6 +59,7 @@ pub(super) fn pipe(capacity: usize, deadline: Instant) -> (PipeWriter, PipeReade
             pieces: VecDeque::new(),
             end: End::Open,
             reader_gone: false,
+            suspect: false,
         }),
         changed: Condvar::new(),
         capacity: capacity.max(1),
@@ -79,11 +84,16 @@ pub(super) struct PipeWriter {
 
 impl PipeWriter {
     /// Hands one piece over, waiting while the pipe is full. Fails when the reader is gone or
-    /// the deadline passes first.
+    /// the deadline passes first; when the reader gave up on the data as suspect
+    /// ([`Verdict::suspect`]), succeeds without keeping anything, so the download still ends
+    /// with its digest checked.
     pub(super) fn push(&self, piece: Bytes) -> io::Result<()> {
         let mut state = self.shared.lock();
         loop {
             if state.reader_gone {
+                if state.suspect {
+                    return Ok(());
+                }
                 return Err(io::Error::other("the extraction stopped"));
             }
             if state.pieces.len() < self.shared.capacity {
@@ -107,10 +117,11 @@ impl PipeWriter {
         }
     }
 
-    /// Whether the reader stopped (so a failed push is the extraction's failure, not the
-    /// download's).
+    /// Whether the reader stopped for a reason of its own (so a failed push is the
+    /// extraction's failure, not the download's).
     pub(super) fn reader_gone(&self) -> bool {
-        self.shared.lock().reader_gone
+        let state = self.shared.lock();
+        state.reader_gone && !state.suspect
     }
 
     /// Everything arrived and was verified: the reader gets the end of the stream after the
@@ -162,7 +173,27 @@ pub(super) struct PipeReader {
     current: Bytes,
 }
 
+/// What the reader's side says about why it stopped, before it goes.
+pub(super) struct Verdict(Arc<Shared>);
+
+impl Verdict {
+    /// The data made no sense: let the download finish (discarding the rest) so its digest says
+    /// whether it was damaged.
+    pub(super) fn suspect(&self) {
+        let mut state = self.0.lock();
+        state.suspect = true;
+        state.reader_gone = true;
+        state.pieces.clear();
+        self.0.changed.notify_all();
+    }
+}
+
 impl PipeReader {
+    /// A handle to say why the reader stops.
+    pub(super) fn verdict(&self) -> Verdict {
+        Verdict(self.shared.clone())
+    }
+
     /// A handle that fails this stream whenever the caller decides to.
     pub(super) fn canceller(&self) -> Cancel {
         Cancel(self.shared.clone())
@@ -297,6 +328,18 @@ mod tests {
         drop(reader);
         assert!(writer.reader_gone());
         assert!(writer.push(Bytes::from_static(b"b")).is_err());
+    }
+
+    #[test]
+    fn a_reader_that_finds_the_data_suspect_lets_the_download_finish() {
+        let (writer, reader) = pipe(1, far());
+        reader.verdict().suspect();
+        drop(reader);
+        assert!(!writer.reader_gone(), "not a failure of its own");
+        for _ in 0..10 {
+            writer.push(Bytes::from_static(b"discarded")).unwrap();
+        }
+        writer.finish();
     }
 
     #[test]

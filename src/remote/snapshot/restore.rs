@@ -29,6 +29,14 @@ use crate::remote::{Remote, RemoteError, RemoteUrl};
 /// `(parallelism + 2) * part_size` whatever the archive's size.
 const PIPE_PARTS: usize = 1;
 
+/// The largest part a restore downloads. Extraction, not the download, is what a restore
+/// usually waits on, so parts fetched ahead of it only cost memory: with the default
+/// parallelism of 4, parts of 2 MiB hold about 12 MiB of archive in memory at most, and a
+/// restore of a 600 MB tree peaks near 45 MiB (with 8 MiB parts, 48 MiB of archive and near
+/// 80 MiB). Four 2 MiB ranged requests in flight still download faster than files can be
+/// created from them.
+const MAX_PART: usize = 2 << 20;
+
 /// How long a restore that failed or ran out of time waits for its extraction thread to stop
 /// and remove the partial stage (usually milliseconds: the thread stops at its next read).
 const CLEANUP_GRACE: Duration = Duration::from_secs(2);
@@ -141,6 +149,7 @@ impl<'a> Restore<'a> {
         })?;
         let mut settings = options.settings.clone();
         settings.overall_timeout = settings.overall_timeout.min(timeout);
+        settings.part_size = settings.part_size.clamp(1, MAX_PART);
         let remote = Remote::new(url, settings)?.with_deadline(deadline);
         let clock = Clock {
             dir: dir.clone(),
@@ -195,7 +204,7 @@ impl<'a> Restore<'a> {
         let got = match got {
             Ok(bytes) => bytes,
             Err((e, extraction_stopped)) => {
-                if extraction_stopped {
+                if extraction_stopped && !matches!(e, RemoteError::DigestMismatch { .. }) {
                     // The extraction failed first (a hostile entry, a full disk): that is the
                     // cause, the download only stopped because of it. The thread removed the
                     // stage before reporting.
@@ -459,6 +468,27 @@ impl Checked<'_> {
     /// manifest promised.
     fn extract(
         &self,
+        reader: PipeReader,
+        on_progress: &(dyn Fn(archive::Progress) + Sync),
+    ) -> Result<ExtractTimes> {
+        let verdict = reader.verdict();
+        let result = self.extract_verified(reader, on_progress);
+        let suspect = match &result {
+            Err(SnapshotError::Extract { source, .. }) => is_suspect(source),
+            Err(SnapshotError::BadObject { .. }) => true,
+            _ => false,
+        };
+        if suspect {
+            // Undecodable or unsafe content in our own, digest-checked format means damaged
+            // bytes far more likely than a bad snapshot: the digest, known once the download
+            // ends, decides which error is reported.
+            verdict.suspect();
+        }
+        result
+    }
+
+    fn extract_verified(
+        &self,
         mut reader: PipeReader,
         on_progress: &(dyn Fn(archive::Progress) + Sync),
     ) -> Result<ExtractTimes> {
@@ -547,7 +577,18 @@ impl Checked<'_> {
     }
 }
 
-/// A reader that adds up the time spent in it (the decoder's: decompressing, and waiting for
+/// Whether an extraction error says the archive's bytes make no sense (rather than that this
+/// machine could not write them: a write error, the free-space reserve).
+fn is_suspect(e: &archive::ArchiveError) -> bool {
+    use archive::{ArchiveError as E, LimitExceeded};
+    match e {
+        E::Write { .. } | E::Open { .. } | E::Refused { .. } | E::Create { .. } => false,
+        E::Limit { limit, .. } => !matches!(limit, LimitExceeded::FreeSpace { .. }),
+        E::NotAnArchive { .. } | E::Corrupt { .. } | E::Unsafe { .. } | E::Unsupported { .. } => true,
+    }
+}
+
+/// A reader that adds up the time/// A reader that adds up the time spent in it (the decoder's: decompressing, and waiting for
 /// its input).
 struct Timed<R> {
     inner: R,
