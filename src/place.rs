@@ -166,14 +166,6 @@ impl Stage {
         &self.name
     }
 
-    /// Another hidden path beside DEST, with a staging name (so a dead process's is swept), for
-    /// scratch work such as a download; removed when the returned guard is dropped.
-    pub fn scratch(&self) -> Scratch {
-        Scratch {
-            path: hidden_path(&self.parent, &self.name, STAGE_MARK),
-        }
-    }
-
     /// Runs one hook (`run`, given the staging path) and checks that the staging copy is still
     /// there and still of `kind` afterwards: hooks modify it in place.
     pub fn run_hook<E: From<PlaceError>>(
@@ -249,25 +241,6 @@ impl Stage {
 }
 
 impl Drop for Stage {
-    fn drop(&mut self) {
-        remove_quietly(&self.path);
-    }
-}
-
-/// A scratch path beside DEST ([`Stage::scratch`]), removed when dropped.
-#[derive(Debug)]
-pub struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    /// The path (nothing is created there).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Scratch {
     fn drop(&mut self) {
         remove_quietly(&self.path);
     }
@@ -632,15 +605,14 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_stage_and_scratch_leave_nothing() {
+    fn a_dropped_stage_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("tree");
         let stage = Stage::beside(&dest).unwrap();
-        let scratch = stage.scratch();
         std::fs::create_dir(stage.path()).unwrap();
-        std::fs::write(scratch.path(), b"x").unwrap();
-        assert_eq!(entries(tmp.path()).len(), 2);
-        drop((stage, scratch));
+        std::fs::write(stage.path().join("x"), b"x").unwrap();
+        assert_eq!(entries(tmp.path()).len(), 1);
+        drop(stage);
         assert!(entries(tmp.path()).is_empty());
     }
 

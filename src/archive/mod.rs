@@ -21,6 +21,7 @@ mod writer;
 mod zip;
 
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
 pub use crate::store::rule::Trust;
@@ -96,4 +97,26 @@ pub fn extract(
         Format::Zip => zip::extract(archive, dest, limits, progress),
         Format::Tar | Format::TarGz | Format::TarZst => tar::extract(archive, format, dest, limits, progress),
     }
+}
+
+/// Extracts a tar stream that arrives through `stream` (already decompressed: the caller runs the
+/// decompressor, so it can overlap it with a download and time it) into `dest`, an existing empty
+/// private staging directory, with every protection of [`extract`]. `source` names the stream in
+/// messages (a URL, a file), `format` is what it was before decompression and `compressed_bytes`
+/// its size then (for [`Limits::max_ratio`]).
+///
+/// The stream is read to its end, after the end-of-archive marker too, so a reader that only
+/// ends once its bytes are verified (a download checked against a digest) makes this fail, or
+/// wait, until they are.
+pub fn extract_tar_stream(
+    stream: impl Read,
+    source: &Path,
+    format: Format,
+    compressed_bytes: u64,
+    dest: &Path,
+    limits: &Limits,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<ExtractReport, ArchiveError> {
+    let reader = Box::new(std::io::BufReader::with_capacity(256 << 10, stream));
+    tar::extract_from(reader, source, format, compressed_bytes, dest, limits, progress)
 }

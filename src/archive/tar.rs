@@ -36,13 +36,28 @@ pub(crate) fn extract(
     };
     let file = File::open(archive).map_err(open_err)?;
     let archive_bytes = file.metadata().map_err(open_err)?.len();
-    let budget = Budget::new(limits, archive_bytes, dest, progress);
     let reader: Box<dyn Read> = match format {
         Format::Tar => Box::new(BufReader::with_capacity(writer::CHUNK, file)),
         Format::TarGz => Box::new(MultiGzDecoder::new(BufReader::with_capacity(writer::CHUNK, file))),
         Format::TarZst => Box::new(zstd::Decoder::new(file).map_err(open_err)?),
         Format::Zip => unreachable!("zip archives are extracted by the zip module"),
     };
+    extract_from(reader, archive, format, archive_bytes, dest, limits, progress)
+}
+
+/// Extracts the tar stream `reader` yields (already decompressed) into `dest`. `archive` names
+/// the source in messages, `format` is what it was before decompression and `archive_bytes` its
+/// size then (for the ratio limit).
+pub(crate) fn extract_from(
+    reader: Box<dyn Read + '_>,
+    archive: &Path,
+    format: Format,
+    archive_bytes: u64,
+    dest: &Path,
+    limits: &Limits,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<ExtractReport, ArchiveError> {
+    let budget = Budget::new(limits, archive_bytes, dest, progress);
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 4);
@@ -99,7 +114,7 @@ impl Extensions {
 }
 
 impl<'a> Extraction<'a> {
-    fn read_all(&mut self, mut r: Box<dyn Read>, pool: &Pool<'_>) -> Result<(), ArchiveError> {
+    fn read_all(&mut self, mut r: Box<dyn Read + '_>, pool: &Pool<'_>) -> Result<(), ArchiveError> {
         let mut block = [0u8; BLOCK];
         let mut ext = Extensions::default();
         let mut first = true;

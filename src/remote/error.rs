@@ -108,6 +108,18 @@ pub enum RemoteError {
         received: u64,
     },
 
+    /// The object is not the size its description (a snapshot manifest) gives: it was replaced
+    /// or damaged. Nothing was downloaded.
+    #[error(
+        "{target}: the object is {actual} bytes, but {expected} were expected (replaced or damaged \
+         since it was described); nothing was downloaded"
+    )]
+    SizeMismatch {
+        target: String,
+        expected: u64,
+        actual: u64,
+    },
+
     /// [`super::Remote::get_bytes`] was asked for an object too large to hold in memory.
     #[error("{target}: object is {size} bytes, larger than the {limit}-byte limit for small objects")]
     TooLarge { target: String, size: u64, limit: u64 },

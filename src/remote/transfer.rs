@@ -206,6 +206,147 @@ impl Remote {
         })
     }
 
+    /// Streams `key` in order into `sink`, with up to [`super::RemoteSettings::parallelism`]
+    /// ranged requests of [`super::RemoteSettings::part_size`] in flight, hashing the bytes as
+    /// they pass, so a consumer (a decompressor) works while later parts are still arriving.
+    ///
+    /// Each part is fetched by a task of its own, so the transfers keep going (and their stall
+    /// timers keep meaning "the server sent nothing") while `sink` blocks on a slow consumer;
+    /// parts are handed over in order and at most `parallelism` are fetched ahead of it, so
+    /// memory stays near `(parallelism + 1) * part_size` whatever the object's size. Dropping
+    /// the download (an error, the deadline) aborts the tasks still running.
+    ///
+    /// `expected_size` must match the object's size before anything is fetched, and the bytes
+    /// must hash to `expected_blake3`: the consumer must not act on what it got until this
+    /// returns `Ok` (the last part's bytes reach `sink` before the digest can be checked). An
+    /// error from `sink` stops the download and is returned as [`RemoteError::Io`].
+    pub fn get_streamed(
+        &self,
+        key: &str,
+        expected_size: u64,
+        expected_blake3: &str,
+        sink: &mut (dyn FnMut(Bytes) -> std::io::Result<()> + Send),
+        progress: std::sync::Arc<dyn Progress>,
+    ) -> Result<GetReport> {
+        let path = self.path(key)?;
+        let target = self.describe(key);
+        let started = Instant::now();
+        let mut report = self.run("download", &target, self.deadline(), async {
+            self.stream_parts(&path, &target, expected_size, sink, progress)
+                .await
+        })?;
+        if !expected_blake3.eq_ignore_ascii_case(&report.blake3) {
+            return Err(RemoteError::DigestMismatch {
+                target,
+                expected: expected_blake3.to_ascii_lowercase(),
+                actual: report.blake3,
+            });
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    async fn stream_parts(
+        &self,
+        path: &StorePath,
+        target: &str,
+        expected_size: u64,
+        sink: &mut (dyn FnMut(Bytes) -> std::io::Result<()> + Send),
+        progress: std::sync::Arc<dyn Progress>,
+    ) -> Result<GetReport> {
+        let settings = &self.inner.settings;
+        let store = &self.inner.store;
+        let meta = store
+            .head(path)
+            .await
+            .map_err(|e| RemoteError::from_store(e, target, "download"))?;
+        let size = meta.size;
+        if size != expected_size {
+            return Err(RemoteError::SizeMismatch {
+                target: target.to_owned(),
+                expected: expected_size,
+                actual: size,
+            });
+        }
+        let version = ObjectVersion {
+            e_tag: meta.e_tag.clone(),
+            version: meta.version.clone(),
+        };
+        progress.start(Some(size));
+        let ranges = part_ranges(size, settings.part_size.max(1) as u64);
+        let parts = ranges.len();
+        let shared = std::sync::Arc::new(OwnedTransfer {
+            target: target.to_owned(),
+            stall: settings.stall_timeout,
+            received: AtomicU64::new(0),
+            total: size,
+        });
+        let pieces = stream::iter(ranges)
+            .map(|range| {
+                // Every part must come from the version we sized: a concurrent replacement fails
+                // the download (412) instead of mixing two objects.
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    if_match: meta.e_tag.clone(),
+                    ..Default::default()
+                };
+                let (store, path, shared, progress) =
+                    (store.clone(), path.clone(), shared.clone(), progress.clone());
+                AbortOnDrop(tokio::spawn(async move {
+                    let transfer = Transfer {
+                        target: &shared.target,
+                        stall: shared.stall,
+                        received: &shared.received,
+                        total: shared.total,
+                    };
+                    let result = store
+                        .get_opts(&path, options)
+                        .await
+                        .map_err(|e| RemoteError::from_store(e, &shared.target, "download"))?;
+                    collect(
+                        result.into_stream(),
+                        range.end - range.start,
+                        &transfer,
+                        &*progress,
+                    )
+                    .await
+                }))
+            })
+            // In order, and never more than `parallelism` parts ahead of the consumer.
+            .buffered(settings.parallelism.max(1));
+        let mut pieces = std::pin::pin!(pieces);
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        while let Some(piece) = pieces.next().await {
+            let piece = piece.map_err(|e| RemoteError::Io {
+                target: target.to_owned(),
+                op: "download",
+                source: std::io::Error::other(format!("a download task failed: {e}")),
+            })??;
+            hasher.update(&piece);
+            written += piece.len() as u64;
+            sink(piece).map_err(|source| RemoteError::Io {
+                target: target.to_owned(),
+                op: "download",
+                source,
+            })?;
+        }
+        if written != size {
+            return Err(RemoteError::Truncated {
+                target: target.to_owned(),
+                expected: size,
+                received: written,
+            });
+        }
+        Ok(GetReport {
+            bytes: written,
+            blake3: hasher.finalize().to_hex().to_string(),
+            parts,
+            version,
+            elapsed: Duration::ZERO,
+        })
+    }
+
     /// Writes `bytes` to `key` only if the object is as expected: absent when `expect` is
     /// `None` (`If-None-Match: *`), or still at version `expect` (`If-Match: <etag>`).
     ///
@@ -299,6 +440,35 @@ async fn write_in_order(
     }
     file.flush().map_err(io_err)?;
     Ok((written, hasher.finalize().to_hex().to_string()))
+}
+
+/// A [`Transfer`] that a spawned part task can own.
+struct OwnedTransfer {
+    target: String,
+    stall: Duration,
+    received: AtomicU64,
+    total: u64,
+}
+
+/// A spawned task that is aborted when its handle is dropped (a failed or abandoned download
+/// must not keep fetching parts nobody will read).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
 }
 
 /// What a body collector needs to report progress and stalls.

@@ -45,6 +45,8 @@ mod remote_ensure_pulls_instead_of_building;
 mod remote_push_pull;
 mod remote_transport;
 mod restore_advisory;
+mod restore_never_swaps_in_unverified_bytes;
+mod restore_reports_where_its_time_went;
 mod signals_end_builders_and_hooks;
 mod snapshot_advisory;
 mod snapshot_concurrent;

@@ -233,6 +233,21 @@ export interface RestoreResult extends Warned {
   bytes: number;
   downloaded_bytes: number;
   elapsed_ms: number;
+  /** Where the time went, in milliseconds; download and extraction overlap. */
+  phases: RestorePhases;
+}
+
+/** `restore`'s time per phase (ms). `extract_ms` = `download_wait_ms` + `decompress_ms` + `write_ms`. */
+export interface RestorePhases {
+  lookup_ms: number;
+  download_ms: number;
+  download_wait_ms: number;
+  decompress_ms: number;
+  write_ms: number;
+  extract_ms: number;
+  sync_ms: number;
+  swap_ms: number;
+  wall_ms: number;
 }
 
 /** `snapshot`/`restore` when the remote was unusable: DIR and the remote were left as they were. */

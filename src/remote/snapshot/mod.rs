@@ -25,6 +25,7 @@
 //! through the place-and-swap primitive ([`crate::place`]); [`format`](mod@format) is what the key holds.
 
 mod create;
+mod download_pipe;
 pub mod format;
 mod restore;
 
@@ -201,6 +202,36 @@ pub struct RestoreReport {
     pub downloaded_bytes: u64,
     /// Wall time.
     pub elapsed_ms: u64,
+    /// Where the time went.
+    pub phases: RestorePhases,
+}
+
+/// Where a restore's time went, in milliseconds (`--json`: `"phases"`). The download and the
+/// extraction overlap (docs/DESIGN.md, "Restore"), so `download_ms` and `extract_ms` both cover
+/// most of the restore when it is balanced; `extract_ms` is `download_wait_ms + decompress_ms +
+/// write_ms`, which says which stage held the pipeline back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RestorePhases {
+    /// Reading the pointer and the manifest, and hashing DIR when it exists.
+    pub lookup_ms: u64,
+    /// The ranged parallel download, from the first request to the last byte handed to the
+    /// decompressor (it waits when the extraction falls behind).
+    pub download_ms: u64,
+    /// Time the extraction waited for downloaded bytes.
+    pub download_wait_ms: u64,
+    /// Time in the zstd decoder.
+    pub decompress_ms: u64,
+    /// The rest of the extraction: reading the tar headers, creating directories, and handing
+    /// files to the writer threads (waiting when they are behind), up to the last file written.
+    pub write_ms: u64,
+    /// The extraction's wall time, from the first byte to the last file written.
+    pub extract_ms: u64,
+    /// Making the new tree durable (one `syncfs`).
+    pub sync_ms: u64,
+    /// The atomic swap, the directory fsync and removing the old tree.
+    pub swap_ms: u64,
+    /// The whole restore.
+    pub wall_ms: u64,
 }
 
 /// Why a snapshot or a restore did not happen. [`SnapshotError::is_local`] separates problems

@@ -1,26 +1,60 @@
 //! [`restore`]: replace a directory with the snapshot of a key, atomically, within a deadline.
+//!
+//! The download, the decompression and the extraction overlap (docs/DESIGN.md, "Restore"): the
+//! ranged parallel download hands its parts over in order through a bounded pipe
+//! ([`super::download_pipe`]) to an extraction thread, which decompresses them and writes the
+//! files into the stage (several writer threads, [`crate::archive::extract_tar_stream`]) while
+//! later parts are still arriving. The archive's BLAKE3 is computed as the bytes pass; the stage
+//! is swapped in only once it matched and the tree is the one the manifest describes.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use super::download_pipe::{self, Cancel, PipeReader, PipeWriter};
 use super::format::{SnapshotManifest, manifest_key, parse_manifest, parse_pointer, pointer_key};
-use super::{Phase, RestoreOptions, RestoreReport, RestoreStatus, Result, SnapshotError, SnapshotProgress};
+use super::{
+    Phase, RestoreOptions, RestorePhases, RestoreReport, RestoreStatus, Result, SnapshotError,
+    SnapshotProgress,
+};
 use crate::archive::{self, Format, Limits, Trust};
-use crate::place::{Scratch, Stage, StagedKind};
+use crate::place::{Stage, StagedKind};
 use crate::remote::{Remote, RemoteError, RemoteUrl};
 
-/// Replaces `dir` with the snapshot at `url`: pointer, manifest, a ranged parallel download
-/// verified against the manifest's BLAKE3 into scratch space next to `dir`, safe extraction into
-/// a staging directory next to `dir`, then one atomic swap ([`crate::place`]: exchange when
-/// `dir` exists, rename otherwise). Nothing is downloaded when `dir` already holds the
-/// snapshot's tree.
+/// Downloaded parts queued for the extraction thread, besides the parts in flight (at most
+/// [`crate::remote::RemoteSettings::parallelism`]) and the one being decompressed: one more
+/// lets the download run ahead while a part is decompressed, and memory stays bounded by
+/// `(parallelism + 2) * part_size` whatever the archive's size.
+const PIPE_PARTS: usize = 1;
+
+/// The largest part a restore downloads. Extraction, not the download, is what a restore
+/// usually waits on, so parts fetched ahead of it only cost memory: with the default
+/// parallelism of 4, parts of 2 MiB hold about 12 MiB of archive in memory at most, and a
+/// restore of a 600 MB tree peaks near 45 MiB (with 8 MiB parts, 48 MiB of archive and near
+/// 80 MiB). Four 2 MiB ranged requests in flight still download faster than files can be
+/// created from them.
+const MAX_PART: usize = 2 << 20;
+
+/// How long a restore that failed or ran out of time waits for its extraction thread to stop
+/// and remove the partial stage (usually milliseconds: the thread stops at its next read).
+const CLEANUP_GRACE: Duration = Duration::from_secs(2);
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Replaces `dir` with the snapshot at `url`: pointer, manifest, then a ranged parallel download
+/// streamed into the decompressor and the safe extraction into a staging directory next to `dir`
+/// while it arrives, verified against the manifest's BLAKE3 as it passes, then one `syncfs` and
+/// one atomic swap ([`crate::place`]: exchange when `dir` exists, rename otherwise). Nothing is
+/// downloaded when `dir` already holds the snapshot's tree.
 ///
-/// On any failure, and when [`RestoreOptions::timeout`] runs out (the bound covers the whole
-/// operation: reading the pointer, downloading and extracting), `dir` is untouched and staging
-/// is removed (by the extraction thread once it stops, if the time ran out while it worked).
+/// On any failure (a digest that does not match, a server that stops mid-stream, a tree that
+/// is not the manifest's), and when [`RestoreOptions::timeout`] runs out (the bound covers the
+/// whole operation: reading the pointer, downloading and extracting), `dir` is untouched and
+/// staging is removed (by the extraction thread once it stops, if the time ran out while it
+/// worked).
 pub fn restore(
     dir: &Path,
     url: &RemoteUrl,
@@ -39,10 +73,12 @@ pub fn restore(
         bytes: 0,
         downloaded_bytes: 0,
         elapsed_ms: 0,
+        phases: RestorePhases::default(),
     };
     let status = run.run(exists, options, &progress, &mut report)?;
     report.status = status;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.phases.wall_ms = report.elapsed_ms;
     Ok(report)
 }
 
@@ -73,18 +109,22 @@ impl Clock {
         Ok(())
     }
 
-    /// A remote error, or the restore's time running out while waiting for the remote.
+    /// A remote error, or the restore's time running out while waiting for the remote (or for
+    /// the extraction to take the downloaded bytes).
     fn remote_err(&self, e: RemoteError) -> SnapshotError {
         match e {
             RemoteError::TimedOut { .. } if Instant::now() >= self.deadline => {
                 self.timed_out("waiting for the remote")
+            }
+            RemoteError::Io { ref source, .. } if source.kind() == io::ErrorKind::TimedOut => {
+                self.timed_out("extracting")
             }
             e => SnapshotError::Remote(e),
         }
     }
 }
 
-/// One restore: where, from where, its deadline, and the stage and scratch space beside DIR.
+/// One restore: where, from where, its deadline, and the stage beside DIR.
 struct Restore<'a> {
     dir: PathBuf,
     url: &'a RemoteUrl,
@@ -92,7 +132,6 @@ struct Restore<'a> {
     clock: Clock,
     remote: Remote,
     stage: Stage,
-    scratch: Scratch,
 }
 
 impl<'a> Restore<'a> {
@@ -101,16 +140,16 @@ impl<'a> Restore<'a> {
         let timeout = options.timeout.unwrap_or(options.settings.overall_timeout);
         let deadline = started + timeout;
         let stage = Stage::beside(&dir)?;
-        // Scratch space for the download, beside DIR; creating it now checks that DIR's
-        // directory is writable before anything is downloaded.
-        let scratch = stage.scratch();
-        fs_err::create_dir(scratch.path()).map_err(|source| SnapshotError::NotWritable {
+        // Creating the staging directory now checks that DIR's directory is writable before
+        // anything is downloaded; dropping the stage removes it.
+        fs_err::create_dir(stage.path()).map_err(|source| SnapshotError::NotWritable {
             path: dir.clone(),
             parent: stage.parent().to_path_buf(),
             source,
         })?;
         let mut settings = options.settings.clone();
         settings.overall_timeout = settings.overall_timeout.min(timeout);
+        settings.part_size = settings.part_size.clamp(1, MAX_PART);
         let remote = Remote::new(url, settings)?.with_deadline(deadline);
         let clock = Clock {
             dir: dir.clone(),
@@ -125,11 +164,11 @@ impl<'a> Restore<'a> {
             clock,
             remote,
             stage,
-            scratch,
         })
     }
 
-    /// The phases: pointer, the local tree compared, manifest, download, extraction, swap.
+    /// The phases: pointer, the local tree compared, manifest, then download and extraction
+    /// overlapped, durability, swap.
     fn run(
         self,
         exists: bool,
@@ -138,21 +177,72 @@ impl<'a> Restore<'a> {
         report: &mut RestoreReport,
     ) -> Result<RestoreStatus> {
         let Some(manifest) = self.read_snapshot(options.strict, exists, progress, report)? else {
+            report.phases.lookup_ms = ms(self.started.elapsed());
             return Ok(report.status);
         };
-        let archive_path = self.scratch.path().join("archive.tar.zst");
-        let target = self.remote.describe(&self.url.join(&manifest.archive));
-        report.downloaded_bytes = self.download(&manifest, &archive_path, &target, &**progress)?;
+        report.phases.lookup_ms = ms(self.started.elapsed());
+        self.clock.check("downloading")?;
+        let key = self.url.join(&manifest.archive);
+        let target = self.remote.describe(&key);
+        let (writer, reader) = download_pipe::pipe(PIPE_PARTS, self.clock.deadline);
+        let downloaded = Arc::new(AtomicBool::new(false));
         let job = Extraction {
             min_free: options.min_free,
             stage: self.stage,
-            scratch: self.scratch,
-            archive_path,
+            reader,
             manifest,
             target,
-            dir: self.dir,
+            dir: self.dir.clone(),
+            downloaded: downloaded.clone(),
         };
-        extract_and_swap(job, &self.clock, progress.clone())?;
+        let manifest = job.manifest.clone();
+        let extraction = start_extraction(job, progress.clone())?;
+
+        let download_started = Instant::now();
+        let got = download(&self.remote, &key, &manifest, writer, progress.clone());
+        report.phases.download_ms = ms(download_started.elapsed());
+        let got = match got {
+            Ok(bytes) => bytes,
+            Err((e, extraction_stopped)) => {
+                if extraction_stopped && !matches!(e, RemoteError::DigestMismatch { .. }) {
+                    // The extraction failed first (a hostile entry, a full disk): that is the
+                    // cause, the download only stopped because of it. The thread removed the
+                    // stage before reporting.
+                    if let Some(Err(cause)) = extraction.wait(Instant::now() + CLEANUP_GRACE) {
+                        return Err(cause);
+                    }
+                }
+                // The extraction thread sees the failure at its next read and removes the stage.
+                extraction.abandon("the download failed");
+                return Err(self.clock.remote_err(e));
+            }
+        };
+        report.downloaded_bytes = got;
+        downloaded.store(true, Ordering::Release);
+        progress.phase(Phase::Extracting, Some(manifest.bytes));
+
+        let (stage, times) = match extraction.wait(self.clock.deadline) {
+            Some(result) => result?,
+            None => {
+                extraction.abandon("the restore ran out of time");
+                return Err(self.clock.timed_out("extracting"));
+            }
+        };
+        report.phases.decompress_ms = ms(times.decompress);
+        report.phases.download_wait_ms = ms(times.input_wait);
+        report.phases.extract_ms = ms(times.wall);
+        report.phases.write_ms = ms(times.wall.saturating_sub(times.decompress + times.input_wait));
+
+        self.clock.check("making the new tree durable")?;
+        let synced = Instant::now();
+        stage.make_durable(StagedKind::Tree)?;
+        report.phases.sync_ms = ms(synced.elapsed());
+        self.clock.check("making the new tree durable")?;
+        // Before the swap DIR is the old tree, after it the new one, complete and durable; the
+        // old tree is removed with the stage.
+        let swapped = Instant::now();
+        stage.swap()?;
+        report.phases.swap_ms = ms(swapped.elapsed());
         Ok(RestoreStatus::Restored)
     }
 
@@ -209,54 +299,47 @@ impl<'a> Restore<'a> {
         })?;
         Ok(Some(manifest))
     }
-
-    /// Downloads the archive into scratch space, verified; returns its size.
-    fn download(
-        &self,
-        manifest: &SnapshotManifest,
-        archive_path: &Path,
-        target: &str,
-        progress: &dyn SnapshotProgress,
-    ) -> Result<u64> {
-        self.clock.check("downloading")?;
-        let download_progress = Counted {
-            inner: progress,
-            done: AtomicU64::new(0),
-        };
-        let got = self
-            .remote
-            .get_to_file(
-                &self.url.join(&manifest.archive),
-                archive_path,
-                Some(&manifest.archive_blake3),
-                &download_progress,
-            )
-            .map_err(|e| self.clock.remote_err(e))?;
-        if got.bytes != manifest.archive_bytes {
-            return Err(SnapshotError::BadObject {
-                target: target.to_owned(),
-                reason: format!(
-                    "the archive is {} bytes, the manifest says {}",
-                    got.bytes, manifest.archive_bytes
-                ),
-            });
-        }
-        Ok(got.bytes)
-    }
 }
 
-/// Extracts into the stage (on a thread, within the deadline), makes it durable and swaps it in:
-/// the single moment DIR changes.
-fn extract_and_swap(job: Extraction, clock: &Clock, progress: Arc<dyn SnapshotProgress>) -> Result<()> {
-    let stage = extract_until(job, clock.deadline, progress)
-        .map_err(|e| e.unwrap_or_else(|| clock.timed_out("extracting")))?;
-    clock.check("making the new tree durable")?;
-    stage.make_durable(StagedKind::Tree)?;
-    clock.check("making the new tree durable")?;
-    // Before the swap DIR is the old tree, after it the new one, complete and durable; the old
-    // tree is removed with the stage.
-    stage.swap()?;
-    Ok(())
+/// Milliseconds, for the report.
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// Streams the archive into `writer`, verified against the manifest's size and BLAKE3; returns
+/// its size. Only a verified download finishes the pipe (the extraction's stream then ends);
+/// otherwise it fails, so the extraction fails too. The error comes with whether the extraction
+/// had already stopped (then the download only failed because of it).
+fn download(
+    remote: &Remote,
+    key: &str,
+    manifest: &SnapshotManifest,
+    writer: PipeWriter,
+    progress: Arc<dyn SnapshotProgress>,
+) -> Result<u64, (RemoteError, bool)> {
+    let counted = Arc::new(Counted {
+        inner: progress,
+        done: AtomicU64::new(0),
+    });
+    let mut sink = |piece| writer.push(piece);
+    let got = remote.get_streamed(
+        key,
+        manifest.archive_bytes,
+        &manifest.archive_blake3,
+        &mut sink,
+        counted,
+    );
+    match got {
+        Ok(got) => {
+            writer.finish();
+            Ok(got.bytes)
+        }
+        Err(e) => {
+            let stopped = writer.reader_gone();
+            writer.fail(e.to_string());
+            Err((e, stopped))
+        }
+    }
 }
 
 /// Whether `dir` already holds the tree of `digest`. A tree that cannot be described (a socket
@@ -276,119 +359,263 @@ fn holds(dir: &Path, digest: &str, progress: &Arc<dyn SnapshotProgress>) -> bool
     }
 }
 
-/// What the extraction thread owns: if the caller gives up, dropping it removes the stage and
-/// the scratch space.
+/// What the extraction thread owns: if the caller gives up, dropping it removes the stage.
 struct Extraction {
     /// The free-space reserve asked for (`None`: the proportional default).
     min_free: Option<u64>,
     stage: Stage,
-    scratch: Scratch,
-    archive_path: PathBuf,
+    /// The archive's bytes, as the download hands them over.
+    reader: PipeReader,
     manifest: SnapshotManifest,
     target: String,
     dir: PathBuf,
+    /// Set once the download is complete and verified: extraction progress is shown from then
+    /// on (before, the bar shows the download, which leads).
+    downloaded: Arc<AtomicBool>,
 }
 
-/// Extracts on a thread of its own so the caller can give up at `deadline` (extraction has no
-/// way to be interrupted). The thread owns the stage, so if we give up it removes the stage
-/// itself when it stops; DIR is only touched by the caller, after a timely result. `Err(None)`
-/// means the deadline passed.
-fn extract_until(
-    job: Extraction,
-    deadline: Instant,
-    progress: Arc<dyn SnapshotProgress>,
-) -> Result<Stage, Option<SnapshotError>> {
+/// Where the extraction thread's time went.
+#[derive(Debug, Clone, Copy, Default)]
+struct ExtractTimes {
+    /// From its start to the last file written.
+    wall: Duration,
+    /// In the zstd decoder, waits for input excluded.
+    decompress: Duration,
+    /// Waiting for the download.
+    input_wait: Duration,
+}
+
+/// The extraction thread's result: the stage, complete, and where its time went.
+type Extracted = Result<(Stage, ExtractTimes)>;
+
+/// The running extraction thread.
+struct Running {
+    rx: mpsc::Receiver<Extracted>,
+    cancel: Cancel,
+}
+
+impl Running {
+    /// The extraction's result, or `None` if `deadline` passes first (see [`Running::abandon`]).
+    fn wait(&self, deadline: Instant) -> Option<Extracted> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.rx.recv_timeout(left).ok()
+    }
+
+    /// Gives up on the extraction: its stream fails at its next read, so the thread stops
+    /// and removes the stage. Waits [`CLEANUP_GRACE`] at most for that, so nothing is left
+    /// beside DIR when the process exits; past it, the next restore or import in that
+    /// directory sweeps what is left (docs/DESIGN.md, "Restore").
+    fn abandon(self, why: &str) {
+        self.cancel.cancel(why);
+        let _ = self.rx.recv_timeout(CLEANUP_GRACE);
+    }
+}
+
+/// Extracts on a thread of its own, so the download runs meanwhile and the caller can give up
+/// at its deadline (extraction has no way to be interrupted). The thread owns the stage, so if
+/// the caller gives up it removes the stage itself when it stops; DIR is only touched by the
+/// caller, after a timely result.
+fn start_extraction(job: Extraction, progress: Arc<dyn SnapshotProgress>) -> Result<Running> {
     let (tx, rx) = mpsc::channel();
-    progress.phase(Phase::Extracting, Some(job.manifest.bytes));
+    let cancel = job.reader.canceller();
     std::thread::Builder::new()
         .name("warmcache-restore".to_owned())
         .spawn(move || {
-            let result = extract_checked(&job, &*progress);
-            let Extraction { stage, scratch, .. } = job;
-            // The archive is no longer needed; removing it now frees its space before the swap.
-            drop(scratch);
-            // If the caller gave up, the result (and with it the stage) is dropped here.
-            let _ = tx.send(result.map(|()| stage));
+            let Extraction {
+                min_free,
+                stage,
+                reader,
+                manifest,
+                target,
+                dir,
+                downloaded,
+            } = job;
+            let on_progress = |p: archive::Progress| {
+                if downloaded.load(Ordering::Acquire) {
+                    progress.position(p.bytes);
+                }
+            };
+            let checked = Checked {
+                min_free,
+                tree: stage.path(),
+                manifest: &manifest,
+                target: &target,
+                dir: &dir,
+            };
+            let result = checked.extract(reader, &on_progress);
+            // On an error the stage is dropped (removed) here, before the caller hears of it; if
+            // the caller gave up, the result (and with it the stage) is dropped at the send.
+            let _ = tx.send(result.map(|times| (stage, times)));
         })
-        .map_err(|source| {
-            Some(SnapshotError::Local {
-                path: PathBuf::from("(extraction thread)"),
-                source,
-            })
+        .map_err(|source| SnapshotError::Local {
+            path: PathBuf::from("(extraction thread)"),
+            source,
         })?;
-    let left = deadline.saturating_duration_since(Instant::now());
-    match rx.recv_timeout(left) {
-        Ok(result) => result.map_err(Some),
-        Err(_) => Err(None),
-    }
+    Ok(Running { rx, cancel })
 }
 
-/// Extracts the verified archive into the stage, checking it is the tree the manifest promised.
-fn extract_checked(job: &Extraction, progress: &dyn SnapshotProgress) -> Result<()> {
-    let Extraction {
-        stage,
-        archive_path,
-        manifest,
-        target,
-        dir,
-        min_free,
-        ..
-    } = job;
-    let tree = stage.path();
-    let extract_err = |source| SnapshotError::Extract {
-        target: target.to_owned(),
-        dir: dir.to_path_buf(),
-        source: Box::new(source),
-    };
-    fs_err::create_dir(tree).map_err(|source| SnapshotError::Local {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    // The manifest says what the archive is; the magic bytes must agree.
-    match archive::detect(archive_path).map_err(extract_err)? {
-        Some(Format::TarZst) => {}
-        other => {
+/// One extraction into the stage's tree, checked against the manifest.
+struct Checked<'a> {
+    min_free: Option<u64>,
+    tree: &'a Path,
+    manifest: &'a SnapshotManifest,
+    target: &'a str,
+    dir: &'a Path,
+}
+
+impl Checked<'_> {
+    /// Decompresses and extracts the archive as it arrives, checking it is the tree the
+    /// manifest promised.
+    fn extract(
+        &self,
+        reader: PipeReader,
+        on_progress: &(dyn Fn(archive::Progress) + Sync),
+    ) -> Result<ExtractTimes> {
+        let verdict = reader.verdict();
+        let result = self.extract_verified(reader, on_progress);
+        let suspect = match &result {
+            Err(SnapshotError::Extract { source, .. }) => is_suspect(source),
+            Err(SnapshotError::BadObject { .. }) => true,
+            _ => false,
+        };
+        if suspect {
+            // Undecodable or unsafe content in our own, digest-checked format means damaged
+            // bytes far more likely than a bad snapshot: the digest, known once the download
+            // ends, decides which error is reported.
+            verdict.suspect();
+        }
+        result
+    }
+
+    fn extract_verified(
+        &self,
+        mut reader: PipeReader,
+        on_progress: &(dyn Fn(archive::Progress) + Sync),
+    ) -> Result<ExtractTimes> {
+        let started = Instant::now();
+        let waited = reader.waited();
+        let Checked {
+            min_free,
+            tree,
+            manifest,
+            target,
+            dir,
+        } = self;
+        let extract_err = |source| SnapshotError::Extract {
+            target: (*target).to_owned(),
+            dir: dir.to_path_buf(),
+            source: Box::new(source),
+        };
+        let stream_err = |source: io::Error| SnapshotError::Extract {
+            target: (*target).to_owned(),
+            dir: dir.to_path_buf(),
+            source: Box::new(archive::ArchiveError::Open {
+                archive: PathBuf::from(*target),
+                source,
+            }),
+        };
+        // The manifest says what the archive is; the magic bytes must agree.
+        let mut magic = [0u8; 4];
+        let n = fill(&mut reader, &mut magic).map_err(stream_err)?;
+        if magic[..n] != ZSTD_MAGIC {
             return Err(SnapshotError::BadObject {
-                target: target.to_owned(),
+                target: (*target).to_owned(),
+                reason: "not a tar.zst archive (it does not start with a zstd frame)".to_owned(),
+            });
+        }
+        let decoder = zstd::Decoder::new(io::Cursor::new(magic).chain(reader)).map_err(stream_err)?;
+        let mut decoder = Timed {
+            inner: decoder,
+            busy: Duration::ZERO,
+        };
+        // Our own format, verified against the manifest's digest as it streams: the tree rule
+        // alone applies (docs/DESIGN.md, "What one side writes, the other reads"), so whatever
+        // `snapshot` uploaded restores, and the bounds are what the manifest declares rather than
+        // the defaults for untrusted archives.
+        let limits = Limits {
+            max_total_bytes: manifest.bytes.saturating_add(tar_overhead(manifest)),
+            max_entries: (manifest.files + manifest.dirs + manifest.symlinks).saturating_add(1),
+            max_ratio: u64::MAX,
+            ratio_grace_bytes: u64::MAX,
+            min_free_bytes: *min_free,
+            trust: Trust::Own,
+        };
+        let extracted = archive::extract_tar_stream(
+            &mut decoder,
+            Path::new(target),
+            Format::TarZst,
+            manifest.archive_bytes,
+            tree,
+            &limits,
+            on_progress,
+        )
+        .map_err(extract_err)?;
+        // The archive's bytes were verified (its stream only ends once they are); its content
+        // must also be what the manifest promised.
+        if (extracted.files, extracted.bytes, extracted.symlinks)
+            != (manifest.files, manifest.bytes, manifest.symlinks)
+        {
+            return Err(SnapshotError::BadObject {
+                target: (*target).to_owned(),
                 reason: format!(
-                    "not a tar.zst archive (found {})",
-                    other.map_or("no archive format", Format::as_str)
+                    "the archive holds {} files, {} bytes, {} symlinks; the manifest promised {}, {}, {}",
+                    extracted.files,
+                    extracted.bytes,
+                    extracted.symlinks,
+                    manifest.files,
+                    manifest.bytes,
+                    manifest.symlinks
                 ),
             });
         }
+        let input_wait = waited.get();
+        Ok(ExtractTimes {
+            wall: started.elapsed(),
+            decompress: decoder.busy.saturating_sub(input_wait),
+            input_wait,
+        })
     }
-    let on_progress = |p: archive::Progress| progress.position(p.bytes);
-    // Our own format, verified against the manifest's digest: the tree rule alone applies
-    // (docs/DESIGN.md, "What one side writes, the other reads"), so whatever `snapshot` uploaded restores, and the
-    // bounds are what the manifest declares rather than the defaults for untrusted archives.
-    let limits = Limits {
-        max_total_bytes: manifest.bytes.saturating_add(tar_overhead(manifest)),
-        max_entries: (manifest.files + manifest.dirs + manifest.symlinks).saturating_add(1),
-        max_ratio: u64::MAX,
-        ratio_grace_bytes: u64::MAX,
-        min_free_bytes: *min_free,
-        trust: Trust::Own,
-    };
-    let extracted =
-        archive::extract(archive_path, Format::TarZst, tree, &limits, &on_progress).map_err(extract_err)?;
-    // The archive's bytes were verified; its content must also be what the manifest promised.
-    if (extracted.files, extracted.bytes, extracted.symlinks)
-        != (manifest.files, manifest.bytes, manifest.symlinks)
-    {
-        return Err(SnapshotError::BadObject {
-            target: target.to_owned(),
-            reason: format!(
-                "the archive holds {} files, {} bytes, {} symlinks; the manifest promised {}, {}, {}",
-                extracted.files,
-                extracted.bytes,
-                extracted.symlinks,
-                manifest.files,
-                manifest.bytes,
-                manifest.symlinks
-            ),
-        });
+}
+
+/// Whether an extraction error says the archive's bytes make no sense (rather than that this
+/// machine could not write them: a write error, the free-space reserve).
+fn is_suspect(e: &archive::ArchiveError) -> bool {
+    use archive::{ArchiveError as E, LimitExceeded};
+    match e {
+        E::Write { .. } | E::Open { .. } | E::Refused { .. } | E::Create { .. } => false,
+        E::Limit { limit, .. } => !matches!(limit, LimitExceeded::FreeSpace { .. }),
+        E::NotAnArchive { .. } | E::Corrupt { .. } | E::Unsafe { .. } | E::Unsupported { .. } => true,
     }
-    Ok(())
+}
+
+/// A reader that adds up the time/// A reader that adds up the time spent in it (the decoder's: decompressing, and waiting for
+/// its input).
+struct Timed<R> {
+    inner: R,
+    busy: Duration,
+}
+
+impl<R: Read> Read for Timed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let started = Instant::now();
+        let n = self.inner.read(buf);
+        self.busy += started.elapsed();
+        n
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// What tar adds to a tree's bytes (headers, padding, the end marker), which extraction counts
@@ -401,12 +628,12 @@ fn tar_overhead(manifest: &SnapshotManifest) -> u64 {
 }
 
 /// Forwards download progress as a running total.
-struct Counted<'a> {
-    inner: &'a dyn SnapshotProgress,
+struct Counted {
+    inner: Arc<dyn SnapshotProgress>,
     done: AtomicU64,
 }
 
-impl crate::remote::Progress for Counted<'_> {
+impl crate::remote::Progress for Counted {
     fn start(&self, total: Option<u64>) {
         self.inner.phase(Phase::Downloading, total);
     }
@@ -458,8 +685,8 @@ mod tests {
     use super::*;
     use crate::remote::NoProgress;
 
-    /// An extraction job for a small tree staged beside `tmp/dest`, with its archive in scratch.
-    fn job(tmp: &Path) -> (Extraction, PathBuf) {
+    /// An extraction job for a small tree staged beside `tmp/dest`, and the archive's bytes.
+    fn job(tmp: &Path, deadline: Instant) -> (Extraction, PipeWriter, Vec<u8>, PathBuf) {
         let src = tmp.join("src");
         std::fs::create_dir_all(src.join("a/b")).unwrap();
         for i in 0..200u32 {
@@ -467,10 +694,9 @@ mod tests {
         }
         let dir = tmp.join("dest");
         let stage = Stage::beside(&dir).unwrap();
-        let scratch = stage.scratch();
-        std::fs::create_dir(scratch.path()).unwrap();
-        let archive_path = scratch.path().join("archive.tar.zst");
-        let created = archive::create_tar_zst(&src, fs_err::File::create(&archive_path).unwrap(), 3).unwrap();
+        std::fs::create_dir(stage.path()).unwrap();
+        let mut archive = Vec::new();
+        let created = archive::create_tar_zst(&src, &mut archive, 3).unwrap();
         let manifest = SnapshotManifest {
             version: super::super::SNAPSHOT_MANIFEST_VERSION,
             digest: "a".repeat(64),
@@ -485,16 +711,33 @@ mod tests {
             created_at_ms: 0,
             host: "h".into(),
         };
+        let (writer, reader) = download_pipe::pipe(PIPE_PARTS, deadline);
         let job = Extraction {
             min_free: None,
             stage,
-            scratch,
-            archive_path,
+            reader,
             manifest,
             target: "t".into(),
             dir: dir.clone(),
+            downloaded: Arc::new(AtomicBool::new(false)),
         };
-        (job, dir)
+        (job, writer, archive, dir)
+    }
+
+    /// Feeds `archive` in parts of 4 KiB; `finish` says whether the download then verifies.
+    fn feed(writer: PipeWriter, archive: Vec<u8>, finish: bool) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            for part in archive.chunks(4096) {
+                if writer.push(bytes::Bytes::copy_from_slice(part)).is_err() {
+                    return;
+                }
+            }
+            if finish {
+                writer.finish();
+            } else {
+                writer.fail("digest mismatch".to_owned());
+            }
+        })
     }
 
     fn staging_names(dir: &Path) -> Vec<String> {
@@ -505,35 +748,60 @@ mod tests {
             .collect()
     }
 
+    fn wait_for_no_staging(dir: &Path) {
+        let waited = Instant::now();
+        while !staging_names(dir).is_empty() && waited.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     #[test]
-    fn extraction_in_time_yields_the_tree() {
+    fn extraction_of_a_verified_stream_yields_the_tree() {
         let tmp = tempfile::tempdir().unwrap();
-        let (job, dir) = job(tmp.path());
         let deadline = Instant::now() + Duration::from_secs(600);
+        let (job, writer, archive, dir) = job(tmp.path(), deadline);
         let progress: Arc<dyn SnapshotProgress> = Arc::new(NoProgress);
-        let Ok(stage) = extract_until(job, deadline, progress) else {
+        let running = start_extraction(job, progress).unwrap();
+        feed(writer, archive, true).join().unwrap();
+        let Some(Ok((stage, _))) = running.wait(deadline) else {
             panic!("extraction failed");
         };
         assert!(stage.path().join("a/b/f199").is_file());
         assert!(!dir.exists(), "extraction stays in staging");
-        assert_eq!(staging_names(tmp.path()).len(), 1, "the scratch space is gone");
+        assert_eq!(staging_names(tmp.path()).len(), 1);
         drop(stage);
         assert!(staging_names(tmp.path()).is_empty());
     }
 
     #[test]
+    fn a_stream_that_fails_verification_at_the_end_yields_nothing_and_removes_the_stage() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (job, writer, archive, dir) = job(tmp.path(), deadline);
+        let progress: Arc<dyn SnapshotProgress> = Arc::new(NoProgress);
+        let running = start_extraction(job, progress).unwrap();
+        // Every byte arrives, the archive is whole and valid: only the digest check fails.
+        feed(writer, archive, false).join().unwrap();
+        let result = running.wait(deadline).expect("in time");
+        assert!(result.is_err(), "an unverified stream must not yield a stage");
+        assert!(staging_names(tmp.path()).is_empty(), "the stage is removed first");
+        assert!(!dir.exists());
+    }
+
+    #[test]
     fn extraction_past_the_deadline_is_abandoned_and_cleans_up_after_itself() {
         let tmp = tempfile::tempdir().unwrap();
-        let (job, dir) = job(tmp.path());
-        assert_eq!(staging_names(tmp.path()).len(), 1, "the scratch space");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (job, writer, archive, dir) = job(tmp.path(), deadline);
+        assert_eq!(staging_names(tmp.path()).len(), 1, "the stage");
         let progress: Arc<dyn SnapshotProgress> = Arc::new(NoProgress);
-        let result = extract_until(job, Instant::now(), progress);
-        assert!(matches!(result, Err(None)), "the deadline had passed");
-        // The abandoned thread removes the stage and the scratch space once it stops.
-        let waited = Instant::now();
-        while !staging_names(tmp.path()).is_empty() && waited.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let running = start_extraction(job, progress).unwrap();
+        assert!(running.wait(Instant::now()).is_none(), "the deadline had passed");
+        // The download goes on; the abandoned thread stops and removes the stage.
+        let feeder = feed(writer, archive, true);
+        running.abandon("the deadline passed");
+        feeder.join().unwrap();
+        wait_for_no_staging(tmp.path());
         assert!(staging_names(tmp.path()).is_empty(), "staging left behind");
         assert!(!dir.exists());
     }

@@ -5,7 +5,9 @@
 //! - down: the listening socket is closed and open connections are dropped (connection refused);
 //! - stall: GET responses send their headers and a little of the body, then nothing;
 //! - fail next N: the next N requests get `500 InternalError`;
-//! - corrupt: GET bodies have bytes flipped (same length, different content).
+//! - corrupt: GET bodies have bytes flipped (same length, different content);
+//! - die after N bytes: once GET bodies have sent N bytes in all, the body being sent is cut
+//!   off and every later request is dropped without an answer, as when a server dies.
 //!
 //! It sets no environment variables: tests pass [`TestS3::settings`] to the client, or
 //! [`TestS3::env`] to a child process.
@@ -65,6 +67,11 @@ struct Faults {
     stall: AtomicBool,
     corrupt: AtomicBool,
     fail_next: AtomicUsize,
+    /// GET body bytes after which the server dies (0: never).
+    die_after: AtomicUsize,
+    /// GET body bytes sent while `die_after` is set.
+    sent: AtomicUsize,
+    dead: AtomicBool,
     requests: AtomicUsize,
     conditional_puts: tokio::sync::Mutex<()>,
 }
@@ -193,6 +200,14 @@ impl TestS3 {
         self.faults.fail_next.store(n, Ordering::SeqCst);
     }
 
+    /// Makes the server die once GET bodies have sent `bytes` bytes in all: the body being
+    /// sent stops there (the connection is cut) and every later request is dropped unanswered.
+    pub fn die_after(&self, bytes: usize) {
+        self.faults.sent.store(0, Ordering::SeqCst);
+        self.faults.dead.store(false, Ordering::SeqCst);
+        self.faults.die_after.store(bytes, Ordering::SeqCst);
+    }
+
     /// Flips bytes in GET bodies.
     pub fn set_corrupt(&self, on: bool) {
         self.faults.corrupt.store(on, Ordering::SeqCst);
@@ -251,6 +266,10 @@ async fn handle(
     faults: Arc<Faults>,
 ) -> Result<Response<Body>, HttpError> {
     faults.requests.fetch_add(1, Ordering::SeqCst);
+    if faults.dead.load(Ordering::SeqCst) {
+        // hyper closes the connection without an answer.
+        return Err(HttpError::new("injected fault: the server died".into()));
+    }
     if faults
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -275,7 +294,11 @@ async fn handle(
     if method != Method::GET || !response.status().is_success() {
         return Ok(response);
     }
-    let fault = if faults.stall.load(Ordering::SeqCst) {
+    let fault = if faults.die_after.load(Ordering::SeqCst) > 0 {
+        Fault::Die {
+            faults: faults.clone(),
+        }
+    } else if faults.stall.load(Ordering::SeqCst) {
         Fault::Stall { left: STALL_AFTER }
     } else if faults.corrupt.load(Ordering::SeqCst) {
         Fault::Corrupt
@@ -294,6 +317,7 @@ async fn handle(
 enum Fault {
     Stall { left: usize },
     Corrupt,
+    Die { faults: Arc<Faults> },
 }
 
 /// A GET body with a fault applied.
@@ -310,6 +334,12 @@ impl Stream for Faulty {
             // Never woken: the body just stops, as a hung server's would.
             return Poll::Pending;
         }
+        if let Fault::Die { faults } = &self.fault
+            && faults.dead.load(Ordering::SeqCst)
+        {
+            // An error ends the response early: hyper cuts the connection.
+            return Poll::Ready(Some(Err("injected fault: the server died".into())));
+        }
         let chunk = match self.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => chunk,
             other => return other,
@@ -319,6 +349,16 @@ impl Stream for Faulty {
                 let n = chunk.len().min(*left);
                 *left -= n;
                 chunk.slice(..n)
+            }
+            Fault::Die { faults } => {
+                let limit = faults.die_after.load(Ordering::SeqCst);
+                let before = faults.sent.fetch_add(chunk.len(), Ordering::SeqCst);
+                if before + chunk.len() >= limit {
+                    faults.dead.store(true, Ordering::SeqCst);
+                    chunk.slice(..limit.saturating_sub(before).min(chunk.len()))
+                } else {
+                    chunk
+                }
             }
             Fault::Corrupt => {
                 let mut flipped = BytesMut::from(&chunk[..]);
