@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-pub use manifest::{ArtifactKind, EntryKind, Manifest};
+pub use manifest::{ArtifactKind, EntryKind, Manifest, ManifestEntry, ManifestHasher};
 pub use tree::{Progress, hash_file};
 
 use crate::fs::{
