@@ -5,7 +5,9 @@
 //! - down: the listening socket is closed and open connections are dropped (connection refused);
 //! - stall: GET responses send their headers and a little of the body, then nothing;
 //! - fail next N: the next N requests get `500 InternalError`;
-//! - corrupt: GET bodies have bytes flipped (same length, different content).
+//! - corrupt: GET bodies have bytes flipped (same length, different content);
+//! - fail parts: every multipart part upload gets `500 InternalError` (the upload started, and
+//!   fails midway).
 //!
 //! It sets no environment variables: tests pass [`TestS3::settings`] to the client, or
 //! [`TestS3::env`] to a child process.
@@ -65,6 +67,7 @@ struct Faults {
     stall: AtomicBool,
     corrupt: AtomicBool,
     fail_next: AtomicUsize,
+    fail_parts: AtomicBool,
     requests: AtomicUsize,
     conditional_puts: tokio::sync::Mutex<()>,
 }
@@ -193,6 +196,11 @@ impl TestS3 {
         self.faults.fail_next.store(n, Ordering::SeqCst);
     }
 
+    /// Answers every multipart part upload (`PUT ...?partNumber=N`) with `500 InternalError`.
+    pub fn fail_part_uploads(&self, on: bool) {
+        self.faults.fail_parts.store(on, Ordering::SeqCst);
+    }
+
     /// Flips bytes in GET bodies.
     pub fn set_corrupt(&self, on: bool) {
         self.faults.corrupt.store(on, Ordering::SeqCst);
@@ -251,10 +259,16 @@ async fn handle(
     faults: Arc<Faults>,
 ) -> Result<Response<Body>, HttpError> {
     faults.requests.fetch_add(1, Ordering::SeqCst);
-    if faults
-        .fail_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
+    let part_upload = req.method() == Method::PUT
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("partNumber=")));
+    if (part_upload && faults.fail_parts.load(Ordering::SeqCst))
+        || faults
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     {
         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
                     <Error><Code>InternalError</Code><Message>injected fault</Message></Error>";
