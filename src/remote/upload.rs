@@ -139,7 +139,7 @@ impl RemoteWriter {
     }
 
     /// Caps the parts in flight below [`super::RemoteSettings::parallelism`], so that a caller
-    /// with a memory budget (a snapshot, docs/DESIGN.md, "Snapshot and restore") can bound the
+    /// with a memory budget (a snapshot, docs/DESIGN.md, "Snapshots") can bound the
     /// upload's share: about `(in_flight + 1) * part_size` bytes. At least one.
     pub fn limit_in_flight(&mut self, parts: usize) {
         self.in_flight = Some(parts.max(1));

@@ -142,8 +142,8 @@ pub fn id_of_bytes(bytes: &[u8]) -> ArtifactId {
 /// bytes, so they must be known up front ([`Self::new`]), and entries must arrive in the
 /// manifest's order (sorted by path bytes); [`Self::finish`] fails if either promise was broken.
 ///
-/// Why: a snapshot digests trees of any size with bounded memory (docs/DESIGN.md, "Snapshot
-/// and restore"), and the digest must stay the one the tree would get as an artifact.
+/// Why: a snapshot digests trees of any size with bounded memory (docs/DESIGN.md,
+/// "Snapshots"), and the digest must stay the one the tree would get as an artifact.
 pub struct ManifestHasher {
     hasher: blake3::Hasher,
     expected: (u64, u64),

@@ -25,8 +25,8 @@ use crate::store::StoreError;
 const UPLOAD_CHUNK: usize = 1 << 20;
 /// Memory the upload may hold in parts (filling and in flight): with the default 8 MiB parts,
 /// two in flight and one filling. Together with the reader's read-ahead and zstd's buffers this
-/// keeps a snapshot under 64 MiB whatever the tree's size (docs/DESIGN.md, "Snapshot and
-/// restore"); on a fast link two parts in flight keep the upload ahead of the compressor.
+/// keeps a snapshot under 64 MiB whatever the tree's size (docs/DESIGN.md, "Snapshots"); on a
+/// fast link two parts in flight keep the upload ahead of the compressor.
 const UPLOAD_BUDGET: usize = 24 << 20;
 /// Snapshot manifests under the key examined when looking for an earlier snapshot of the same
 /// tree (newest first). A key holding more may upload a tree it already has, never a wrong one.
@@ -353,8 +353,8 @@ fn upload(
     // Eight hex digits tell apart uploads of the same tree; keys stay short, which matters to
     // stores that derive file names from them (s3s-fs base64-encodes whole keys into one name).
     // S3 fixes an object's key when its upload starts: a tree hashed first gets its digest in
-    // the name, one hashed while it streams gets the token alone (docs/DESIGN.md, "Snapshot and
-    // restore"); either way the manifest, named by the digest, says which archive is the tree's.
+    // the name, one hashed while it streams gets the token alone (docs/DESIGN.md,
+    // "Snapshots"); either way the manifest, named by the digest, says which archive is the tree's.
     let token = &unique_token()[..8];
     progress.phase(Phase::Uploading, None);
     let archive = match known {
