@@ -221,8 +221,17 @@ fn may_be_known(
         // a key rarely finds its tree there already, and a stray one is reused at publication.
         return Ok(false);
     };
-    let mut manifests: Vec<_> = remote
-        .list(&url.join(SNAPSHOTS), LIST_LIMIT)?
+    // Listing needs a permission (s3:ListBucket) that a role limited to reads and writes of
+    // its prefix may lack: then look no further. The cost is an upload of a tree the key may
+    // already hold, never a wrong snapshot.
+    let listed = match remote.list(&url.join(SNAPSHOTS), LIST_LIMIT) {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::debug!("not looking for an earlier snapshot of this tree: {e}");
+            return Ok(false);
+        }
+    };
+    let mut manifests: Vec<_> = listed
         .into_iter()
         .filter(|o| o.key.ends_with(".json") && !o.key.ends_with(&format!("/{}.json", current.digest)))
         .collect();
