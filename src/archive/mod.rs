@@ -25,7 +25,9 @@ use std::io::Read;
 use std::path::Path;
 
 pub use crate::store::rule::Trust;
-pub use create::{CreateReport, create_tar_zst};
+pub use create::{
+    ArchivedTree, CreateReport, TreeTotals, archive_tree, create_tar_zst, digest_tree, scan_tree,
+};
 pub use detect::{describe_content, detect, format_from_name, is_empty_tar};
 pub use error::{ArchiveError, LimitExceeded, UnsafeEntry};
 pub use limits::{Limits, Progress, RESERVE_MAX, RESERVE_PERCENT, default_reserve};

@@ -21,6 +21,7 @@
 mod breaker;
 mod client;
 mod error;
+mod list;
 mod runtime;
 mod settings;
 pub mod share;

@@ -118,6 +118,8 @@ pub struct RemoteWriter {
     pending: BytesMut,
     multipart: Option<WriteMultipart>,
     failed: bool,
+    /// Parts in flight at most, when lower than the settings' parallelism.
+    in_flight: Option<usize>,
 }
 
 impl RemoteWriter {
@@ -132,7 +134,15 @@ impl RemoteWriter {
             pending: BytesMut::new(),
             multipart: None,
             failed: false,
+            in_flight: None,
         }
+    }
+
+    /// Caps the parts in flight below [`super::RemoteSettings::parallelism`], so that a caller
+    /// with a memory budget (a snapshot, docs/DESIGN.md, "Snapshots") can bound the
+    /// upload's share: about `(in_flight + 1) * part_size` bytes. At least one.
+    pub fn limit_in_flight(&mut self, parts: usize) {
+        self.in_flight = Some(parts.max(1));
     }
 
     /// The key being written.
@@ -156,7 +166,12 @@ impl RemoteWriter {
 
     fn write_inner(&mut self, bytes: Bytes) -> Result<()> {
         let part_size = self.remote.settings().part_size.max(1);
-        let parallelism = self.remote.settings().parallelism.max(1);
+        let parallelism = self
+            .remote
+            .settings()
+            .parallelism
+            .min(self.in_flight.unwrap_or(usize::MAX))
+            .max(1);
         if self.multipart.is_none() {
             self.pending.extend_from_slice(&bytes);
             if self.pending.len() < part_size {

@@ -137,6 +137,88 @@ pub fn id_of_bytes(bytes: &[u8]) -> ArtifactId {
     ArtifactId::from_hash(&blake3::hash(bytes))
 }
 
+/// Computes [`Manifest::id`] of a directory tree entry by entry, without holding the entries:
+/// the canonical bytes are fed to BLAKE3 as they are produced. The totals come first in those
+/// bytes, so they must be known up front ([`Self::new`]), and entries must arrive in the
+/// manifest's order (sorted by path bytes); [`Self::finish`] fails if either promise was broken.
+///
+/// Why: a snapshot digests trees of any size with bounded memory (docs/DESIGN.md,
+/// "Snapshots"), and the digest must stay the one the tree would get as an artifact.
+pub struct ManifestHasher {
+    hasher: blake3::Hasher,
+    expected: (u64, u64),
+    seen: (u64, u64),
+    last: Option<String>,
+    buf: Vec<u8>,
+}
+
+impl ManifestHasher {
+    /// Starts the digest of a directory tree of `files` regular files holding `size` bytes.
+    pub fn new(files: u64, size: u64) -> io::Result<Self> {
+        let head = Manifest {
+            version: MANIFEST_VERSION,
+            kind: ArtifactKind::Dir,
+            size,
+            files,
+            entries: Vec::new(),
+        };
+        let mut bytes = head.to_bytes()?;
+        // The canonical bytes of the empty manifest end with `[]}`; entries go between.
+        if !bytes.ends_with(b"[]}") {
+            return Err(io::Error::other("unexpected canonical manifest encoding"));
+        }
+        bytes.truncate(bytes.len() - 2);
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&bytes);
+        Ok(Self {
+            hasher,
+            expected: (files, size),
+            seen: (0, 0),
+            last: None,
+            buf: Vec::with_capacity(256),
+        })
+    }
+
+    /// Adds the next entry (in path order).
+    pub fn push(&mut self, entry: &ManifestEntry) -> io::Result<()> {
+        if let Some(last) = &self.last
+            && last.as_bytes() >= entry.path.as_bytes()
+        {
+            return Err(io::Error::other(format!(
+                "manifest entries out of order: `{}` after `{last}`",
+                entry.path
+            )));
+        }
+        self.buf.clear();
+        if self.last.is_some() {
+            self.buf.push(b',');
+        }
+        serde_json::to_writer(&mut self.buf, entry).map_err(io::Error::other)?;
+        self.hasher.update(&self.buf);
+        if entry.kind == EntryKind::File {
+            self.seen.0 += 1;
+            self.seen.1 += entry.size;
+        }
+        match &mut self.last {
+            Some(last) => {
+                last.clear();
+                last.push_str(&entry.path);
+            }
+            None => self.last = Some(entry.path.clone()),
+        }
+        Ok(())
+    }
+
+    /// The id, or `None` when the entries did not add up to the totals given to [`Self::new`].
+    pub fn finish(mut self) -> Option<ArtifactId> {
+        if self.seen != self.expected {
+            return None;
+        }
+        self.hasher.update(b"]}");
+        Some(ArtifactId::from_hash(&self.hasher.finalize()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +242,47 @@ mod tests {
         let mut c = b.clone();
         c.entries[0].exec = true;
         assert_ne!(a.id().unwrap(), c.id().unwrap());
+    }
+
+    #[test]
+    fn streaming_digest_equals_manifest_id() {
+        let entries = vec![
+            ManifestEntry {
+                path: "a".into(),
+                kind: EntryKind::Dir,
+                exec: false,
+                size: 0,
+                digest: None,
+                target: None,
+            },
+            file("a.b", "1"),
+            file("a/x", "2"),
+            ManifestEntry {
+                path: "l".into(),
+                kind: EntryKind::Symlink,
+                exec: false,
+                size: 0,
+                digest: None,
+                target: Some("/etc/\"q\"".into()),
+            },
+        ];
+        let manifest = Manifest::new(ArtifactKind::Dir, entries.clone());
+        let mut hasher = ManifestHasher::new(manifest.files, manifest.size).unwrap();
+        for e in &manifest.entries {
+            hasher.push(e).unwrap();
+        }
+        assert_eq!(hasher.finish(), Some(manifest.id().unwrap()));
+        let empty = Manifest::new(ArtifactKind::Dir, Vec::new());
+        assert_eq!(
+            ManifestHasher::new(0, 0).unwrap().finish(),
+            Some(empty.id().unwrap())
+        );
+        let mut wrong = ManifestHasher::new(5, 0).unwrap();
+        wrong.push(&entries[1]).unwrap();
+        assert_eq!(wrong.finish(), None, "totals must match");
+        let mut unordered = ManifestHasher::new(2, 6).unwrap();
+        unordered.push(&entries[2]).unwrap();
+        assert!(unordered.push(&entries[1]).is_err());
     }
 
     #[test]

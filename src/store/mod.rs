@@ -17,7 +17,7 @@ use std::sync::{Arc, Once};
 
 use fs_err as fs;
 
-pub use manifest::{ArtifactKind, EntryKind, Manifest};
+pub use manifest::{ArtifactKind, EntryKind, Manifest, ManifestEntry, ManifestHasher};
 pub use tree::{Progress, hash_file};
 
 use crate::fs::{

@@ -254,7 +254,8 @@ fn check_create(tree: &Path, name: &str) {
         "{name}: the reports agree"
     );
 
-    // Sorted order, parents first, no owners.
+    // Manifest order (whole paths sorted by their bytes, so parents come first and `a.b` sorts
+    // between `a` and `a/x`), no owners.
     let listing = stdout_of(
         Command::new("sh")
             .arg("-c")
@@ -264,10 +265,15 @@ fn check_create(tree: &Path, name: &str) {
         .lines()
         .map(|line| PathBuf::from(line.trim_end_matches('/')))
         .collect();
-    let expected: Vec<PathBuf> = support::walk_sorted(tree)
+    let mut expected: Vec<PathBuf> = support::walk_sorted(tree)
         .into_iter()
         .map(|(rel, _)| rel)
         .collect();
+    expected.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
     assert_eq!(names, expected, "{name}: entries in sorted order");
     let verbose = stdout_of(
         Command::new("sh")

@@ -50,6 +50,7 @@ mod restore_reports_where_its_time_went;
 mod signals_end_builders_and_hooks;
 mod snapshot_advisory;
 mod snapshot_concurrent;
+mod snapshot_of_a_changing_tree;
 mod snapshot_round_trip;
 mod snapshot_unchanged_and_warmth_guard;
 mod staging_of_killed_process_swept_at_once;

@@ -221,6 +221,22 @@ export interface SnapshotResult extends Warned {
   archive: string | null;
   remote: SnapshotPointer | null;
   elapsed_ms: number;
+  /** Where the time went, in milliseconds (see the README, "JSON output"). */
+  phases: SnapshotPhases;
+}
+
+/** `snapshot` phases: walk, hash (only when the remote may already hold the tree), the archive
+ * pass (`archive_ms`, wall) with the busy time of its overlapped stages, small requests, wall. */
+export interface SnapshotPhases {
+  walk_ms: number;
+  hash_ms: number;
+  archive_ms: number;
+  read_ms: number;
+  read_wait_ms: number;
+  compress_ms: number;
+  upload_ms: number;
+  remote_ms: number;
+  wall_ms: number;
 }
 
 /** `restore` result. */

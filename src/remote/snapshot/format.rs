@@ -58,7 +58,8 @@ pub struct SnapshotManifest {
     pub symlinks: u64,
     /// Bytes of file content.
     pub bytes: u64,
-    /// The archive's key relative to `KEY` (`snapshots/<digest>-<upload>.tar.zst`).
+    /// The archive's key relative to `KEY`: `snapshots/<digest>-<upload>.tar.zst`, or
+    /// `snapshots/<upload>.tar.zst` when the digest was computed while the archive streamed.
     pub archive: String,
     /// Always `tar.zst`.
     pub archive_format: Format,
@@ -131,10 +132,14 @@ pub(super) fn parse_manifest(
             manifest.digest, pointer.digest
         ));
     }
-    // The archive must be one of this key's snapshots, not any object of the bucket.
+    // The archive must be one of this key's snapshots, not any object of the bucket. Its name
+    // starts with the digest when the tree was hashed before the upload began, and is a token
+    // alone when the digest was computed while the archive streamed (S3 fixes the key first);
+    // the archive's BLAKE3 in this manifest is what ties it to the tree.
     let name = manifest.archive.strip_prefix(&format!("{SNAPSHOTS}/"));
-    let valid_name =
-        name.is_some_and(|n| n.ends_with(".tar.zst") && !n.contains('/') && n.starts_with(&manifest.digest));
+    let valid_name = name.is_some_and(|n| {
+        n.len() > ".tar.zst".len() && n.ends_with(".tar.zst") && !n.contains('/') && !n.starts_with('.')
+    });
     if !valid_name || manifest.archive_format != Format::TarZst {
         return Err(format!(
             "the manifest names an unexpected archive `{}` ({})",

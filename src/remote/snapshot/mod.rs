@@ -169,6 +169,38 @@ pub struct SnapshotReport {
     pub remote: Option<Pointer>,
     /// Wall time.
     pub elapsed_ms: u64,
+    /// Where the time went.
+    pub phases: SnapshotPhases,
+}
+
+/// Where a snapshot's time went, in milliseconds (`"phases"` in `snapshot --json`). The archive
+/// pass overlaps reading (one thread), compressing (zstd's threads) and uploading (parts in
+/// flight), so its busy times add up to more than `archive_ms`; the stage whose busy time is
+/// closest to `archive_ms` is the one the others waited for.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotPhases {
+    /// Walking the tree (listing, `lstat`, the tree rule) before anything is read or uploaded.
+    pub walk_ms: u64,
+    /// Reading and hashing the tree before uploading; only when the remote may already hold
+    /// this tree (same counts as the current snapshot or another one), else 0.
+    pub hash_ms: u64,
+    /// The archive pass, wall time: read, compress and upload, overlapped.
+    pub archive_ms: u64,
+    /// Busy time of the reading thread in the archive pass: opening, reading and hashing files.
+    pub read_ms: u64,
+    /// Time the archiving thread waited for file contents from the reading thread.
+    pub read_wait_ms: u64,
+    /// Time the archiving thread spent framing tar entries and handing them to zstd (which
+    /// compresses on its own threads meanwhile).
+    pub compress_ms: u64,
+    /// Time the archiving thread spent handing compressed bytes to the uploader (blocked while
+    /// the parts in flight were at their limit) and completing the upload.
+    pub upload_ms: u64,
+    /// Small requests: reading the pointer, looking for an existing snapshot of this tree,
+    /// writing the manifest and moving the pointer.
+    pub remote_ms: u64,
+    /// The whole snapshot.
+    pub wall_ms: u64,
 }
 
 /// What [`restore`] did.

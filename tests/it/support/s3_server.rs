@@ -8,6 +8,8 @@
 //! - corrupt: GET bodies have bytes flipped (same length, different content);
 //! - die after N bytes: once GET bodies have sent N bytes in all, the body being sent is cut
 //!   off and every later request is dropped without an answer, as when a server dies.
+//! - fail parts: every multipart part upload gets `500 InternalError` (the upload started, and
+//!   fails midway).
 //!
 //! It sets no environment variables: tests pass [`TestS3::settings`] to the client, or
 //! [`TestS3::env`] to a child process.
@@ -72,6 +74,7 @@ struct Faults {
     /// GET body bytes sent while `die_after` is set.
     sent: AtomicUsize,
     dead: AtomicBool,
+    fail_parts: AtomicBool,
     requests: AtomicUsize,
     conditional_puts: tokio::sync::Mutex<()>,
 }
@@ -208,6 +211,11 @@ impl TestS3 {
         self.faults.die_after.store(bytes, Ordering::SeqCst);
     }
 
+    /// Answers every multipart part upload (`PUT ...?partNumber=N`) with `500 InternalError`.
+    pub fn fail_part_uploads(&self, on: bool) {
+        self.faults.fail_parts.store(on, Ordering::SeqCst);
+    }
+
     /// Flips bytes in GET bodies.
     pub fn set_corrupt(&self, on: bool) {
         self.faults.corrupt.store(on, Ordering::SeqCst);
@@ -270,10 +278,16 @@ async fn handle(
         // hyper closes the connection without an answer.
         return Err(HttpError::new("injected fault: the server died".into()));
     }
-    if faults
-        .fail_next
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
+    let part_upload = req.method() == Method::PUT
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("partNumber=")));
+    if (part_upload && faults.fail_parts.load(Ordering::SeqCst))
+        || faults
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     {
         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
                     <Error><Code>InternalError</Code><Message>injected fault</Message></Error>";
