@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Issue 12, "never the reason a start is slow": every row of its table in one command.
 
-    python3 bench/bench_speed.py [PART ...] [--runs N] [--quick] [--work DIR]
+    python3 bench/bench_speed.py [PART ...] [--runs N] [--quick] [--work DIR] [--no-build]
+                                 [--trees node,pylib] [--servers moto,s3s]
 
 Parts (default: all, in this order):
 
@@ -20,8 +21,8 @@ Parts (default: all, in this order):
   `--stale-while-revalidate` (skipped when the binary does not know the flag).
 - `gc`: the gc section of `bench/bench.py` (100,000 artifacts).
 
-Whole commands are timed `--runs` times (default 5; Python's lib/ and the import rows use at most
-3): warmcache and the alternative in the same run, one after the other, the order alternating run
+Whole commands are timed `--runs` times (default 5; Python's lib/, the floors and the import rows
+use at most 3): warmcache and the alternative in the same run, one after the other, the order alternating run
 by run, the file system flushed (`sync`) before each. Shown: the medians, the ratio of the medians
 (warmcache ÷ alternative: below 1 is faster) and its spread (min–max of the per-run ratios).
 Peak RSS comes from GNU time (`/usr/bin/time`; for a pipeline, its largest process).
@@ -38,6 +39,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -45,6 +47,7 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ left in bench/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (the shared helpers and the gc section)
 
@@ -180,6 +183,15 @@ def repeat(runs, prepare, cmd, env=None):
     return statistics.median(out)
 
 
+def rm(path):
+    """`rm -rf` (much less CPU than shutil.rmtree on 26,000 files); read-only trees (artifacts in a
+    cache root) are made writable first only when that fails."""
+    if not os.path.lexists(path):
+        return
+    if subprocess.run(["rm", "-rf", path], stderr=subprocess.DEVNULL).returncode != 0:
+        bench.rm(path)
+
+
 def nothing(_):
     bench.settle()
 
@@ -265,7 +277,7 @@ def start_moto(moto_server, aws, work):
 
 def start_s3s(work):
     data = os.path.join(work, "s3s-data")
-    bench.rm(data)
+    rm(data)
     os.makedirs(data)
     proc = subprocess.Popen([S3_SERVER, data, "--bucket", BUCKET], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
@@ -292,22 +304,23 @@ def bench_tree_remote(ctx, tag, label, src, runs, servers, aws):
     bench.warm(src)
 
     def clean(_):
-        bench.rm(dst)
-        bench.rm(root)
+        rm(dst)
+        rm(root)
         bench.settle()
 
     # Floors on this machine and tree, each phase alone (no server involved).
     subprocess.run(f"tar -C '{src}' -cf '{tar}' . && zstd -3 -T0 -q -f '{tar}' -o '{zst}'", shell=True, check=True)
     bench.warm(tar)
     bench.warm(zst)
+    floor_runs = min(runs, 3)
     floors = {
-        "tar -c | zstd -3 -T0 > /dev/null": repeat(runs, nothing, lambda i: f"tar -C '{src}' -cf - . | zstd -3 -T0 -q > /dev/null"),
-        "zstd -d > /dev/null": repeat(runs, nothing, lambda i: f"zstd -dc -q '{zst}' > /dev/null"),
+        "tar -c | zstd -3 -T0 > /dev/null": repeat(floor_runs, nothing, lambda i: f"tar -C '{src}' -cf - . | zstd -3 -T0 -q > /dev/null"),
+        "zstd -d > /dev/null": repeat(floor_runs, nothing, lambda i: f"zstd -dc -q '{zst}' > /dev/null"),
         "tar -x + sync -f (uncompressed tar)": repeat(
-            runs, clean, lambda i: f"mkdir -p '{dst}' && tar -C '{dst}' -xf '{tar}' && sync -f '{dst}'"
+            floor_runs, clean, lambda i: f"mkdir -p '{dst}' && tar -C '{dst}' -xf '{tar}' && sync -f '{dst}'"
         ),
     }
-    bench.rm(tar)
+    rm(tar)
     clean(0)
 
     results = []
@@ -366,8 +379,8 @@ def bench_tree_remote(ctx, tag, label, src, runs, servers, aws):
         if got != files:
             raise SystemExit(f"the last restore on {server.name} left {got} files in {dst}, expected {files}")
         clean(0)
-        download = repeat(runs, nothing, lambda i: f"{aws_q} {url}/pipe/0.tar.zst - > /dev/null", env=env)
-        upload = repeat(runs, nothing, lambda i: f"{aws_q} '{zst}' {url}/floor/{i}.tar.zst", env=env)
+        download = repeat(floor_runs, nothing, lambda i: f"{aws_q} {url}/pipe/0.tar.zst - > /dev/null", env=env)
+        upload = repeat(floor_runs, nothing, lambda i: f"{aws_q} '{zst}' {url}/floor/{i}.tar.zst", env=env)
         subprocess.run([aws, "s3", "rm", "--quiet", "--recursive", f"{url}/"], env=env, check=True)
         results.append(
             dict(
@@ -383,13 +396,13 @@ def bench_tree_remote(ctx, tag, label, src, runs, servers, aws):
                 pipe_object=pipe_object,
             )
         )
-    bench.rm(zst)
-    bench.rm(root)
+    rm(zst)
+    rm(root)
     return results
 
 
-def print_remote(results, runs_by_tag):
-    print("\n### Snapshot and restore through loopback S3 (issue 12)\n")
+def print_remote(results, runs):
+    print(f"\n### Snapshot and restore through loopback S3: {results[0]['label']}\n")
     print(
         "Ratios are warmcache ÷ the pipeline, the ratio of the medians over the runs, with the spread "
         "(min–max of the per-run ratios). Both commands run in every run, the order alternating. "
@@ -402,7 +415,6 @@ def print_remote(results, runs_by_tag):
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        runs = runs_by_tag[r["tag"]]
         for op, alt, pair, goal in (
             ("snapshot", "`tar -c \\| zstd -3 -T0 \\| aws s3 cp -`", r["snap"], 0.67),
             ("restore (durable)", "`aws s3 cp - \\| zstd -dc \\| tar -x` + `sync -f`", r["rest"], 0.67),
@@ -459,7 +471,7 @@ def print_remote(results, runs_by_tag):
     )
 
 
-def bench_remote(ctx, aws, moto_server, node):
+def bench_remote(ctx, aws, moto_server, node, only_trees, only_servers):
     quick = ctx.quick
     if quick:
         trees = [("lodash", "`node_modules/lodash`", os.path.join(node, "node_modules", "lodash"), ctx.runs)]
@@ -468,24 +480,29 @@ def bench_remote(ctx, aws, moto_server, node):
             ("node", "`node_modules`", os.path.join(node, "node_modules"), ctx.runs),
             ("pylib", "Python's `lib/`", bench.python_lib(), min(ctx.runs, 3)),
         ]
+        trees = [t for t in trees if t[0] in only_trees]
     base = ctx.dir("speed-servers")
     servers = []
     try:
-        servers.append(start_moto(moto_server, aws, base))
-        servers.append(start_s3s(base))
-        results = []
+        if "moto" in only_servers:
+            servers.append(start_moto(moto_server, aws, base))
+        if "s3s" in only_servers:
+            servers.append(start_s3s(base))
         for tag, label, src, runs in trees:
             started = time.perf_counter()
-            results += bench_tree_remote(ctx, tag, label, src, runs, servers, aws)
-            print(f"({label}: {time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+            results = bench_tree_remote(ctx, tag, label, src, runs, servers, aws)
+            # Printed tree by tree, so that a run cut short still leaves its finished tables.
+            print_remote(results, runs)
+            f, size = bench.tree_stats(src)
+            print(
+                f"\n{label} is `{src}`: {f:,} files, {size / 2**20:.0f} MiB. "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     finally:
         for server in servers:
             server.stop()
-        bench.rm(os.path.join(base, "s3s-data"))
-    print_remote(results, {tag: runs for tag, _, _, runs in trees})
-    for tag, label, src, _ in trees:
-        f, size = bench.tree_stats(src)
-        print(f"- {label} (`{src}`): {f:,} files, {size / 2**20:.0f} MiB.")
+        rm(os.path.join(base, "s3s-data"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +519,7 @@ def bench_import(ctx, node):
     stamp = zip_path + ".from"
     digest = open(os.path.join(node, ".installed")).read()
     if not (os.path.exists(zip_path) and os.path.exists(stamp) and open(stamp).read() == digest):
-        bench.rm(zip_path)
+        rm(zip_path)
         subprocess.run(["zip", "-qry", zip_path, "."], cwd=src, check=True)
         with open(stamp, "w") as f:
             f.write(digest)
@@ -511,8 +528,8 @@ def bench_import(ctx, node):
     bench.warm(zip_path)
 
     def clean(_):
-        bench.rm(dst)
-        bench.rm(root)
+        rm(dst)
+        rm(root)
         bench.settle()
 
     def check(i, data):
@@ -564,7 +581,7 @@ def bench_hit(ctx, node):
     lib_reps = 200 if ctx.quick else 2000
     base = ctx.dir("speed-hit")
     root = os.path.join(base, "root")
-    bench.rm(root)
+    rm(root)
     # A project whose inputs are the node tree's lodash: the config beside node_modules.
     project = node
     with open(os.path.join(project, "warmcache.toml"), "w") as f:
@@ -615,7 +632,7 @@ def bench_hit(ctx, node):
     )
     if isinstance(last.get("phases"), dict):
         print(f"\nThe CLI hit's own phases (`--json` `phases`, one call): {phases_text([last])}.")
-    bench.rm(root)
+    rm(root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,8 +649,8 @@ def bench_swr(ctx):
     base = ctx.dir("speed-swr")
     project = os.path.join(base, "project")
     root = os.path.join(base, "root")
-    bench.rm(project)
-    bench.rm(root)
+    rm(project)
+    rm(root)
     os.makedirs(os.path.join(project, "src"))
     build = f'sleep {SWR_BUILD_SECONDS}; cat src/input.txt > "$WARMCACHE_OUT"'
     with open(os.path.join(project, "warmcache.toml"), "w") as f:
@@ -674,7 +691,7 @@ def bench_swr(ctx):
         f"| `--stale-while-revalidate` | {bench.ms(statistics.median(swr))} | **{ratio:.3f}** "
         f"| {', '.join(sorted(set(str(x) for x in statuses)))} |"
     )
-    bench.rm(root)
+    rm(root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,17 +706,29 @@ def main():
     parser.add_argument("--runs", type=int, default=None, help="runs of each whole command (default 5; 2 with --quick)")
     parser.add_argument("--work", default=os.path.join(REPO, "target", "bench-work"))
     parser.add_argument("--quick", action="store_true", help="small data: checks the harness, not the speed")
+    parser.add_argument(
+        "--no-build", action="store_true", help="use the release binaries already built (cargo waits on other builds' locks)"
+    )
+    parser.add_argument("--trees", default="node,pylib", help="remote: which trees (node, pylib; default both)")
+    parser.add_argument("--servers", default="moto,s3s", help="remote: which S3 servers (moto, s3s; default both)")
     args = parser.parse_args()
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
         parser.error(f"unknown part(s) {unknown}; choose from {PARTS}")
     if not os.path.exists(bench.GNU_TIME):
         raise SystemExit(f"GNU time is needed at {bench.GNU_TIME} for peak memory (Debian: apt-get install time)")
+    # Ended with SIGTERM: unwind, so that the S3 servers started here are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = args.runs or (2 if args.quick else 5)
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
     t0 = time.perf_counter()
-    build()
+    if args.no_build:
+        missing = [p for p in (BIN, BENCH_ENSURE, bench.BENCH_GC, S3_SERVER) if not os.path.exists(p)]
+        if missing:
+            raise SystemExit(f"--no-build: not built yet: {missing}; run once without --no-build")
+    else:
+        build()
     aws, moto_server = tools(work)
     node = node_tree(work)
     setup = time.perf_counter() - t0
@@ -715,7 +744,7 @@ def main():
     for part in args.parts or PARTS:
         t0 = time.perf_counter()
         if part == "remote":
-            bench_remote(ctx, aws, moto_server, node)
+            bench_remote(ctx, aws, moto_server, node, args.trees.split(","), args.servers.split(","))
         elif part == "import":
             bench_import(ctx, node)
         elif part == "hit":
