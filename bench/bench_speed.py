@@ -4,11 +4,12 @@
     python3 bench/bench_speed.py [PART ...] [--runs N] [--quick] [--work DIR] [--no-build]
                                  [--trees node,pylib] [--servers moto,s3s]
 
-Parts (default: all, in this order):
+Parts (default: remote, hit, swr, gc; `import` only when named):
 
 - `remote`: snapshot and restore of a real `node_modules` (installed from `bench/package.json` and
-  `bench/package-lock.json` with `npm ci --ignore-scripts`) and of Python's `lib/`, through two
-  loopback S3 servers: moto (PyPI, not ours) and `examples/s3_server.rs` (s3s-fs), against
+  `bench/package-lock.json` with `npm ci --ignore-scripts`), and with `--trees node,pylib` also of
+  Python's `lib/`, through two loopback S3 servers: moto (PyPI, not ours) and
+  `examples/s3_server.rs` (s3s-fs), against
   `tar -c | zstd -3 -T0 | aws s3 cp -` and `aws s3 cp - | zstd -dc | tar -x` + `sync -f`; the same
   runs give warmcache's own phase breakdown (the `phases` object of `--json`, when the build has
   it) and the floors, each phase alone with standard tools.
@@ -21,9 +22,9 @@ Parts (default: all, in this order):
   `--stale-while-revalidate` (skipped when the binary does not know the flag).
 - `gc`: the gc section of `bench/bench.py` (100,000 artifacts).
 
-Whole commands are timed `--runs` times (default 5; Python's lib/, the floors and the import rows
-use at most 3): warmcache and the alternative in the same run, one after the other, the order alternating run
-by run, the file system flushed (`sync`) before each. Shown: the medians, the ratio of the medians
+Whole commands are timed `--runs` times (default 3; Python's lib/, the floors and the import rows
+use at most 3): warmcache and the alternative in the same run, one after the other, the order
+alternating run by run, the file system flushed (`sync`) before each. Shown: the medians, the ratio of the medians
 (warmcache ÷ alternative: below 1 is faster) and its spread (min–max of the per-run ratios).
 Peak RSS comes from GNU time (`/usr/bin/time`; for a pipeline, its largest process).
 
@@ -698,18 +699,20 @@ def bench_swr(ctx):
 
 
 PARTS = ["remote", "import", "hit", "swr", "gc"]
+# The issue's rows; `import` (the issue's "keep" rows) only when named.
+DEFAULT_PARTS = ["remote", "hit", "swr", "gc"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="*", help="one or more of: " + ", ".join(PARTS))
-    parser.add_argument("--runs", type=int, default=None, help="runs of each whole command (default 5; 2 with --quick)")
+    parser.add_argument("--runs", type=int, default=None, help="runs of each whole command (default 3; 2 with --quick)")
     parser.add_argument("--work", default=os.path.join(REPO, "target", "bench-work"))
     parser.add_argument("--quick", action="store_true", help="small data: checks the harness, not the speed")
     parser.add_argument(
         "--no-build", action="store_true", help="use the release binaries already built (cargo waits on other builds' locks)"
     )
-    parser.add_argument("--trees", default="node,pylib", help="remote: which trees (node, pylib; default both)")
+    parser.add_argument("--trees", default="node", help="remote: which trees, of node and pylib (default node)")
     parser.add_argument("--servers", default="moto,s3s", help="remote: which S3 servers (moto, s3s; default both)")
     args = parser.parse_args()
     unknown = [p for p in args.parts if p not in PARTS]
@@ -719,7 +722,7 @@ def main():
         raise SystemExit(f"GNU time is needed at {bench.GNU_TIME} for peak memory (Debian: apt-get install time)")
     # Ended with SIGTERM: unwind, so that the S3 servers started here are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    runs = args.runs or (2 if args.quick else 5)
+    runs = args.runs or (2 if args.quick else 3)
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
     t0 = time.perf_counter()
@@ -741,7 +744,7 @@ def main():
         f"commit {commit}; work dir on {bench.fs_type(work)}; {'--quick' if args.quick else 'full size'}; --runs {runs}",
         flush=True,
     )
-    for part in args.parts or PARTS:
+    for part in args.parts or DEFAULT_PARTS:
         t0 = time.perf_counter()
         if part == "remote":
             bench_remote(ctx, aws, moto_server, node, args.trees.split(","), args.servers.split(","))
