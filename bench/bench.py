@@ -30,7 +30,9 @@ import sysconfig
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(REPO, "target", "release")
+# Where cargo puts the release build: $CARGO_TARGET_DIR when set, else the repository's target/.
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+RELEASE = os.path.join(os.path.abspath(TARGET), "release")
 BIN = os.path.join(RELEASE, "warmcache")
 BENCH_ENSURE = os.path.join(RELEASE, "examples", "bench_ensure")
 BENCH_GC = os.path.join(RELEASE, "examples", "bench_gc")
@@ -79,7 +81,7 @@ def timed(cmd, env=None, shell=False, cwd=None):
     if os.path.exists(GNU_TIME):
         import tempfile
 
-        fd, rss_file = tempfile.mkstemp(prefix="rss-", dir=os.path.join(REPO, "target"))
+        fd, rss_file = tempfile.mkstemp(prefix="warmcache-bench-rss-")
         os.close(fd)
         argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file] + argv
     start = time.perf_counter()

@@ -97,7 +97,8 @@ def _start_server(data):
     subprocess.run(
         ["cargo", "build", "--release", "--locked", "-q", "--example", "s3_server"], cwd=REPO, check=True
     )
-    server_bin = os.path.join(REPO, "target", "release", "examples", "s3_server")
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+    server_bin = os.path.join(os.path.abspath(target), "release", "examples", "s3_server")
     proc = subprocess.Popen(
         [server_bin, data, "--bucket", BUCKET], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -239,7 +240,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", default=os.path.join(REPO, "target", "bench-work"))
-    parser.add_argument("--bin", default=os.path.join(REPO, "target", "release", "warmcache"))
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+    parser.add_argument("--bin", default=os.path.join(os.path.abspath(target), "release", "warmcache"))
     args = parser.parse_args()
     if not os.path.exists(args.bin):
         subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--bin", "warmcache"], cwd=REPO, check=True)
