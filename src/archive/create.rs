@@ -109,7 +109,7 @@ pub fn archive_tree<W: Write>(
     encoder.include_checksum(true).map_err(err(dir))?;
     // Compression is the CPU-bound part of a snapshot: use zstd's worker threads (as `zstd -T0`
     // does), with jobs small enough to keep its memory bounded (see ZSTD_JOB).
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) as u32;
+    let workers = crate::parallel::threads() as u32;
     if workers > 1 {
         encoder.multithread(workers).map_err(err(dir))?;
         encoder

@@ -31,6 +31,7 @@ pub use create::{
 pub use detect::{describe_content, detect, format_from_name, is_empty_tar};
 pub use error::{ArchiveError, LimitExceeded, UnsafeEntry};
 pub use limits::{Limits, Progress, RESERVE_MAX, RESERVE_PERCENT, default_reserve};
+pub(crate) use tar::fill;
 
 /// An archive format, as recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

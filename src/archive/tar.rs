@@ -58,9 +58,7 @@ pub(crate) fn extract_from(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<ExtractReport, ArchiveError> {
     let budget = Budget::new(limits, archive_bytes, dest, progress);
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 4);
+    let threads = crate::parallel::threads().clamp(2, 4);
     let mut extraction = Extraction {
         archive,
         format,
@@ -520,7 +518,7 @@ fn trim_nul(bytes: &[u8]) -> &[u8] {
 }
 
 /// Reads until `buf` is full or the stream ends; returns how much was read.
-pub(super) fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match r.read(&mut buf[done..]) {

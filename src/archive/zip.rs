@@ -158,9 +158,7 @@ pub(crate) fn extract(
         .map_err(|(entry, p)| ctx.unsafe_entry(&entry, p))?;
 
     // Pass 2: decompress and write the files on several threads.
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 8);
+    let threads = crate::parallel::threads().clamp(2, 8);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let first_error: Mutex<Option<ArchiveError>> = Mutex::new(None);

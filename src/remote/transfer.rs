@@ -190,13 +190,7 @@ impl Remote {
             .buffered(settings.parallelism.max(1));
 
         let (written, blake3) = write_in_order(pieces, &mut file, target).await?;
-        if written != size {
-            return Err(RemoteError::Truncated {
-                target: target.to_owned(),
-                expected: size,
-                received: written,
-            });
-        }
+        check_received(target, size, written)?;
         Ok(GetReport {
             bytes: written,
             blake3,
@@ -331,13 +325,7 @@ impl Remote {
                 source,
             })?;
         }
-        if written != size {
-            return Err(RemoteError::Truncated {
-                target: target.to_owned(),
-                expected: size,
-                received: written,
-            });
-        }
+        check_received(target, size, written)?;
         Ok(GetReport {
             bytes: written,
             blake3: hasher.finalize().to_hex().to_string(),
@@ -524,4 +512,17 @@ async fn collect(
         });
     }
     Ok(buf.freeze())
+}
+
+/// An error unless the whole object (`expected` bytes) arrived: a stream that ended early is
+/// truncated, never a shorter object.
+fn check_received(target: &str, expected: u64, received: u64) -> Result<(), RemoteError> {
+    if received != expected {
+        return Err(RemoteError::Truncated {
+            target: target.to_owned(),
+            expected,
+            received,
+        });
+    }
+    Ok(())
 }

@@ -17,6 +17,12 @@ pub(crate) struct Gated {
 }
 
 impl Gated {
+    /// The pid of the builder that started last (each run appends its pid to `runs`).
+    fn last_builder(&self) -> u64 {
+        let runs = std::fs::read_to_string(self.path("runs")).unwrap();
+        runs.lines().last().unwrap().trim().parse().unwrap()
+    }
+
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("cache");
@@ -274,14 +280,7 @@ fn killing_the_background_warmcache_ends_its_builder_and_records_nothing() {
     let stale = json_ok(&run(&mut g.ensure(&["--stale-while-revalidate", "--json"])));
     let pid = background_pid(&stale);
     wait_until("the background builder to start", || g.runs() == 2);
-    let builder: u64 = std::fs::read_to_string(g.path("runs"))
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let builder = g.last_builder();
     assert!(alive(builder));
     // SAFETY: a signal to the background warmcache this test started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -299,14 +298,7 @@ fn killing_the_background_warmcache_ends_its_builder_and_records_nothing() {
     let stale = json_ok(&run(&mut g.ensure(&["--stale-while-revalidate", "--json"])));
     let pid = background_pid(&stale);
     wait_until("the second background builder to start", || g.runs() == 3);
-    let builder: u64 = std::fs::read_to_string(g.path("runs"))
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let builder = g.last_builder();
     // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     wait_until("the builder to end with the killed warmcache", || !alive(builder));

@@ -516,7 +516,7 @@ impl Checked<'_> {
         };
         // The manifest says what the archive is; the magic bytes must agree.
         let mut magic = [0u8; 4];
-        let n = fill(&mut reader, &mut magic).map_err(stream_err)?;
+        let n = archive::fill(&mut reader, &mut magic).map_err(stream_err)?;
         if magic[..n] != ZSTD_MAGIC {
             return Err(SnapshotError::BadObject {
                 target: (*target).to_owned(),
@@ -602,20 +602,6 @@ impl<R: Read> Read for Timed<R> {
         self.busy += started.elapsed();
         n
     }
-}
-
-/// Reads until `buf` is full or the stream ends; returns how much was read.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match r.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// What tar adds to a tree's bytes (headers, padding, the end marker), which extraction counts
