@@ -8,12 +8,18 @@
 //!
 //! How it stays safe for readers and writers:
 //! 1. The decision is made under the ordinary shared root lock, so other processes keep working.
-//! 2. Removal happens in small batches, each under the exclusive root lock: re-check that each
-//!    candidate is still unprotected and unused, delete its catalog row, then rename its
-//!    directory into `trash/`. Writers hold the shared lock from publish to catalog write, so no
-//!    batch can interleave with "found identical content already published, record it". A batch
-//!    is a few hundred renames: other processes wait milliseconds, not the length of a GC.
-//! 3. The trash is deleted with no lock at all: nothing in it is reachable. Processes that still
+//! 2. Rows go first, holding no root lock: one durable SQLite transaction per thousand
+//!    candidates deletes the rows of those still unprotected (no entry, no live lease, no gc
+//!    root, all read inside the transaction, so no writer can change them in between) and not
+//!    used since the decision. Readers never wait for SQLite's write lock, so this commit's
+//!    fsync, the slow part under the collection's own I/O, delays no hit.
+//! 3. Directories go next, in short holds of the exclusive root lock (at most 64 re-checks and
+//!    about a millisecond of renames each, 10 ms apart): re-check that each one still has no
+//!    row (a writer that found the content already published records it again; writers hold
+//!    the shared lock from publish to catalog write, so none is half-way during a hold), no
+//!    entry, lease or root, then rename it into `trash/`. A hit waits at most one hold. One
+//!    that is protected again stays, without a row: an orphan the next collection looks at.
+//! 4. The trash is deleted with no lock at all: nothing in it is reachable. Processes that still
 //!    have a file open keep reading it (the kernel keeps unlinked data until it is closed).
 //!
 //! A killed GC leaves at worst an orphaned object (no catalog row) or entries in `trash/`; the
@@ -24,17 +30,25 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::{Cache, CacheError};
-use crate::catalog::CatalogError;
+use crate::catalog::{CatalogError, RootRow};
 use crate::fs::{remove_tree, unique_name};
 use crate::ids::{ArtifactId, EntryName};
 use crate::lock::{self, Mode, OpGuard};
+use crate::store::Store;
 
-/// How many artifacts one exclusive-lock batch moves to the trash: small enough that the
-/// operations waiting behind a batch wait milliseconds.
+/// How many artifacts' rows one transaction deletes. It holds only SQLite's write lock, which no
+/// hit waits for, so it can be large: fewer commits, fewer fsyncs.
+const FORGET_BATCH: usize = 1024;
+
+/// How many artifacts one hold of the exclusive root lock re-checks at most.
 const BATCH: usize = 64;
 
-/// The pause between two exclusive batches: longer than an operation's longest lock poll
-/// ([`lock::MAX_POLL`]), so every waiting operation gets in between two batches.
+/// How long one hold of the exclusive root lock goes on renaming: an operation that arrives
+/// meanwhile waits about this long (one rename slowed by other I/O may overrun it).
+const EXCLUSIVE_BUDGET: Duration = Duration::from_millis(1);
+
+/// The pause between two exclusive holds: longer than an operation's longest lock poll
+/// ([`lock::MAX_POLL`]), so every waiting operation gets in between two holds.
 const YIELD_BETWEEN_BATCHES: Duration = Duration::from_millis(10);
 
 /// Errors of garbage collection.
@@ -150,7 +164,7 @@ pub struct GcReport {
     pub decide_ms: u64,
     /// Time spent moving to trash and deleting, in milliseconds.
     pub delete_ms: u64,
-    /// The longest time the exclusive root lock was held, in milliseconds.
+    /// The longest time the exclusive root lock was held, in milliseconds (rounded down).
     pub max_exclusive_ms: u64,
 }
 
@@ -295,8 +309,10 @@ impl Cache {
         Ok((usage, modified))
     }
 
-    /// Moves the chosen artifacts to the trash in batches under the exclusive root lock,
-    /// re-checking each one; returns those actually moved.
+    /// Removes the chosen artifacts in two steps (module docs, and docs/DESIGN.md, "Locks"):
+    /// their rows go first, in a few durable transactions that take no root lock; then their
+    /// directories move to the trash in short holds of the exclusive root lock. Returns those
+    /// actually moved.
     fn move_to_trash(
         &self,
         chosen: Vec<Removed>,
@@ -304,54 +320,86 @@ impl Cache {
         report: &mut GcReport,
     ) -> Result<Vec<Removed>, GcError> {
         let mut moved = Vec::with_capacity(chosen.len());
-        for (i, batch) in chosen.chunks(BATCH).enumerate() {
-            if i > 0 {
-                std::thread::sleep(YIELD_BETWEEN_BATCHES);
+        let mut first = true;
+        for batch in chosen.chunks(FORGET_BATCH) {
+            let forgotten = self.forget_batch(batch, decided_at)?;
+            let mut pending: Vec<&Removed> =
+                batch.iter().filter(|r| forgotten.contains(&r.artifact)).collect();
+            while !pending.is_empty() {
+                if !first {
+                    // Every operation waiting for the root lock gets in before the next hold.
+                    std::thread::sleep(YIELD_BETWEEN_BATCHES);
+                }
+                first = false;
+                let exclusive = OpGuard::take(
+                    &self.layout().root_lock(),
+                    Mode::Exclusive,
+                    self.options().lock_timeout,
+                )?;
+                let held = Instant::now();
+                let done = self.trash_some(&exclusive, &pending, &mut moved)?;
+                report.max_exclusive_ms = report.max_exclusive_ms.max(held.elapsed().as_millis() as u64);
+                drop(exclusive);
+                pending.drain(..done);
             }
-            let exclusive = OpGuard::take(
-                &self.layout().root_lock(),
-                Mode::Exclusive,
-                self.options().lock_timeout,
-            )?;
-            let held = Instant::now();
-            moved.extend(self.trash_batch(&exclusive, batch, decided_at)?);
-            report.max_exclusive_ms = report.max_exclusive_ms.max(held.elapsed().as_millis() as u64);
         }
         Ok(moved)
     }
 
-    /// One batch under the exclusive lock: re-check protection and use, delete the rows, then
-    /// rename the directories into the trash. Rows first: a crash in between leaves an orphan
-    /// (collected next time), never a row that names a missing artifact.
-    fn trash_batch(
+    /// Deletes the rows of the batch's artifacts that are still unprotected and unused, in one
+    /// durable transaction, holding no root lock: hits and leases never wait for this commit's
+    /// fsync. A writer that meanwhile finds one of them already published records its row
+    /// again, which [`Cache::trash_some`] sees. A crash after the commit leaves objects without
+    /// rows, collected as orphans next time.
+    fn forget_batch(&self, batch: &[Removed], decided_at: i64) -> Result<HashSet<ArtifactId>, GcError> {
+        let ids: Vec<ArtifactId> = batch.iter().map(|r| r.artifact.clone()).collect();
+        let store = self.store();
+        let now = self.now_ms();
+        let forgotten = self
+            .catalog()
+            .remove_unused_artifacts(&ids, decided_at, now, |roots| live_roots(store, roots).0)?;
+        Ok(forgotten.into_iter().collect())
+    }
+
+    /// Under the exclusive root lock, so that no operation is between reading a catalog row or
+    /// finding content published and recording or returning it: re-checks the first artifacts
+    /// of `pending` (no row again, no entry, no live lease, no gc root) and moves them to the
+    /// trash until [`EXCLUSIVE_BUDGET`] is spent. Returns how many of `pending` it handled;
+    /// those moved go to `moved`, the others stay where they are (without a row: an orphan
+    /// that a later collection looks at again).
+    fn trash_some(
         &self,
         _exclusive: &OpGuard,
-        batch: &[Removed],
-        decided_at: i64,
-    ) -> Result<Vec<Removed>, GcError> {
-        let mut protected = self.catalog().protected_artifacts(self.now_ms())?;
-        let rooted = self.rooted_artifacts(&protected, false)?;
-        protected.extend(rooted);
-        let unprotected: Vec<ArtifactId> = batch
-            .iter()
-            .map(|r| r.artifact.clone())
-            .filter(|id| !protected.contains(id))
-            .collect();
-        let removed = self.catalog().remove_unused_artifacts(&unprotected, decided_at)?;
-        let mut moved = Vec::with_capacity(removed.len());
-        for removed in batch.iter().filter(|r| removed.contains(&r.artifact)) {
+        pending: &[&Removed],
+        moved: &mut Vec<Removed>,
+    ) -> Result<usize, GcError> {
+        let started = Instant::now();
+        let look = &pending[..pending.len().min(BATCH)];
+        let ids: Vec<ArtifactId> = look.iter().map(|r| r.artifact.clone()).collect();
+        let mut keep = self.catalog().protected_artifacts(self.now_ms())?;
+        keep.extend(self.rooted_artifacts(&keep, false)?);
+        keep.extend(self.catalog().recorded_among(&ids)?);
+        let mut done = 0;
+        for removed in look {
+            done += 1;
+            if keep.contains(&removed.artifact) {
+                continue;
+            }
             let from = self.layout().object_dir(&removed.artifact);
             let to = self
                 .layout()
                 .trash_dir()
                 .join(unique_name(&format!("{}.", removed.artifact)));
             match std::fs::rename(&from, &to) {
-                Ok(()) => moved.push(removed.clone()),
+                Ok(()) => moved.push((*removed).clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(crate::fs::annotate2(e, "move to trash", &from, &to).into()),
             }
+            if started.elapsed() >= EXCLUSIVE_BUDGET {
+                break;
+            }
         }
-        Ok(moved)
+        Ok(done)
     }
 
     /// The artifacts that gc roots protect: those a symlink made by `activate --link symlink`
@@ -364,20 +412,11 @@ impl Cache {
         prune: bool,
     ) -> Result<HashSet<ArtifactId>, GcError> {
         let roots = self.catalog().roots()?;
-        let mut rooted = HashSet::new();
-        let mut dead = Vec::new();
-        for root in roots {
-            let content = self.store().content_path(&root.artifact);
-            let alive = match (std::fs::canonicalize(&root.path), std::fs::canonicalize(&content)) {
-                (Ok(points_at), Ok(content)) => points_at == content,
-                _ => false,
-            };
-            if alive {
-                rooted.insert(root.artifact);
-            } else if !protected.contains(&root.artifact) {
-                dead.push(root);
-            }
-        }
+        let (rooted, dead) = live_roots(self.store(), roots);
+        let dead: Vec<RootRow> = dead
+            .into_iter()
+            .filter(|r| !protected.contains(&r.artifact))
+            .collect();
         if prune && !dead.is_empty() {
             tracing::info!(
                 "forgetting {} gc root(s) that no longer point into the cache",
@@ -414,6 +453,26 @@ impl Cache {
             .catalog()
             .claim_gc_if_due(max_size, interval_ms, self.now_ms())?)
     }
+}
+
+/// Splits gc roots into the artifacts they protect (their path still resolves to the artifact's
+/// content) and the roots that no longer do.
+fn live_roots(store: &Store, roots: Vec<RootRow>) -> (HashSet<ArtifactId>, Vec<RootRow>) {
+    let mut rooted = HashSet::new();
+    let mut dead = Vec::new();
+    for root in roots {
+        let content = store.content_path(&root.artifact);
+        let alive = match (std::fs::canonicalize(&root.path), std::fs::canonicalize(&content)) {
+            (Ok(points_at), Ok(content)) => points_at == content,
+            _ => false,
+        };
+        if alive {
+            rooted.insert(root.artifact);
+        } else {
+            dead.push(root);
+        }
+    }
+    (rooted, dead)
 }
 
 /// Picks what to remove: orphans always, then anything older than `max_age`, then least

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Catalog, CatalogError, RootRow};
 use crate::ids::ArtifactId;
@@ -15,34 +15,30 @@ impl Catalog {
     /// The artifacts that must not be collected: every entry's artifact and every lease live at
     /// `now`.
     pub fn protected_artifacts(&self, now: i64) -> Result<HashSet<ArtifactId>, CatalogError> {
-        let err = self.err("list protected artifacts");
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT artifact FROM entries WHERE artifact IS NOT NULL
-                 UNION SELECT artifact FROM leases WHERE expires_at > ?1",
-            )
-            .map_err(&err)?;
-        let rows = stmt.query_map([now], |r| r.get::<_, String>(0)).map_err(&err)?;
-        let mut out = HashSet::new();
-        for row in rows {
-            // An id that does not decode names nothing in the store; nothing to protect.
-            out.extend(ArtifactId::new(&row.map_err(&err)?).ok());
-        }
-        Ok(out)
+        protected_in(&self.conn, now).map_err(self.err("list protected artifacts"))
     }
 
-    /// Deletes the rows of the artifacts in `ids` that were not used since `decided_at`, in one
-    /// transaction; returns those deleted (the caller then moves their directories away). An
+    /// Deletes, in one transaction, the rows of the artifacts in `ids` that are unprotected and
+    /// were not used since `decided_at`; returns those deleted (the caller then moves their
+    /// directories away). Protection is read inside the same transaction, so no writer can change
+    /// it in between: an entry's artifact, a lease live at `now`, and whatever `rooted` says the
+    /// gc roots protect (it gets the roots read in the transaction, and checks them on disk). An
     /// artifact used since the decision is left for a later collection.
+    ///
+    /// This runs without the cache's root lock: it takes only SQLite's write lock, which readers
+    /// never wait for, so the durable commit (an fsync) delays no cache hit.
     pub fn remove_unused_artifacts(
         &mut self,
         ids: &[ArtifactId],
         decided_at: i64,
+        now: i64,
+        rooted: impl FnOnce(Vec<RootRow>) -> HashSet<ArtifactId>,
     ) -> Result<Vec<ArtifactId>, CatalogError> {
         self.write("remove artifacts", |tx| {
+            let mut protected = protected_in(tx, now)?;
+            protected.extend(rooted(roots_in(tx)?));
             let mut removed = Vec::new();
-            for id in ids {
+            for id in ids.iter().filter(|id| !protected.contains(id)) {
                 let accessed: Option<i64> = tx
                     .query_row(
                         "SELECT accessed_at FROM artifacts WHERE id = ?1",
@@ -59,6 +55,23 @@ impl Catalog {
             }
             Ok(removed)
         })
+    }
+
+    /// Which of `ids` have a row: a writer that found the content already published records it
+    /// again, after a collection removed its row and before it moved the directory away.
+    pub fn recorded_among(&self, ids: &[ArtifactId]) -> Result<HashSet<ArtifactId>, CatalogError> {
+        let err = self.err("look up artifacts");
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM artifacts WHERE id = ?1")
+            .map_err(&err)?;
+        let mut out = HashSet::new();
+        for id in ids {
+            if stmt.exists([id.as_str()]).map_err(&err)? {
+                out.insert(id.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Records a lease on `artifact` until `expires_at`; returns its id.
@@ -114,26 +127,7 @@ impl Catalog {
 
     /// All gc roots (rows that do not decode are skipped: they protect nothing).
     pub fn roots(&self) -> Result<Vec<RootRow>, CatalogError> {
-        let err = self.err("list gc roots");
-        let mut stmt = self
-            .conn
-            .prepare("SELECT path, artifact FROM roots")
-            .map_err(&err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0), r.get::<_, String>(1))))
-            .map_err(&err)?;
-        let mut out = Vec::new();
-        for row in rows {
-            if let (Ok(path), Ok(artifact)) = row.map_err(&err)?
-                && let Ok(artifact) = ArtifactId::new(&artifact)
-            {
-                out.push(RootRow {
-                    path: path_from_bytes(path),
-                    artifact,
-                });
-            }
-        }
-        Ok(out)
+        roots_in(&self.conn).map_err(self.err("list gc roots"))
     }
 
     /// Forgets gc roots whose path no longer points at their artifact.
@@ -193,6 +187,39 @@ impl Catalog {
             Ok(true)
         })
     }
+}
+
+/// Every entry's artifact and every lease live at `now` (ids that do not decode name nothing in
+/// the store, so they protect nothing). Takes a connection or a transaction (which derefs to one).
+fn protected_in(conn: &Connection, now: i64) -> rusqlite::Result<HashSet<ArtifactId>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT artifact FROM entries WHERE artifact IS NOT NULL
+         UNION SELECT artifact FROM leases WHERE expires_at > ?1",
+    )?;
+    let rows = stmt.query_map([now], |r| r.get::<_, String>(0))?;
+    let mut out = HashSet::new();
+    for row in rows {
+        out.extend(ArtifactId::new(&row?).ok());
+    }
+    Ok(out)
+}
+
+/// All gc roots (rows that do not decode are skipped: they protect nothing).
+fn roots_in(conn: &Connection) -> rusqlite::Result<Vec<RootRow>> {
+    let mut stmt = conn.prepare_cached("SELECT path, artifact FROM roots")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0), r.get::<_, String>(1))))?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let (Ok(path), Ok(artifact)) = row?
+            && let Ok(artifact) = ArtifactId::new(&artifact)
+        {
+            out.push(RootRow {
+                path: path_from_bytes(path),
+                artifact,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// A path as stored in `roots.path`: its bytes, so any file name round-trips.

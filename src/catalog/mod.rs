@@ -361,9 +361,16 @@ mod tests {
         assert!(!c.protected_artifacts(100).unwrap().contains(&id('a')));
         c.release_lease(lease).unwrap();
         assert!(c.protected_artifacts(0).unwrap().is_empty());
-        let removed = c.remove_unused_artifacts(&[id('a'), id('b')], 1).unwrap();
+        let none = |_| std::collections::HashSet::new();
+        let removed = c
+            .remove_unused_artifacts(&[id('a'), id('b')], 1, 0, none)
+            .unwrap();
         assert!(removed.is_empty(), "both were used at the decision time");
-        let removed = c.remove_unused_artifacts(&[id('a')], 2).unwrap();
-        assert_eq!(removed, [id('a')]);
+        c.add_lease(&id('b'), "test", 100).unwrap();
+        let removed = c
+            .remove_unused_artifacts(&[id('a'), id('b')], 2, 50, none)
+            .unwrap();
+        assert_eq!(removed, [id('a')], "the live lease keeps b's row");
+        assert_eq!(c.recorded_among(&[id('a'), id('b')]).unwrap().len(), 1);
     }
 }

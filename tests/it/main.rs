@@ -34,6 +34,7 @@ mod import_archive_concurrent_install;
 mod import_archive_hostile_cli;
 mod import_bad_input;
 mod import_concurrent_processes;
+mod import_during_gc_never_leaves_a_row_without_its_artifact;
 mod import_hooks_and_modes_on_staging;
 mod import_named_archive_must_be_one;
 mod json_is_kept_on_usage_errors;
