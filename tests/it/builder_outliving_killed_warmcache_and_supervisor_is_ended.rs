@@ -11,12 +11,8 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::support::*;
-
-/// Generous bound for things that do happen, on a loaded machine.
-const LIMIT: Duration = Duration::from_secs(60);
 
 /// Records the builder's `sh` pid and its background child's, then waits for the child.
 const OLD_BUILDER: &str = "echo $$ >> \"$PIDS\"; sleep 300 & echo $! >> \"$PIDS\"; wait; \
@@ -45,14 +41,6 @@ fn running(pid: i32) -> bool {
 fn signal(pid: i32, sig: i32) {
     // SAFETY: plain kill(2) on a process this test started (or its descendant).
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < LIMIT, "{what} did not happen within {LIMIT:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn recorded(pids: &PathBuf) -> Vec<i32> {

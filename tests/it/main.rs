@@ -37,6 +37,7 @@ mod import_concurrent_processes;
 mod import_during_gc_never_leaves_a_row_without_its_artifact;
 mod import_hooks_and_modes_on_staging;
 mod import_named_archive_must_be_one;
+mod inputs_changed_during_a_build_are_never_recorded;
 mod json_is_kept_on_usage_errors;
 mod messages_say_what_is_wrong;
 mod path_lease_never_hands_out_a_collected_path;

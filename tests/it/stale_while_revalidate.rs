@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -77,15 +76,6 @@ impl Gated {
         assert_eq!(built["status"], "built", "{built}");
         self.close_gate();
         built
-    }
-}
-
-/// Waits (bounded, generously) until `done` holds.
-pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::stale_while_revalidate::{alive, background_pid, staging_left, wait_until};
+use crate::stale_while_revalidate::{alive, background_pid, staging_left};
 use crate::support::*;
 
 /// A project whose `[entry.e]` builds `in.txt`, failing with `fail` when it holds "bad".

@@ -382,6 +382,16 @@ impl Call<'_> {
             drop(staged);
             return self.failed(&state, failure, &outcome.tail);
         }
+        // The output belongs to the fingerprint taken before the build only if the inputs did
+        // not change while the builder read them; otherwise it may mix old and new inputs and
+        // must not be recorded under either (docs/DESIGN.md, "Inputs that change during a
+        // build"). A warm fingerprint costs one stat per input.
+        if self.cache.fingerprint(self.recipe)?.digest != self.fp {
+            drop(staged);
+            return Err(EnsureError::InputsChanged {
+                name: self.recipe.name.clone(),
+            });
+        }
         let op = self.cache.operation()?;
         let published = match self.cache.store().publish_staged(&op, staged, &Progress::none()) {
             Ok(published) => published,
@@ -574,10 +584,19 @@ impl Cache {
     /// stale with [`Ensured::revalidation`] set, and nothing is built: on
     /// [`Revalidation::Due`], run [`Cache::revalidate`] in the background.
     pub fn ensure(&self, recipe: &Recipe, options: &EnsureOptions) -> Result<Ensured, EnsureError> {
-        let call = self.call(recipe, options, false)?;
-        let result = call.run();
-        call.report_warnings_of(&result);
-        result
+        let mut attempt = 0;
+        loop {
+            let call = self.call(recipe, options, false)?;
+            let result = call.run();
+            // Inputs edited while the builder ran: build once more from what they are now; a
+            // second change in a row is reported (the inputs are being written right now).
+            if matches!(result, Err(EnsureError::InputsChanged { .. })) && attempt == 0 {
+                attempt += 1;
+                continue;
+            }
+            call.report_warnings_of(&result);
+            return result;
+        }
     }
 
     /// The build behind a stale-while-revalidate result ([`Revalidation::Due`]), meant to run

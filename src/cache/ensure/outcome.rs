@@ -200,6 +200,17 @@ pub enum EnsureError {
         /// The signal warmcache received.
         signal: i32,
     },
+    /// The inputs changed while the builder ran (twice in a row for `ensure`, which builds once
+    /// more): its output may mix old and new inputs, so it was discarded and nothing recorded.
+    #[error(
+        "`{name}` was not built: its inputs changed while the build ran, so the output may mix old \
+         and new inputs and was discarded; nothing was recorded. Run it again once the inputs are \
+         written"
+    )]
+    InputsChanged {
+        /// The entry.
+        name: EntryName,
+    },
     /// A recorded failure of the current inputs forbids building now.
     #[error(
         "`{name}` is not built: its last build from these inputs failed ({} failure, {} attempt(s)): {}{}",

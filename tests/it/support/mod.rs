@@ -258,3 +258,13 @@ pub fn in_namespace(script: &str, args: &[&Path]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// Waits (bounded, generously: two minutes) until `done` holds, for a process or file the test
+/// started to get somewhere; never a timing assertion.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
