@@ -506,6 +506,9 @@ fn read_file(
     let mut left = size - first.len() as u64;
     hasher.update(&first);
     let whole = left == 0;
+    if whole {
+        unchanged_since(&file, &meta, path)?;
+    }
     send(Msg::File {
         rel: rel.to_owned(),
         exec: crate::fs::is_executable(&meta),
@@ -523,7 +526,33 @@ fn read_file(
         hasher.update(&piece);
         send(Msg::More(piece))?;
     }
+    unchanged_since(&file, &meta, path)?;
     send(Msg::End(hasher.finalize()))
+}
+
+/// Fails if the open file's size, modification or change time moved since `before` was taken,
+/// before its bytes were read: a write landed while it was being read, so what was read may be
+/// half old and half new, a state the file never had as a whole (GNU tar's "file changed as we
+/// read it"). Limit: a write within the same tick of the file system's clock as the one before
+/// it leaves the times unchanged (docs/DESIGN.md, "Known limits").
+fn unchanged_since(file: &File, before: &Metadata, path: &Path) -> Result<(), ArchiveError> {
+    use std::os::unix::fs::MetadataExt;
+    let after = file.metadata().map_err(|source| ArchiveError::Create {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stamp = |m: &Metadata| (m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+    if stamp(&after) != stamp(before) {
+        return Err(ArchiveError::Create {
+            path: path.to_path_buf(),
+            source: io::Error::other(format!(
+                "`{}` changed while it was being read (written to meanwhile); snapshot again once \
+                 nothing writes to the tree",
+                path.display()
+            )),
+        });
+    }
+    Ok(())
 }
 
 /// The archiving thread's side: turns the messages into tar entries, and manifest entries for
@@ -684,5 +713,28 @@ impl<W: Write> Write for Counting<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_while_a_file_is_read_is_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, b"before").unwrap();
+        let file = File::open(&path).unwrap();
+        let before = file.metadata().unwrap();
+        assert!(unchanged_since(&file, &before, &path).is_ok());
+        // What a writer does meanwhile: new bytes, at a later tick of the file system's clock.
+        std::fs::write(&path, b"after!").unwrap();
+        let writer = File::options().write(true).open(&path).unwrap();
+        writer
+            .set_modified(before.modified().unwrap() + Duration::from_secs(1))
+            .unwrap();
+        let err = unchanged_since(&file, &before, &path).unwrap_err().to_string();
+        assert!(err.contains("changed while it was being read"), "{err}");
     }
 }

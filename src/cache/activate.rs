@@ -102,23 +102,31 @@ impl Cache {
     /// existing ancestor of DEST, as given or resolved, may be the root, a directory of its
     /// layout, an object shard, an artifact's directory or its content directory.
     fn refuse_inside_root(&self, dest: &Path) -> Result<(), CacheError> {
-        let refuse = || {
-            Err(ActivateError::InsideCache {
+        if self.holds_path(dest) {
+            return Err(ActivateError::InsideCache {
                 dest: dest.to_path_buf(),
                 root: self.root().to_path_buf(),
             }
-            .into())
-        };
-        let root = crate::fs::resolve_existing_prefix(self.root());
-        let resolved = crate::fs::resolve_existing_prefix(dest);
-        if resolved.starts_with(&root) {
-            return refuse();
-        }
-        #[cfg(unix)]
-        if self.reached_by_identity(dest, &resolved) {
-            return refuse();
+            .into());
         }
         Ok(())
+    }
+
+    /// Whether `path` (which need not exist) is inside this cache's root, by path or reached
+    /// another way (see `refuse_inside_root`): a place no command may write a tree into, since
+    /// the store's artifacts never change. `activate` refuses such a destination, and so does
+    /// `warmcache restore`.
+    pub fn holds_path(&self, path: &Path) -> bool {
+        let root = crate::fs::resolve_existing_prefix(self.root());
+        let resolved = crate::fs::resolve_existing_prefix(path);
+        if resolved.starts_with(&root) {
+            return true;
+        }
+        #[cfg(unix)]
+        if self.reached_by_identity(path, &resolved) {
+            return true;
+        }
+        false
     }
 
     /// Whether an existing ancestor of `dest` (as given, made absolute, and as resolved) is a

@@ -173,6 +173,11 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// Whether a cache exists at `root` (its catalog does), without creating anything.
+    pub fn exists_at(root: &Path) -> bool {
+        Layout::new(root).catalog().is_file()
+    }
+
     /// Opens (creating if needed) the cache at `root` with default options.
     pub fn open(root: &Path) -> Result<Self, CacheError> {
         Self::open_with(root, CacheOptions::default())

@@ -48,6 +48,7 @@ mod remote_push_pull;
 mod remote_transport;
 mod restore_advisory;
 mod restore_never_swaps_in_unverified_bytes;
+mod restore_refuses_a_directory_inside_the_cache;
 mod restore_reports_where_its_time_went;
 mod signals_end_builders_and_hooks;
 mod snapshot_advisory;
