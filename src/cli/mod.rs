@@ -299,7 +299,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A time limit: a duration greater than zero (omit the flag for no limit).
-fn parse_time_limit(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_time_limit(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err("a time limit must be greater than zero; omit it for no limit".into()),
         d => Ok(d),

@@ -31,6 +31,8 @@ impl Output {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            // Colours only for a terminal: a background build's stderr is a log file.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
             .without_time()
             .try_init();

@@ -38,9 +38,12 @@ pub(super) struct Started {
 /// Starts the detached background build of `name` (see the module documentation).
 pub(super) fn start(cache: &Cache, name: &EntryName) -> Result<Started> {
     let log_path = cache.revalidation_log(name);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    // The builder's output may hold secrets: readable by the cache's owner only.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let log = options
         .open(&log_path)
         .with_context(|| format!("cannot open the background build's log `{}`", log_path.display()))?;
     if log.metadata().map(|m| m.len() > LOG_LIMIT).unwrap_or(false) {

@@ -49,7 +49,7 @@ pub struct RestoreArgs {
     #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
     /// Give up after this long, leaving DIR untouched (default: `[remote] timeout`, else 5m).
-    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = super::parse_time_limit)]
     pub timeout: Option<Duration>,
     /// Exit 1 when DIR could not be restored (remote errors, timeout, no snapshot yet) instead
     /// of warning and exiting 0.
@@ -192,7 +192,7 @@ pub fn run_restore(cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
             ));
             out.result(
                 &json!({ "status": "degraded", "dir": args.dir, "url": url.to_string(), "error": e.to_string() }),
-                || format!("not restored (remote unavailable): {dir}"),
+                || format!("not restored (left untouched): {dir}"),
             );
             return Ok(());
         }
