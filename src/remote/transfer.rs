@@ -131,6 +131,21 @@ impl Remote {
         result
     }
 
+    /// The size and version of the object to download, from one HEAD.
+    async fn head_for_download(&self, path: &StorePath, target: &str) -> Result<(u64, ObjectVersion)> {
+        let meta = self
+            .inner
+            .store
+            .head(path)
+            .await
+            .map_err(|e| RemoteError::from_store(e, target, "download"))?;
+        let version = ObjectVersion {
+            e_tag: meta.e_tag.clone(),
+            version: meta.version.clone(),
+        };
+        Ok((meta.size, version))
+    }
+
     async fn download(
         &self,
         path: &StorePath,
@@ -140,15 +155,7 @@ impl Remote {
     ) -> Result<GetReport> {
         let settings = &self.inner.settings;
         let store = &self.inner.store;
-        let meta = store
-            .head(path)
-            .await
-            .map_err(|e| RemoteError::from_store(e, target, "download"))?;
-        let size = meta.size;
-        let version = ObjectVersion {
-            e_tag: meta.e_tag.clone(),
-            version: meta.version.clone(),
-        };
+        let (size, version) = self.head_for_download(path, target).await?;
         progress.start(Some(size));
         let io_err = |source| RemoteError::Io {
             target: target.to_owned(),
@@ -169,7 +176,7 @@ impl Remote {
         let transfer = &transfer;
         // Every part must come from the version we sized: a concurrent replacement fails the
         // download (412) instead of mixing two objects.
-        let e_tag = meta.e_tag.clone();
+        let e_tag = version.e_tag.clone();
         let pieces = stream::iter(ranges)
             .map(|range| {
                 let options = GetOptions {
@@ -250,11 +257,7 @@ impl Remote {
     ) -> Result<GetReport> {
         let settings = &self.inner.settings;
         let store = &self.inner.store;
-        let meta = store
-            .head(path)
-            .await
-            .map_err(|e| RemoteError::from_store(e, target, "download"))?;
-        let size = meta.size;
+        let (size, version) = self.head_for_download(path, target).await?;
         if size != expected_size {
             return Err(RemoteError::SizeMismatch {
                 target: target.to_owned(),
@@ -262,10 +265,6 @@ impl Remote {
                 actual: size,
             });
         }
-        let version = ObjectVersion {
-            e_tag: meta.e_tag.clone(),
-            version: meta.version.clone(),
-        };
         progress.start(Some(size));
         let ranges = part_ranges(size, settings.part_size.max(1) as u64);
         let parts = ranges.len();
@@ -275,13 +274,14 @@ impl Remote {
             received: AtomicU64::new(0),
             total: size,
         });
+        let e_tag = version.e_tag.clone();
         let pieces = stream::iter(ranges)
             .map(|range| {
                 // Every part must come from the version we sized: a concurrent replacement fails
                 // the download (412) instead of mixing two objects.
                 let options = GetOptions {
                     range: Some(GetRange::Bounded(range.clone())),
-                    if_match: meta.e_tag.clone(),
+                    if_match: e_tag.clone(),
                     ..Default::default()
                 };
                 let (store, path, shared, progress) =
