@@ -108,8 +108,18 @@ impl Remote {
         let path = self.path(key)?;
         let target = self.describe(key);
         let started = Instant::now();
-        let result = self.run("download", &target, self.deadline(), async {
-            self.download(&path, &target, dest, progress).await
+        let io_err = |source| RemoteError::Io {
+            target: target.clone(),
+            op: "download",
+            source,
+        };
+        let result = fs_err::File::create(dest).map_err(io_err).and_then(|mut file| {
+            let mut sink = |piece: Bytes| file.write_all(&piece);
+            let report = self.run("download", &target, self.deadline(), async {
+                self.stream_parts(&path, &target, None, &mut sink, progress).await
+            })?;
+            file.flush().map_err(io_err)?;
+            Ok(report)
         });
         let result = result.and_then(|mut report| {
             if let Some(expected) = expected_blake3
@@ -146,67 +156,6 @@ impl Remote {
         Ok((meta.size, version))
     }
 
-    async fn download(
-        &self,
-        path: &StorePath,
-        target: &str,
-        dest: &Path,
-        progress: &dyn Progress,
-    ) -> Result<GetReport> {
-        let settings = &self.inner.settings;
-        let store = &self.inner.store;
-        let (size, version) = self.head_for_download(path, target).await?;
-        progress.start(Some(size));
-        let io_err = |source| RemoteError::Io {
-            target: target.to_owned(),
-            op: "download",
-            source,
-        };
-        let mut file = fs_err::File::create(dest).map_err(io_err)?;
-
-        let ranges = part_ranges(size, settings.part_size.max(1) as u64);
-        let parts = ranges.len();
-        let received = AtomicU64::new(0);
-        let transfer = Transfer {
-            target,
-            stall: settings.stall_timeout,
-            received: &received,
-            total: size,
-        };
-        let transfer = &transfer;
-        // Every part must come from the version we sized: a concurrent replacement fails the
-        // download (412) instead of mixing two objects.
-        let e_tag = version.e_tag.clone();
-        let pieces = stream::iter(ranges)
-            .map(|range| {
-                let options = GetOptions {
-                    range: Some(GetRange::Bounded(range.clone())),
-                    if_match: e_tag.clone(),
-                    ..Default::default()
-                };
-                async move {
-                    let result = store
-                        .get_opts(path, options)
-                        .await
-                        .map_err(|e| RemoteError::from_store(e, target, "download"))?;
-                    collect(result.into_stream(), range.end - range.start, transfer, progress).await
-                }
-            })
-            // `buffered` keeps parts in order, so they can be written and hashed sequentially,
-            // and never runs more than `parallelism` at once.
-            .buffered(settings.parallelism.max(1));
-
-        let (written, blake3) = write_in_order(pieces, &mut file, target).await?;
-        check_received(target, size, written)?;
-        Ok(GetReport {
-            bytes: written,
-            blake3,
-            parts,
-            version,
-            elapsed: Duration::ZERO,
-        })
-    }
-
     /// Streams `key` in order into `sink`, with up to [`super::RemoteSettings::parallelism`]
     /// ranged requests of [`super::RemoteSettings::part_size`] in flight, hashing the bytes as
     /// they pass, so a consumer (a decompressor) works while later parts are still arriving.
@@ -227,13 +176,13 @@ impl Remote {
         expected_size: u64,
         expected_blake3: &str,
         sink: &mut (dyn FnMut(Bytes) -> std::io::Result<()> + Send),
-        progress: std::sync::Arc<dyn Progress>,
+        progress: &dyn Progress,
     ) -> Result<GetReport> {
         let path = self.path(key)?;
         let target = self.describe(key);
         let started = Instant::now();
         let mut report = self.run("download", &target, self.deadline(), async {
-            self.stream_parts(&path, &target, expected_size, sink, progress)
+            self.stream_parts(&path, &target, Some(expected_size), sink, progress)
                 .await
         })?;
         if !expected_blake3.eq_ignore_ascii_case(&report.blake3) {
@@ -247,21 +196,26 @@ impl Remote {
         Ok(report)
     }
 
+    /// The one ranged, parallel download behind [`Self::get_streamed`] and
+    /// [`Self::get_to_file`]: the parts in order into `sink`, hashed as they pass; with
+    /// `expected_size`, the object's size is checked before anything is fetched.
     async fn stream_parts(
         &self,
         path: &StorePath,
         target: &str,
-        expected_size: u64,
+        expected_size: Option<u64>,
         sink: &mut (dyn FnMut(Bytes) -> std::io::Result<()> + Send),
-        progress: std::sync::Arc<dyn Progress>,
+        progress: &dyn Progress,
     ) -> Result<GetReport> {
         let settings = &self.inner.settings;
         let store = &self.inner.store;
         let (size, version) = self.head_for_download(path, target).await?;
-        if size != expected_size {
+        if let Some(expected) = expected_size
+            && size != expected
+        {
             return Err(RemoteError::SizeMismatch {
                 target: target.to_owned(),
-                expected: expected_size,
+                expected,
                 actual: size,
             });
         }
@@ -284,8 +238,7 @@ impl Remote {
                     if_match: e_tag.clone(),
                     ..Default::default()
                 };
-                let (store, path, shared, progress) =
-                    (store.clone(), path.clone(), shared.clone(), progress.clone());
+                let (store, path, shared) = (store.clone(), path.clone(), shared.clone());
                 AbortOnDrop(tokio::spawn(async move {
                     let transfer = Transfer {
                         target: &shared.target,
@@ -297,11 +250,13 @@ impl Remote {
                         .get_opts(&path, options)
                         .await
                         .map_err(|e| RemoteError::from_store(e, &shared.target, "download"))?;
+                    // Progress is reported as parts are handed over, below: the tasks own
+                    // nothing of the caller's.
                     collect(
                         result.into_stream(),
                         range.end - range.start,
                         &transfer,
-                        &*progress,
+                        &NoProgress,
                     )
                     .await
                 }))
@@ -319,6 +274,7 @@ impl Remote {
             })??;
             hasher.update(&piece);
             written += piece.len() as u64;
+            progress.advance(piece.len() as u64);
             sink(piece).map_err(|source| RemoteError::Io {
                 target: target.to_owned(),
                 op: "download",
@@ -403,31 +359,6 @@ fn part_ranges(size: u64, part_size: u64) -> Vec<Range<u64>> {
     (0..size.div_ceil(part_size))
         .map(|i| i * part_size..((i + 1) * part_size).min(size))
         .collect()
-}
-
-/// Writes the parts to `file` in order while hashing them; returns the bytes written and their
-/// BLAKE3 (lowercase hex).
-async fn write_in_order(
-    pieces: impl futures::Stream<Item = Result<Bytes>>,
-    file: &mut fs_err::File,
-    target: &str,
-) -> Result<(u64, String)> {
-    let io_err = |source| RemoteError::Io {
-        target: target.to_owned(),
-        op: "download",
-        source,
-    };
-    let mut pieces = std::pin::pin!(pieces);
-    let mut hasher = blake3::Hasher::new();
-    let mut written = 0u64;
-    while let Some(piece) = pieces.next().await {
-        let piece = piece?;
-        file.write_all(&piece).map_err(io_err)?;
-        hasher.update(&piece);
-        written += piece.len() as u64;
-    }
-    file.flush().map_err(io_err)?;
-    Ok((written, hasher.finalize().to_hex().to_string()))
 }
 
 /// A [`Transfer`] that a spawned part task can own.

@@ -317,17 +317,17 @@ fn download(
     writer: PipeWriter,
     progress: Arc<dyn SnapshotProgress>,
 ) -> Result<u64, (RemoteError, bool)> {
-    let counted = Arc::new(Counted {
+    let counted = Counted {
         inner: progress,
         done: AtomicU64::new(0),
-    });
+    };
     let mut sink = |piece| writer.push(piece);
     let got = remote.get_streamed(
         key,
         manifest.archive_bytes,
         &manifest.archive_blake3,
         &mut sink,
-        counted,
+        &counted,
     );
     match got {
         Ok(got) => {
