@@ -242,8 +242,6 @@ impl StatCache {
 /// before it: the whole walk costs one pass over the cache, with no hashing.
 struct Cursor {
     next: usize,
-    /// How many lookups found their path.
-    found: usize,
 }
 
 impl Cursor {
@@ -254,7 +252,6 @@ impl Cursor {
         }
         if self.next < cache.entries.len() && cache.key(self.next) == key {
             self.next += 1;
-            self.found += 1;
             return Some((self.next - 1, cache.entries[self.next - 1].stat));
         }
         None
@@ -443,7 +440,7 @@ pub fn fingerprint(recipe: &Recipe, cache: &mut StatCache) -> Result<Fingerprint
         specs,
         hits: Vec::new(),
         cache: &*cache,
-        cursor: Cursor { next: 0, found: 0 },
+        cursor: Cursor { next: 0 },
         now_ns,
         hashed: 0,
         dirs_walked: 0,

@@ -4,12 +4,11 @@
 //! Problems with DIR itself are errors whatever the mode.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support;
 use crate::support::s3_server::TestS3;
-use crate::support::snapshots::{current_manifest, restore, snapshot, staging_leftovers};
+use crate::support::snapshots::{assert_restore_leaves_dir_untouched, current_manifest, restore, snapshot};
 use crate::support::{json_ok, stderr};
 
 const KEY: &str = "sandbox/site/node_modules";
@@ -51,37 +50,7 @@ fn assert_untouched_both_ways(
     extra: &[&str],
     expect_in_stderr: &str,
 ) -> Vec<Duration> {
-    let before = dir.exists().then(|| support::describe_tree(dir));
-    let mut elapsed = Vec::new();
-    for strict in [false, true] {
-        let mut args = extra.to_vec();
-        if strict {
-            args.push("--strict");
-        }
-        let started = Instant::now();
-        let out: Output = restore(&s.server, &s.cache, dir, KEY, &args);
-        elapsed.push(started.elapsed());
-        let err = stderr(&out);
-        if strict {
-            assert_eq!(out.status.code(), Some(1), "--strict must fail: {err}");
-            assert!(err.contains("error:"), "{err}");
-        } else {
-            let report = json_ok(&out);
-            assert_eq!(report["status"], "degraded", "{report}");
-            assert!(err.contains("warning:"), "{err}");
-        }
-        assert!(
-            err.to_lowercase().contains(expect_in_stderr),
-            "expected `{expect_in_stderr}` in: {err}"
-        );
-        assert_eq!(
-            dir.exists().then(|| support::describe_tree(dir)),
-            before,
-            "DIR changed"
-        );
-        assert!(staging_leftovers(dir.parent().unwrap()).is_empty());
-    }
-    elapsed
+    assert_restore_leaves_dir_untouched(&s.server, &s.cache, dir, KEY, extra, &|| {}, expect_in_stderr)
 }
 
 #[test]

@@ -7,9 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::support;
+use crate::support::json_ok;
 use crate::support::s3_server::TestS3;
-use crate::support::snapshots::{current_manifest, restore, snapshot, staging_leftovers};
-use crate::support::{json_ok, stderr};
+use crate::support::snapshots::{
+    assert_restore_leaves_dir_untouched, current_manifest, restore, snapshot, staging_leftovers,
+};
 
 const KEY: &str = "ci/large/node_modules";
 
@@ -62,33 +64,7 @@ fn setup() -> Setup {
 /// Restores `dir` in advisory and in strict mode, with `arm` run before each; checks both
 /// fail, say `expect_in_stderr`, and leave DIR and its directory as they were.
 fn assert_untouched(s: &Setup, dir: &Path, arm: &dyn Fn(), expect_in_stderr: &str) {
-    let before = dir.exists().then(|| support::describe_tree(dir));
-    for strict in [false, true] {
-        arm();
-        let args: &[&str] = if strict { &["--strict"] } else { &[] };
-        let out = restore(&s.server, &s.cache, dir, KEY, args);
-        let err = stderr(&out);
-        if strict {
-            assert_eq!(out.status.code(), Some(1), "--strict must fail: {err}");
-        } else {
-            let report = json_ok(&out);
-            assert_eq!(report["status"], "degraded", "{report}");
-        }
-        assert!(
-            err.to_lowercase().contains(expect_in_stderr),
-            "expected `{expect_in_stderr}` in: {err}"
-        );
-        assert_eq!(
-            dir.exists().then(|| support::describe_tree(dir)),
-            before,
-            "DIR changed"
-        );
-        assert_eq!(
-            staging_leftovers(dir.parent().unwrap()),
-            Vec::<String>::new(),
-            "the stage must be removed"
-        );
-    }
+    assert_restore_leaves_dir_untouched(&s.server, &s.cache, dir, KEY, &[], arm, expect_in_stderr);
 }
 
 /// A healthy server again: the restore goes through and DIR is the snapshot's tree.

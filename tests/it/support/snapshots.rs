@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use super::s3_server::TestS3;
-use super::{list, run, warmcache_s3};
+use super::{describe_tree, json_ok, list, run, stderr, warmcache_s3};
 
 /// Runs `warmcache snapshot DIR --remote URL --json [extra]`.
 pub fn snapshot(server: &TestS3, root: &Path, dir: &Path, key: &str, extra: &[&str]) -> Output {
@@ -82,4 +83,52 @@ pub fn staging_leftovers(dir: &Path) -> Vec<String> {
         .into_iter()
         .filter(|name| name.contains("warmcache-stag") || name.contains("warmcache-prev"))
         .collect()
+}
+
+/// Restores `dir` from `key` in advisory and then in strict mode (with `extra` arguments, and
+/// `arm` run before each, to set a fault up again), and checks that both fail as they should:
+/// advisory warns and reports `degraded` with exit 0, strict errs with exit 1, both say
+/// `expect_in_stderr`, and DIR (existing or absent) and its directory are left exactly as they
+/// were, with no stage beside it. Returns how long each restore took.
+pub fn assert_restore_leaves_dir_untouched(
+    server: &TestS3,
+    root: &Path,
+    dir: &Path,
+    key: &str,
+    extra: &[&str],
+    arm: &dyn Fn(),
+    expect_in_stderr: &str,
+) -> Vec<Duration> {
+    let before = dir.exists().then(|| describe_tree(dir));
+    let mut elapsed = Vec::new();
+    for strict in [false, true] {
+        arm();
+        let mut args = extra.to_vec();
+        if strict {
+            args.push("--strict");
+        }
+        let started = Instant::now();
+        let out = restore(server, root, dir, key, &args);
+        elapsed.push(started.elapsed());
+        let err = stderr(&out);
+        if strict {
+            assert_eq!(out.status.code(), Some(1), "--strict must fail: {err}");
+            assert!(err.contains("error:"), "{err}");
+        } else {
+            let report = json_ok(&out);
+            assert_eq!(report["status"], "degraded", "{report}");
+            assert!(err.contains("warning:"), "{err}");
+        }
+        assert!(
+            err.to_lowercase().contains(expect_in_stderr),
+            "expected `{expect_in_stderr}` in: {err}"
+        );
+        assert_eq!(dir.exists().then(|| describe_tree(dir)), before, "DIR changed");
+        assert_eq!(
+            staging_leftovers(dir.parent().unwrap()),
+            Vec::<String>::new(),
+            "the stage must be removed"
+        );
+    }
+    elapsed
 }
