@@ -1152,6 +1152,15 @@ mod tests {
             "truncated"
         );
         assert!(StatCache::from_bytes(b"garbage").is_empty());
+        // Paths out of order would make the cursor miss entries: such a cache is discarded.
+        // The keys "a" and "b" are one byte each, after the header (magic, version, count) and
+        // each entry's length; an entry is 90 bytes with a one-byte key.
+        let first_key = STAT_CACHE_MAGIC.len() + 4 + 8 + 8;
+        let second_key = first_key + 90;
+        assert_eq!((bytes[first_key], bytes[second_key]), (b'a', b'b'));
+        let mut swapped = bytes.clone();
+        swapped.swap(first_key, second_key);
+        assert!(StatCache::from_bytes(&swapped).is_empty(), "out of order");
     }
 
     /// A write in the same clock tick as the cache entry can leave every stat field unchanged; such

@@ -48,3 +48,43 @@ fn an_output_built_from_edited_inputs_is_not_served_for_the_old_ones() {
         back["status"]
     );
 }
+
+/// A builder that edits its own inputs changes them during every build: the output is discarded
+/// twice (the first build and the one more `ensure` allows), the call fails saying why, and
+/// nothing is recorded or left in staging.
+#[test]
+fn inputs_that_keep_changing_are_reported_and_nothing_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let project = tmp.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("in.txt"), "v").unwrap();
+    let out = run(warmcache(&root).current_dir(&project).args([
+        "ensure",
+        "e",
+        "--input",
+        "in.txt",
+        "--build",
+        r#"echo more >> in.txt; echo x >> builds; cat in.txt > "$WARMCACHE_OUT""#,
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("inputs changed while the build ran"),
+        "{}",
+        stderr(&out)
+    );
+    let builds = std::fs::read_to_string(project.join("builds")).unwrap();
+    assert_eq!(builds.lines().count(), 2, "one build, then one more: {builds}");
+    let status = json_ok(&run(warmcache(&root).args(["status", "--json"])));
+    for entry in status["entries"].as_array().unwrap() {
+        assert!(
+            entry["artifact"].is_null(),
+            "an output of changing inputs was recorded: {entry}"
+        );
+        assert!(
+            entry["failure"].is_null(),
+            "changing inputs are no failure: {entry}"
+        );
+    }
+    assert_eq!(list(&root.join("v1/staging")), Vec::<String>::new());
+}
