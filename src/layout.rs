@@ -89,6 +89,60 @@ impl Layout {
         ]
     }
 
+    /// Whether `path` (which need not exist) is inside this root: by path (after resolving
+    /// symlinks of its deepest existing ancestor), and, on Unix, by identity, so the same
+    /// directories reached another way (a bind mount, a container volume, `/proc/PID/root`) are
+    /// caught too. A place no command may write a tree into, since the store's artifacts never
+    /// change: `activate` refuses such a destination, and `restore` such a directory.
+    pub fn holds(&self, path: &Path) -> bool {
+        let root = crate::fs::resolve_existing_prefix(self.root());
+        let resolved = crate::fs::resolve_existing_prefix(path);
+        if resolved.starts_with(&root) {
+            return true;
+        }
+        #[cfg(unix)]
+        if self.reached_by_identity(path, &resolved) {
+            return true;
+        }
+        false
+    }
+
+    /// Whether an existing ancestor of `dest` (as given, made absolute, and as resolved) is a
+    /// directory of the store, compared by device and inode. Only when some ancestor is on the
+    /// root's device does this list the store's directories (a stat per artifact): an
+    /// activation onto another file system pays one stat per ancestor.
+    #[cfg(unix)]
+    fn reached_by_identity(&self, dest: &Path, resolved: &Path) -> bool {
+        use std::collections::HashSet;
+        use std::os::unix::fs::MetadataExt;
+        let identity = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        let given = std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf());
+        let ancestors: HashSet<(u64, u64)> = given
+            .ancestors()
+            .chain(resolved.ancestors())
+            .filter_map(identity)
+            .collect();
+        let Some((root_dev, _)) = identity(self.root()) else {
+            return false;
+        };
+        if !ancestors.iter().any(|(dev, _)| *dev == root_dev) {
+            return false;
+        }
+        let mut inside: HashSet<(u64, u64)> = self.fixed_dirs().iter().filter_map(|d| identity(d)).collect();
+        for shard in std::fs::read_dir(self.objects_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            inside.extend(identity(&shard.path()));
+            for artifact in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                inside.extend(identity(&artifact.path()));
+                inside.extend(identity(&artifact.path().join("content")));
+            }
+        }
+        ancestors.iter().any(|id| inside.contains(id))
+    }
+
     /// The cache root as given.
     pub fn root(&self) -> &Path {
         &self.root

@@ -173,9 +173,13 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Whether a cache exists at `root` (its catalog does), without creating anything.
-    pub fn exists_at(root: &Path) -> bool {
-        Layout::new(root).catalog().is_file()
+    /// Whether `path` (which need not exist) is inside the cache root `root`, reached by any
+    /// path (see `Layout::holds`), without opening or creating anything: a command that replaces
+    /// a directory wholesale (`restore`) refuses one inside the cache, whose artifacts never
+    /// change.
+    pub fn root_holds(root: &Path, path: &Path) -> bool {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        Layout::new(&root).holds(path)
     }
 
     /// Opens (creating if needed) the cache at `root` with default options.

@@ -150,15 +150,10 @@ pub fn run_snapshot(_cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()>
 
 /// Refuses to restore into the cache root (the root itself, its store, an artifact): restore
 /// replaces DIR wholesale, and the cache's artifacts never change. Checked before anything else,
-/// so nothing is contacted or changed. A root that holds no cache yet is not opened (restore
-/// needs none).
+/// so nothing is contacted or changed; the cache is not opened (restore needs none).
 fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<()> {
     let root = super::context::root(cli)?;
-    if !warmcache::cache::Cache::exists_at(&root) {
-        return Ok(());
-    }
-    let cache = super::context::open(cli)?;
-    if cache.holds_path(dir) {
+    if warmcache::cache::Cache::root_holds(&root, dir) {
         anyhow::bail!(
             "cannot restore into `{}`: it is inside the cache root `{}`, whose artifacts never \
              change; choose a directory outside the cache",
