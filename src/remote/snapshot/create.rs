@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::format::{
-    POINTER_VERSION, Pointer, SNAPSHOT_MANIFEST_VERSION, SNAPSHOTS, SnapshotManifest, Unreadable,
+    POINTER_VERSION, Pointer, ARCHIVE_MANIFEST_VERSION, SNAPSHOTS, ArchiveManifest, Unreadable,
     describe_pointer, host_name, manifest_key, parse_pointer, pointer_key, unique_token,
 };
 use super::{
@@ -240,7 +240,7 @@ fn may_be_known(
         let Some(bytes) = remote.get_bytes(&object.key)? else {
             continue;
         };
-        if let Ok(m) = serde_json::from_slice::<SnapshotManifest>(&bytes)
+        if let Ok(m) = serde_json::from_slice::<ArchiveManifest>(&bytes)
             && (m.files, m.bytes, m.dirs, m.symlinks)
                 == (totals.files, totals.bytes, totals.dirs, totals.symlinks)
         {
@@ -252,12 +252,12 @@ fn may_be_known(
 
 /// The manifest of this tree's snapshot when the remote already has it (A→B→A, or another
 /// machine) with its archive.
-fn existing_manifest(url: &RemoteUrl, remote: &Remote, digest: &str) -> Result<Option<SnapshotManifest>> {
+fn existing_manifest(url: &RemoteUrl, remote: &Remote, digest: &str) -> Result<Option<ArchiveManifest>> {
     let Some((bytes, _)) = remote.get_versioned(&manifest_key(url, digest))? else {
         return Ok(None);
     };
-    if let Ok(m) = serde_json::from_slice::<SnapshotManifest>(&bytes)
-        && m.version == SNAPSHOT_MANIFEST_VERSION
+    if let Ok(m) = serde_json::from_slice::<ArchiveManifest>(&bytes)
+        && m.version == ARCHIVE_MANIFEST_VERSION
         && m.digest == digest
         && remote
             .head(&url.join(&m.archive))?
@@ -302,7 +302,7 @@ fn read_pointer(remote: &Remote, url: &RemoteUrl) -> Result<(Option<Pointer>, Op
 fn move_pointer(
     url: &RemoteUrl,
     remote: &Remote,
-    manifest: &SnapshotManifest,
+    manifest: &ArchiveManifest,
     before_version: Option<&ObjectVersion>,
     options: &SnapshotOptions,
     report: &mut SnapshotReport,
@@ -358,7 +358,7 @@ fn upload(
     progress: &dyn SnapshotProgress,
     report: &mut SnapshotReport,
     phases: &mut SnapshotPhases,
-) -> Result<SnapshotManifest> {
+) -> Result<ArchiveManifest> {
     // Eight hex digits tell apart uploads of the same tree; keys stay short, which matters to
     // stores that derive file names from them (s3s-fs base64-encodes whole keys into one name).
     // S3 fixes an object's key when its upload starts: a tree hashed first gets its digest in
@@ -450,8 +450,8 @@ fn upload(
     phases.compress_ms = archive_ms
         .saturating_sub(archived.read_wait + sink_busy)
         .as_millis() as u64;
-    let manifest = SnapshotManifest {
-        version: SNAPSHOT_MANIFEST_VERSION,
+    let manifest = ArchiveManifest {
+        version: ARCHIVE_MANIFEST_VERSION,
         digest: digest.clone(),
         files: archived.report.files,
         dirs: archived.report.dirs,
@@ -475,7 +475,7 @@ fn upload(
 /// (guarded by its version). If another machine published this tree meanwhile, theirs is as
 /// good, and our archive must not linger unreferenced (best effort: an orphan costs storage,
 /// not correctness).
-fn publish(url: &RemoteUrl, remote: &Remote, manifest: SnapshotManifest) -> Result<SnapshotManifest> {
+fn publish(url: &RemoteUrl, remote: &Remote, manifest: ArchiveManifest) -> Result<ArchiveManifest> {
     let manifest_key = manifest_key(url, &manifest.digest);
     let expect = remote.get_versioned(&manifest_key)?.map(|(_, version)| version);
     let bytes = Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap_or_default());
@@ -486,7 +486,7 @@ fn publish(url: &RemoteUrl, remote: &Remote, manifest: SnapshotManifest) -> Resu
                 tracing::warn!("could not remove the unused archive: {e}");
             }
             let theirs = remote.get_bytes(&manifest_key)?.unwrap_or_default();
-            serde_json::from_slice::<SnapshotManifest>(&theirs).map_err(|e| SnapshotError::BadObject {
+            serde_json::from_slice::<ArchiveManifest>(&theirs).map_err(|e| SnapshotError::BadObject {
                 target: remote.describe(&manifest_key),
                 reason: format!("unreadable snapshot manifest: {e}"),
             })

@@ -1,18 +1,47 @@
-//! What a snapshot key holds: the pointer and the snapshot manifests (their format versions,
-//! keys and validation). The layout is described in [`super`].
+//! What a snapshot key holds: the pointer, the snapshot manifests, the packs and the remote gc's
+//! state (their format versions, keys and validation). The layout is described in
+//! docs/DESIGN.md, "Snapshots", and in [`super`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::archive::Format;
 use crate::remote::RemoteUrl;
+use crate::store::{EntryKind, ManifestEntry, ManifestHasher};
 
 /// The format version of `pointer.json`.
 pub const POINTER_VERSION: u32 = 1;
-/// The format version of `snapshots/<digest>.json`.
-pub const SNAPSHOT_MANIFEST_VERSION: u32 = 1;
+/// The format version of a whole-archive manifest ([`ArchiveManifest`]), still restored.
+pub const ARCHIVE_MANIFEST_VERSION: u32 = 1;
+/// The format version of `snapshots/<digest>.json` written now ([`PackedManifest`]).
+pub const SNAPSHOT_MANIFEST_VERSION: u32 = 2;
+/// The format version of `gc.json` ([`GcState`]).
+pub const GC_STATE_VERSION: u32 = 1;
 
 const POINTER: &str = "pointer.json";
 pub(super) const SNAPSHOTS: &str = "snapshots";
+pub(super) const PACKS: &str = "packs";
+const GC_STATE: &str = "gc.json";
+
+/// Files of at least this many bytes are split by content-defined chunking (FastCDC 2020), so
+/// that a small edit moves a few chunks, not the file. Smaller files are one chunk.
+pub const CHUNK_THRESHOLD: u64 = 1024 * 1024;
+/// FastCDC's minimum chunk size.
+pub const CHUNK_MIN: u32 = 16 * 1024;
+/// FastCDC's average chunk size.
+pub const CHUNK_AVG: u32 = 64 * 1024;
+/// FastCDC's maximum chunk size. With [`CHUNK_MIN`] and [`CHUNK_AVG`] these are part of the
+/// format: a restore re-chunks a seed file with the same parameters to find chunks it holds.
+pub const CHUNK_MAX: u32 = 256 * 1024;
+/// A pack's zstd frame is closed at the first chunk boundary after this many uncompressed
+/// bytes, so a ranged GET of one chunk fetches at most about this much more than the chunk.
+pub const FRAME_TARGET: u64 = 256 * 1024;
+/// The magic number of the zstd skippable frames that carry manifest segments at a pack's end
+/// (`0x184D2A50`; `zstd -d` and every zstd decoder skip such frames).
+pub const SEGMENT_FRAME_MAGIC: u32 = 0x184D_2A50;
+/// At most this many entries go in one manifest segment.
+pub const SEGMENT_MAX_ENTRIES: usize = 4096;
+/// At least this many entries go in one manifest segment (unless it is the last).
+pub const SEGMENT_MIN_ENTRIES: usize = 16;
 
 /// `KEY/pointer.json`.
 pub(super) fn pointer_key(url: &RemoteUrl) -> String {
@@ -22,6 +51,34 @@ pub(super) fn pointer_key(url: &RemoteUrl) -> String {
 /// `KEY/snapshots/<digest>.json`.
 pub(super) fn manifest_key(url: &RemoteUrl, digest: &str) -> String {
     url.join(&format!("{SNAPSHOTS}/{digest}.json"))
+}
+
+/// `KEY/packs/<token>.tar.zst`.
+pub(super) fn pack_key(url: &RemoteUrl, token: &str) -> String {
+    url.join(&format!("{PACKS}/{token}.tar.zst"))
+}
+
+/// `KEY/gc.json`.
+pub(super) fn gc_state_key(url: &RemoteUrl) -> String {
+    url.join(GC_STATE)
+}
+
+/// Whether a pack token is well formed: 16 lowercase hex digits ([`unique_token`]). Checked on
+/// every manifest read, so a manifest can only name packs of its own key.
+pub fn is_pack_token(token: &str) -> bool {
+    token.len() == 16 && token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether a manifest segment ends after the entry at `path` (given that it already holds
+/// `entries` entries). The cut depends on the path alone, so a file whose content changed
+/// changes exactly one segment, and files added under one directory change only the segments
+/// around them: every other segment is byte-identical to the previous snapshot's and is reused.
+/// On average a segment holds 256 entries.
+pub fn ends_segment(path: &str, entries: usize) -> bool {
+    if entries >= SEGMENT_MAX_ENTRIES {
+        return true;
+    }
+    entries >= SEGMENT_MIN_ENTRIES && blake3::hash(path.as_bytes()).as_bytes()[0] == 0
 }
 
 /// The current snapshot of a key: the small object at `KEY/pointer.json`.
@@ -43,10 +100,11 @@ pub struct Pointer {
     pub nonce: String,
 }
 
-/// What `KEY/snapshots/<digest>.json` says about one snapshot.
+/// What `KEY/snapshots/<digest>.json` said about one snapshot before packs: one tar.zst of the
+/// whole tree. Still restored; never written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotManifest {
-    /// [`SNAPSHOT_MANIFEST_VERSION`].
+pub struct ArchiveManifest {
+    /// [`ARCHIVE_MANIFEST_VERSION`].
     pub version: u32,
     /// Content digest of the tree.
     pub digest: String,
@@ -71,6 +129,154 @@ pub struct SnapshotManifest {
     pub created_at_ms: i64,
     /// The machine that uploaded it.
     pub host: String,
+}
+
+/// What `KEY/snapshots/<digest>.json` says about one snapshot (format 2): where the tree's
+/// entries are listed (segments) and which packs hold their content.
+///
+/// Nothing here is trusted: the entries of all segments must hash to `digest`
+/// ([`SegmentEntry::hasher_entry`], [`crate::store::ManifestHasher`]) before anything is
+/// extracted, every chunk is checked against its digest as it is decoded, and every file
+/// against its own digest once assembled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedManifest {
+    /// [`SNAPSHOT_MANIFEST_VERSION`].
+    pub version: u32,
+    /// Content digest of the tree ([`crate::store::Manifest::id`]).
+    pub digest: String,
+    /// Regular files.
+    pub files: u64,
+    /// Directories (the root excluded).
+    pub dirs: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Every pack a segment or a chunk of this snapshot is in.
+    pub packs: Vec<PackRef>,
+    /// The tree's entries, in manifest order, cut into segments ([`ends_segment`]).
+    pub segments: Vec<SegmentRef>,
+    /// When it was uploaded, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The machine that uploaded it.
+    pub host: String,
+}
+
+/// One pack: `KEY/packs/<token>.tar.zst`.
+///
+/// A pack is a standard tar.zst made of independent zstd frames: `zstd -d | tar -x` reads it.
+/// Its tar holds the files whose content it brought (at their paths, with the directories and
+/// symlinks of the tree when it is `full`), and, in a delta pack, the new chunks of large files
+/// that changed in part, as `.warmcache-chunks/<chunk digest>`. After the tar's end come
+/// skippable frames ([`SEGMENT_FRAME_MAGIC`]), each holding one zstd-compressed manifest
+/// segment, which tar and zstd ignore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRef {
+    /// 16 lowercase hex digits; the object is `packs/<token>.tar.zst`.
+    pub token: String,
+    /// The object's size in bytes.
+    pub bytes: u64,
+    /// BLAKE3 of the whole object, lowercase hex (checked when a restore reads all of it).
+    pub blake3: String,
+    /// Whether the pack's tar is exactly this snapshot's tree (every entry, in manifest order,
+    /// nothing else): a first snapshot or a compaction. A cold restore streams such a pack.
+    pub full: bool,
+}
+
+/// Where one manifest segment is: the payload of a skippable frame of a pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRef {
+    /// The token of the pack holding it.
+    pub pack: String,
+    /// Byte range of the segment's zstd frame (the skippable frame's payload) in the pack.
+    pub range: [u64; 2],
+    /// BLAKE3 of the decompressed segment, lowercase hex: a snapshot reuses a segment whose
+    /// bytes it would write anyway.
+    pub blake3: String,
+    /// How many entries it holds.
+    pub entries: u64,
+}
+
+/// One line of a manifest segment (JSON Lines, zstd-compressed): one entry of the tree, in
+/// manifest order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// The path relative to the tree's root, `/`-separated.
+    pub path: String,
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// Whether a file is executable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exec: bool,
+    /// The size of a file in bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// BLAKE3 of a file's bytes (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The target of a symlink, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// A file's content, in order: the chunks add up to `size` (none for an empty file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl SegmentEntry {
+    /// The entry as the tree digest sees it (no chunk locations).
+    pub fn hasher_entry(&self) -> ManifestEntry {
+        ManifestEntry {
+            path: self.path.clone(),
+            kind: self.kind,
+            exec: self.exec,
+            size: self.size,
+            digest: self.digest.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+/// Where one chunk of a file's content is: bytes `at..at + len` of the decompressed zstd frame
+/// at `frame` in a pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// The token of the pack holding it.
+    pub pack: String,
+    /// Byte range of the zstd frame in the pack.
+    pub frame: [u64; 2],
+    /// Offset of the chunk in the decompressed frame.
+    pub at: u64,
+    /// The chunk's length.
+    pub len: u64,
+    /// BLAKE3 of the chunk (hex); absent when the chunk is the whole file (the file's digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+/// Either manifest format a snapshot key may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyManifest {
+    /// Format 1: one tar.zst of the whole tree.
+    Archive(ArchiveManifest),
+    /// Format 2: packs and segments.
+    Packed(PackedManifest),
+}
+
+/// What the remote gc has condemned (`KEY/gc.json`): objects no snapshot kept reached when it
+/// last looked, and since when. A later gc deletes them only when they are still unreachable
+/// and were condemned at least the grace period before; a snapshot never reuses a chunk of a
+/// condemned pack (docs/DESIGN.md, "Remote gc").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcState {
+    /// [`GC_STATE_VERSION`].
+    pub version: u32,
+    /// Keys relative to `KEY` (`packs/<token>.tar.zst`, `snapshots/<digest>.json`, an old
+    /// `snapshots/….tar.zst`) and when they were condemned, milliseconds since the Unix epoch.
+    pub condemned: std::collections::BTreeMap<String, i64>,
 }
 
 /// Why a pointer could not be used.
@@ -114,24 +320,49 @@ pub(super) fn parse_pointer(bytes: &[u8]) -> std::result::Result<Pointer, Unread
     Ok(pointer)
 }
 
-pub(super) fn parse_manifest(
-    bytes: &[u8],
-    pointer: &Pointer,
-) -> std::result::Result<SnapshotManifest, String> {
-    let manifest: SnapshotManifest =
-        serde_json::from_slice(bytes).map_err(|e| format!("unreadable snapshot manifest: {e}"))?;
-    if manifest.version != SNAPSHOT_MANIFEST_VERSION {
+/// Reads `snapshots/<digest>.json` in either format, for the snapshot `digest` (the pointer's,
+/// or the one a snapshot is about to write). The names it holds are checked here, so every key
+/// it leads to is one of this snapshot key's own objects; the content is checked later, as it
+/// is read ([`TreeCheck`], chunk digests).
+pub(super) fn parse_manifest(bytes: &[u8], digest: &str) -> std::result::Result<AnyManifest, String> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let version = serde_json::from_slice::<Versioned>(bytes)
+        .map_err(|e| format!("unreadable snapshot manifest: {e}"))?
+        .version;
+    let manifest = match version {
+        ARCHIVE_MANIFEST_VERSION => AnyManifest::Archive(
+            serde_json::from_slice(bytes).map_err(|e| format!("unreadable snapshot manifest: {e}"))?,
+        ),
+        SNAPSHOT_MANIFEST_VERSION => AnyManifest::Packed(
+            serde_json::from_slice(bytes).map_err(|e| format!("unreadable snapshot manifest: {e}"))?,
+        ),
+        other => {
+            return Err(format!(
+                "snapshot manifest format version {other} is not one this warmcache reads \
+                 ({ARCHIVE_MANIFEST_VERSION} or {SNAPSHOT_MANIFEST_VERSION}); upgrade warmcache"
+            ));
+        }
+    };
+    let described = match &manifest {
+        AnyManifest::Archive(m) => &m.digest,
+        AnyManifest::Packed(m) => &m.digest,
+    };
+    if described != digest {
         return Err(format!(
-            "snapshot manifest format version {} is not the one this warmcache reads ({SNAPSHOT_MANIFEST_VERSION})",
-            manifest.version
+            "the manifest describes snapshot {described}, not {digest} as the pointer says"
         ));
     }
-    if manifest.digest != pointer.digest {
-        return Err(format!(
-            "the manifest describes snapshot {}, not {} as the pointer says",
-            manifest.digest, pointer.digest
-        ));
+    match &manifest {
+        AnyManifest::Archive(m) => check_archive_name(m)?,
+        AnyManifest::Packed(m) => check_pack_names(m)?,
     }
+    Ok(manifest)
+}
+
+fn check_archive_name(manifest: &ArchiveManifest) -> std::result::Result<(), String> {
     // The archive must be one of this key's snapshots, not any object of the bucket. Its name
     // starts with the digest when the tree was hashed before the upload began, and is a token
     // alone when the digest was computed while the archive streamed (S3 fixes the key first);
@@ -146,7 +377,108 @@ pub(super) fn parse_manifest(
             manifest.archive, manifest.archive_format
         ));
     }
-    Ok(manifest)
+    Ok(())
+}
+
+fn check_pack_names(manifest: &PackedManifest) -> std::result::Result<(), String> {
+    for pack in &manifest.packs {
+        if !is_pack_token(&pack.token) {
+            return Err(format!("the manifest names an unexpected pack `{}`", pack.token));
+        }
+    }
+    for segment in &manifest.segments {
+        if manifest.pack(&segment.pack).is_none() {
+            return Err(format!(
+                "a manifest segment is in pack `{}`, which the manifest does not list",
+                segment.pack
+            ));
+        }
+        if segment.range[0] >= segment.range[1] {
+            return Err(format!("a manifest segment has an empty range {:?}", segment.range));
+        }
+    }
+    Ok(())
+}
+
+impl PackedManifest {
+    /// The listed pack with this token.
+    pub fn pack(&self, token: &str) -> Option<&PackRef> {
+        self.packs.iter().find(|p| p.token == token)
+    }
+}
+
+/// Checks, entry by entry, that the segments of a [`PackedManifest`] describe the tree its
+/// digest names: every chunk in a listed pack, chunks adding up to each file's size, and the
+/// entries hashing to the digest. Only then may anything be extracted.
+pub struct TreeCheck<'a> {
+    manifest: &'a PackedManifest,
+    hasher: ManifestHasher,
+    counts: (u64, u64),
+}
+
+impl<'a> TreeCheck<'a> {
+    /// Starts checking the entries of `manifest`.
+    pub fn new(manifest: &'a PackedManifest) -> std::result::Result<Self, String> {
+        let hasher = ManifestHasher::new(manifest.files, manifest.bytes)
+            .map_err(|e| format!("cannot start the tree digest: {e}"))?;
+        Ok(Self {
+            manifest,
+            hasher,
+            counts: (0, 0),
+        })
+    }
+
+    /// Adds the next entry (in manifest order).
+    pub fn push(&mut self, entry: &SegmentEntry) -> std::result::Result<(), String> {
+        let mut total = 0u64;
+        for chunk in &entry.chunks {
+            if self.manifest.pack(&chunk.pack).is_none() {
+                return Err(format!(
+                    "`{}` has a chunk in pack `{}`, which the manifest does not list",
+                    entry.path, chunk.pack
+                ));
+            }
+            if chunk.frame[0] >= chunk.frame[1] || chunk.blake3.is_none() && entry.chunks.len() != 1 {
+                return Err(format!("`{}` has a malformed chunk", entry.path));
+            }
+            total = total.saturating_add(chunk.len);
+        }
+        let wants_chunks = entry.kind == EntryKind::File;
+        if (wants_chunks && total != entry.size) || (!wants_chunks && !entry.chunks.is_empty()) {
+            return Err(format!(
+                "the chunks of `{}` hold {total} bytes, not its {} bytes",
+                entry.path, entry.size
+            ));
+        }
+        match entry.kind {
+            EntryKind::Dir => self.counts.0 += 1,
+            EntryKind::Symlink => self.counts.1 += 1,
+            EntryKind::File => {}
+        }
+        self.hasher.push(&entry.hasher_entry()).map_err(|e| e.to_string())
+    }
+
+    /// Whether the entries hash to the manifest's digest and match its counts.
+    pub fn finish(self) -> std::result::Result<(), String> {
+        let (dirs, symlinks) = self.counts;
+        if (dirs, symlinks) != (self.manifest.dirs, self.manifest.symlinks) {
+            return Err(format!(
+                "the segments list {dirs} directories and {symlinks} symlinks, the manifest says {} and {}",
+                self.manifest.dirs, self.manifest.symlinks
+            ));
+        }
+        match self.hasher.finish() {
+            Some(id) if id.as_str() == self.manifest.digest => Ok(()),
+            Some(id) => Err(format!(
+                "the segments describe tree {id}, not {} as the manifest says",
+                self.manifest.digest
+            )),
+            None => Err(format!(
+                "the segments do not add up to the manifest's {} files and {} bytes",
+                self.manifest.files, self.manifest.bytes
+            )),
+        }
+    }
 }
 
 pub(super) fn describe_pointer(pointer: Option<&Pointer>) -> String {
@@ -209,8 +541,8 @@ mod tests {
     #[test]
     fn manifests_must_name_an_archive_of_their_own_snapshot() {
         let p = pointer(1, 2);
-        let manifest = SnapshotManifest {
-            version: SNAPSHOT_MANIFEST_VERSION,
+        let manifest = ArchiveManifest {
+            version: ARCHIVE_MANIFEST_VERSION,
             digest: p.digest.clone(),
             files: 1,
             dirs: 0,
@@ -224,7 +556,7 @@ mod tests {
             host: "h".into(),
         };
         let ok = serde_json::to_vec(&manifest).unwrap();
-        assert!(parse_manifest(&ok, &p).is_ok());
+        assert!(parse_manifest(&ok, &p.digest).is_ok());
         for archive in [
             "other/key.tar.zst",
             "snapshots/../../x.tar.zst",
@@ -232,11 +564,9 @@ mod tests {
         ] {
             let mut bad = manifest.clone();
             bad.archive = archive.into();
-            let err = parse_manifest(&serde_json::to_vec(&bad).unwrap(), &p).unwrap_err();
+            let err = parse_manifest(&serde_json::to_vec(&bad).unwrap(), &p.digest).unwrap_err();
             assert!(err.contains("unexpected archive"), "{err}");
         }
-        let mut other = p.clone();
-        other.digest = "c".repeat(64);
-        assert!(parse_manifest(&ok, &other).unwrap_err().contains("not"));
+        assert!(parse_manifest(&ok, &"c".repeat(64)).unwrap_err().contains("not"));
     }
 }

@@ -6,7 +6,7 @@
 //! - `KEY/pointer.json`: which snapshot is current ([`Pointer`]). Small, and only ever replaced
 //!   by a conditional put against the version read at the start, so two machines snapshotting at
 //!   once cannot overwrite each other unnoticed.
-//! - `KEY/snapshots/<digest>.json`: the manifest ([`SnapshotManifest`]) of the snapshot of a tree
+//! - `KEY/snapshots/<digest>.json`: the manifest ([`PackedManifest`]) of the snapshot of a tree
 //!   whose content digest is `<digest>`; created once, never replaced (unless unreadable).
 //! - `KEY/snapshots/<digest>-<upload>.tar.zst`: the archive that manifest names. Each upload gets
 //!   a key of its own because the same tree archived on two machines gives different bytes
@@ -36,7 +36,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use create::snapshot;
-pub use format::{POINTER_VERSION, Pointer, SNAPSHOT_MANIFEST_VERSION, SnapshotManifest};
+pub use format::{
+    ARCHIVE_MANIFEST_VERSION, AnyManifest, ArchiveManifest, ChunkRef, GcState, POINTER_VERSION, PackRef, PackedManifest,
+    Pointer, SNAPSHOT_MANIFEST_VERSION, SegmentEntry, SegmentRef,
+};
 pub use restore::restore;
 
 use crate::archive::ArchiveError;

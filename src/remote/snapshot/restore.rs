@@ -14,7 +14,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::download_pipe::{self, Cancel, PipeReader, PipeWriter};
-use super::format::{SnapshotManifest, manifest_key, parse_manifest, parse_pointer, pointer_key};
+use super::format::{AnyManifest, ArchiveManifest, manifest_key, parse_manifest, parse_pointer, pointer_key};
 use super::{
     Phase, RestoreOptions, RestorePhases, RestoreReport, RestoreStatus, Result, SnapshotError,
     SnapshotProgress,
@@ -254,7 +254,7 @@ impl<'a> Restore<'a> {
         exists: bool,
         progress: &Arc<dyn SnapshotProgress>,
         report: &mut RestoreReport,
-    ) -> Result<Option<SnapshotManifest>> {
+    ) -> Result<Option<ArchiveManifest>> {
         self.clock.check("reading the pointer")?;
         let pointer_key = pointer_key(self.url);
         let Some(bytes) = self
@@ -293,11 +293,17 @@ impl<'a> Restore<'a> {
                 target: self.remote.describe(&manifest_key),
                 reason: "the pointer names a snapshot whose manifest is missing".to_owned(),
             })?;
-        let manifest = parse_manifest(&bytes, &pointer).map_err(|reason| SnapshotError::BadObject {
+        let manifest = parse_manifest(&bytes, &pointer.digest).map_err(|reason| SnapshotError::BadObject {
             target: self.remote.describe(&manifest_key),
             reason,
         })?;
-        Ok(Some(manifest))
+        match manifest {
+            AnyManifest::Archive(manifest) => Ok(Some(manifest)),
+            AnyManifest::Packed(_) => Err(SnapshotError::BadObject {
+                target: self.remote.describe(&manifest_key),
+                reason: "packed snapshots are not restored yet".to_owned(),
+            }),
+        }
     }
 }
 
@@ -313,7 +319,7 @@ fn ms(d: Duration) -> u64 {
 fn download(
     remote: &Remote,
     key: &str,
-    manifest: &SnapshotManifest,
+    manifest: &ArchiveManifest,
     writer: PipeWriter,
     progress: Arc<dyn SnapshotProgress>,
 ) -> Result<u64, (RemoteError, bool)> {
@@ -366,7 +372,7 @@ struct Extraction {
     stage: Stage,
     /// The archive's bytes, as the download hands them over.
     reader: PipeReader,
-    manifest: SnapshotManifest,
+    manifest: ArchiveManifest,
     target: String,
     dir: PathBuf,
     /// Set once the download is complete and verified: extraction progress is shown from then
@@ -458,7 +464,7 @@ fn start_extraction(job: Extraction, progress: Arc<dyn SnapshotProgress>) -> Res
 struct Checked<'a> {
     min_free: Option<u64>,
     tree: &'a Path,
-    manifest: &'a SnapshotManifest,
+    manifest: &'a ArchiveManifest,
     target: &'a str,
     dir: &'a Path,
 }
@@ -606,7 +612,7 @@ impl<R: Read> Read for Timed<R> {
 
 /// What tar adds to a tree's bytes (headers, padding, the end marker), which extraction counts
 /// too.
-fn tar_overhead(manifest: &SnapshotManifest) -> u64 {
+fn tar_overhead(manifest: &ArchiveManifest) -> u64 {
     (manifest.files + manifest.dirs + manifest.symlinks)
         .saturating_add(2)
         .saturating_mul(1024)
@@ -683,8 +689,8 @@ mod tests {
         std::fs::create_dir(stage.path()).unwrap();
         let mut archive = Vec::new();
         let created = archive::create_tar_zst(&src, &mut archive, 3).unwrap();
-        let manifest = SnapshotManifest {
-            version: super::super::SNAPSHOT_MANIFEST_VERSION,
+        let manifest = ArchiveManifest {
+            version: super::super::ARCHIVE_MANIFEST_VERSION,
             digest: "a".repeat(64),
             files: created.files,
             dirs: created.dirs,
