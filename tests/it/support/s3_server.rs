@@ -11,6 +11,10 @@
 //! - fail parts: every multipart part upload gets `500 InternalError` (the upload started, and
 //!   fails midway).
 //!
+//! It counts the body bytes it received in PUTs and POSTs ([`TestS3::bytes_uploaded`]) and sent
+//! in successful GETs ([`TestS3::bytes_downloaded`]), from their `Content-Length`, so tests can
+//! say what moved on the server's side.
+//!
 //! It sets no environment variables: tests pass [`TestS3::settings`] to the client, or
 //! [`TestS3::env`] to a child process.
 //!
@@ -22,7 +26,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -76,6 +80,8 @@ struct Faults {
     dead: AtomicBool,
     fail_parts: AtomicBool,
     requests: AtomicUsize,
+    uploaded: AtomicU64,
+    downloaded: AtomicU64,
     conditional_puts: tokio::sync::Mutex<()>,
 }
 
@@ -216,6 +222,16 @@ impl TestS3 {
         self.faults.fail_parts.store(on, Ordering::SeqCst);
     }
 
+    /// Body bytes received in PUT and POST requests so far (uploads, parts, small objects).
+    pub fn bytes_uploaded(&self) -> u64 {
+        self.faults.uploaded.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes announced by successful GET responses so far (whole and ranged downloads).
+    pub fn bytes_downloaded(&self) -> u64 {
+        self.faults.downloaded.load(Ordering::SeqCst)
+    }
+
     /// Flips bytes in GET bodies.
     pub fn set_corrupt(&self, on: bool) {
         self.faults.corrupt.store(on, Ordering::SeqCst);
@@ -296,6 +312,9 @@ async fn handle(
         return Ok(response);
     }
     let method = req.method().clone();
+    if method == Method::PUT || method == Method::POST {
+        faults.uploaded.fetch_add(content_length(req.headers()), Ordering::SeqCst);
+    }
     let conditional = method == Method::PUT
         && (req.headers().contains_key("if-match") || req.headers().contains_key("if-none-match"));
     let req = req.map(Body::from);
@@ -308,6 +327,7 @@ async fn handle(
     if method != Method::GET || !response.status().is_success() {
         return Ok(response);
     }
+    faults.downloaded.fetch_add(content_length(response.headers()), Ordering::SeqCst);
     let fault = if faults.die_after.load(Ordering::SeqCst) > 0 {
         Fault::Die {
             faults: faults.clone(),
@@ -326,6 +346,14 @@ async fn handle(
         });
         Body::from(stream)
     }))
+}
+
+fn content_length(headers: &hyper::HeaderMap) -> u64 {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 enum Fault {
