@@ -221,7 +221,7 @@ impl<'a> Budget<'a> {
 /// Bytes available to an unprivileged writer on the file system holding `path`, and the size of
 /// that file system; `u64::MAX` for both when the platform cannot tell (then only the other
 /// limits apply).
-fn space(path: &Path) -> (u64, u64) {
+pub(crate) fn space(path: &Path) -> (u64, u64) {
     #[cfg(unix)]
     {
         match rustix::fs::statvfs(path) {

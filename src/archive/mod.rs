@@ -30,8 +30,10 @@ pub use create::{
 };
 pub use detect::{describe_content, detect, format_from_name, is_empty_tar};
 pub use error::{ArchiveError, LimitExceeded, UnsafeEntry};
+pub(crate) use limits::space;
 pub use limits::{Limits, Progress, RESERVE_MAX, RESERVE_PERCENT, default_reserve};
-pub(crate) use tar::fill;
+pub(crate) use tar::{create_dir, fill};
+pub(crate) use writer::create_file;
 
 /// An archive format, as recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

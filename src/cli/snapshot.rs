@@ -150,8 +150,9 @@ pub fn run_snapshot(_cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()>
 
 /// Refuses to restore into the cache root (the root itself, its store, an artifact): restore
 /// replaces DIR wholesale, and the cache's artifacts never change. Checked before anything else,
-/// so nothing is contacted or changed; the cache is not opened (restore needs none).
-fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<()> {
+/// so nothing is contacted or changed; the cache is not opened (restore needs none). Returns the
+/// root, whose store a restore may read content from.
+fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<PathBuf> {
     let root = super::context::root(cli)?;
     if warmcache::cache::Cache::root_holds(&root, dir) {
         anyhow::bail!(
@@ -161,18 +162,20 @@ fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<()> {
             root.display()
         );
     }
-    Ok(())
+    Ok(root)
 }
 
 /// `warmcache restore DIR`.
 pub fn run_restore(cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
-    refuse_inside_cache(cli, &args.dir)?;
+    let root = refuse_inside_cache(cli, &args.dir)?;
     let (url, settings, timeout) = remote_url(args.remote.as_deref())?;
     let options = RestoreOptions {
         timeout: args.timeout.or(timeout),
         strict: args.strict,
         settings,
         min_free: super::context::min_free(args.min_free)?,
+        // The store's files may supply content a restore would otherwise download; read only.
+        store_root: Some(root),
     };
     let bars = Bars::new(out, "restore");
     let result = snapshot::restore(&args.dir, &url, &options, bars.clone());

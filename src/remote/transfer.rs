@@ -291,6 +291,80 @@ impl Remote {
         })
     }
 
+    /// Fetches byte ranges of objects (`(key, range)`, e.g. the frames a restore needs from
+    /// several packs) with up to [`super::RemoteSettings::parallelism`] ranged GETs in flight,
+    /// handing each body to `sink` with its index, in the order given. Each GET has the client's
+    /// retries and stall timeout, the whole call the handle's deadline and the breaker, as every
+    /// other download. Memory stays near `parallelism` ranges: callers keep ranges bounded.
+    /// Returns the bytes fetched. A missing object is [`RemoteError::NotFound`] naming its key;
+    /// an error from `sink` stops the fetch and is returned as [`RemoteError::Io`].
+    pub fn get_ranges(
+        &self,
+        requests: &[(String, Range<u64>)],
+        sink: &mut (dyn FnMut(usize, Bytes) -> std::io::Result<()> + Send),
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let Some((first, _)) = requests.first() else {
+            return Ok(0);
+        };
+        let mut paths = Vec::with_capacity(requests.len());
+        for (key, range) in requests {
+            paths.push((self.path(key)?, self.describe(key), range.clone()));
+        }
+        let target = self.describe(first);
+        let settings = &self.inner.settings;
+        let store = &self.inner.store;
+        self.run("download", &target, self.deadline(), async {
+            let total: u64 = paths.iter().map(|(_, _, r)| r.end - r.start).sum();
+            progress.start(Some(total));
+            let pieces = stream::iter(paths.into_iter())
+                .map(|(path, target, range)| {
+                    let store = store.clone();
+                    let stall = settings.stall_timeout;
+                    AbortOnDrop(tokio::spawn(async move {
+                        let options = GetOptions {
+                            range: Some(GetRange::Bounded(range.clone())),
+                            ..Default::default()
+                        };
+                        let result = store
+                            .get_opts(&path, options)
+                            .await
+                            .map_err(|e| RemoteError::from_store(e, &target, "download"))?;
+                        let received = AtomicU64::new(0);
+                        let len = range.end - range.start;
+                        let transfer = Transfer {
+                            target: &target,
+                            stall,
+                            received: &received,
+                            total: len,
+                        };
+                        let body = collect(result.into_stream(), len, &transfer, &NoProgress).await?;
+                        Ok::<_, RemoteError>((target, body))
+                    }))
+                })
+                .buffered(settings.parallelism.max(1));
+            let mut pieces = std::pin::pin!(pieces);
+            let mut fetched = 0u64;
+            let mut index = 0usize;
+            while let Some(piece) = pieces.next().await {
+                let (target, body) = piece.map_err(|e| RemoteError::Io {
+                    target: target.clone(),
+                    op: "download",
+                    source: std::io::Error::other(format!("a download task failed: {e}")),
+                })??;
+                fetched += body.len() as u64;
+                progress.advance(body.len() as u64);
+                sink(index, body).map_err(|source| RemoteError::Io {
+                    target,
+                    op: "download",
+                    source,
+                })?;
+                index += 1;
+            }
+            Ok(fetched)
+        })
+    }
+
     /// Writes `bytes` to `key` only if the object is as expected: absent when `expect` is
     /// `None` (`If-None-Match: *`), or still at version `expect` (`If-Match: <etag>`).
     ///

@@ -509,6 +509,46 @@ impl Store {
     }
 }
 
+/// The files of the published artifacts under `layout` that `want(digest, size)` asks for, as
+/// `(digest, path, size)`, read from the artifacts' manifests without creating, locking or
+/// changing anything: how a restore finds content this machine already holds (docs/DESIGN.md,
+/// "Restore"). An artifact collected meanwhile is simply missing; whoever reads a returned path
+/// must check its bytes against the digest.
+pub fn published_files(
+    layout: &Layout,
+    want: &dyn Fn(&str, u64) -> bool,
+) -> io::Result<Vec<(String, PathBuf, u64)>> {
+    let mut found = Vec::new();
+    for shard in fs::read_dir(layout.objects_dir())? {
+        let shard = shard?;
+        if !shard.file_type()?.is_dir() {
+            continue;
+        }
+        for object in fs::read_dir(shard.path())? {
+            let object = object?.path();
+            let Ok(Some(bytes)) = crate::fs::read_if_exists(&object.join(MANIFEST_FILE)) else {
+                continue;
+            };
+            let Some(manifest) = Manifest::from_bytes(&bytes) else {
+                continue;
+            };
+            let content = object.join(CONTENT);
+            for entry in manifest.entries {
+                let Some(digest) = entry.digest else { continue };
+                if entry.kind != EntryKind::File || !want(&digest, entry.size) {
+                    continue;
+                }
+                let path = match manifest.kind {
+                    ArtifactKind::File => content.clone(),
+                    ArtifactKind::Dir => content.join(&entry.path),
+                };
+                found.push((digest, path, entry.size));
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Describes the directory tree at `root` as a manifest (paths, kinds, executable bits, sizes,
 /// content digests, symlink targets) without writing anything in it: no permission changes, no
 /// new files. [`Manifest::id`] of the result is the tree's content digest, the same one the tree

@@ -9,8 +9,9 @@ use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{restore, snapshot};
 
 const KEY: &str = "phases/tree";
-const PHASES: [&str; 9] = [
+const PHASES: [&str; 10] = [
     "lookup_ms",
+    "seed_ms",
     "download_ms",
     "download_wait_ms",
     "decompress_ms",

@@ -24,10 +24,13 @@
 //! Modules: `create` makes a snapshot ([`snapshot`]); `restore` brings one back ([`restore()`])
 //! through the place-and-swap primitive ([`crate::place`]); [`format`](mod@format) is what the key holds.
 
+mod build;
 mod create;
 mod download_pipe;
+mod fetch;
 pub mod format;
 mod restore;
+mod seeds;
 
 use std::io;
 use std::path::PathBuf;
@@ -37,8 +40,8 @@ use serde::Serialize;
 
 pub use create::snapshot;
 pub use format::{
-    ARCHIVE_MANIFEST_VERSION, AnyManifest, ArchiveManifest, ChunkRef, GcState, POINTER_VERSION, PackRef, PackedManifest,
-    Pointer, SNAPSHOT_MANIFEST_VERSION, SegmentEntry, SegmentRef,
+    ARCHIVE_MANIFEST_VERSION, AnyManifest, ArchiveManifest, ChunkRef, GcState, POINTER_VERSION, PackRef,
+    PackedManifest, Pointer, SNAPSHOT_MANIFEST_VERSION, SegmentEntry, SegmentRef,
 };
 pub use restore::restore;
 
@@ -95,6 +98,10 @@ pub struct RestoreOptions {
     /// Free space to keep on DIR's volume while extracting (`--min-free`, `[cache] min_free`);
     /// `None` is the proportional default ([`crate::archive::default_reserve`]).
     pub min_free: Option<u64>,
+    /// The cache root whose stored artifacts may supply file contents a format-2 restore would
+    /// otherwise download (read only: nothing in it is created or changed). `None`: only DIR's
+    /// current content is used.
+    pub store_root: Option<PathBuf>,
 }
 
 /// The steps of a snapshot or a restore, for progress bars.
@@ -233,8 +240,14 @@ pub struct RestoreReport {
     pub files: u64,
     /// Bytes of file content in the snapshot.
     pub bytes: u64,
-    /// Compressed bytes downloaded.
+    /// Compressed bytes downloaded: the archive (format 1), or the segments and the pack
+    /// frames (or whole packs) fetched (format 2).
     pub downloaded_bytes: u64,
+    /// Bytes of file content taken from this machine (DIR's current content, the local store)
+    /// instead of being downloaded (format 2).
+    pub seeded_bytes: u64,
+    /// Chunks decoded from downloaded pack frames (format 2).
+    pub fetched_chunks: u64,
     /// Wall time.
     pub elapsed_ms: u64,
     /// Where the time went.
@@ -247,8 +260,12 @@ pub struct RestoreReport {
 /// write_ms`, which says which stage held the pipeline back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RestorePhases {
-    /// Reading the pointer and the manifest, and hashing DIR when it exists.
+    /// Reading the pointer and the manifest (and a format-2 snapshot's segments), and hashing
+    /// DIR when it exists (format 1).
     pub lookup_ms: u64,
+    /// Format 2: hashing DIR and looking through the local store for content the snapshot
+    /// holds, then copying it into the new tree.
+    pub seed_ms: u64,
     /// The ranged parallel download, from the first request to the last byte handed to the
     /// decompressor (it waits when the extraction falls behind).
     pub download_ms: u64,

@@ -13,8 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use super::build;
 use super::download_pipe::{self, Cancel, PipeReader, PipeWriter};
-use super::format::{AnyManifest, ArchiveManifest, manifest_key, parse_manifest, parse_pointer, pointer_key};
+use super::fetch;
+use super::format::{
+    AnyManifest, ArchiveManifest, PackedManifest, manifest_key, parse_manifest, parse_pointer, pointer_key,
+};
+use super::seeds::Seeds;
 use super::{
     Phase, RestoreOptions, RestorePhases, RestoreReport, RestoreStatus, Result, SnapshotError,
     SnapshotProgress,
@@ -72,6 +77,8 @@ pub fn restore(
         files: 0,
         bytes: 0,
         downloaded_bytes: 0,
+        seeded_bytes: 0,
+        fetched_chunks: 0,
         elapsed_ms: 0,
         phases: RestorePhases::default(),
     };
@@ -122,6 +129,14 @@ impl Clock {
             e => SnapshotError::Remote(e),
         }
     }
+
+    /// [`Self::remote_err`] for a remote error already wrapped.
+    fn remote_or(&self, e: SnapshotError) -> SnapshotError {
+        match e {
+            SnapshotError::Remote(e) => self.remote_err(e),
+            e => e,
+        }
+    }
 }
 
 /// One restore: where, from where, its deadline, and the stage beside DIR.
@@ -167,8 +182,10 @@ impl<'a> Restore<'a> {
         })
     }
 
-    /// The phases: pointer, the local tree compared, manifest, then download and extraction
-    /// overlapped, durability, swap.
+    /// Pointer and manifest, then the path of the manifest's format: a format-2 snapshot is
+    /// built from seeds and fetched frames ([`Self::run_packed`]); a format-1 one is streamed
+    /// whole ([`Self::run_archive`]). A pack missing on the server (collected by the remote gc
+    /// after the pointer was read) makes it read the pointer once more and start again.
     fn run(
         self,
         exists: bool,
@@ -176,11 +193,140 @@ impl<'a> Restore<'a> {
         progress: &Arc<dyn SnapshotProgress>,
         report: &mut RestoreReport,
     ) -> Result<RestoreStatus> {
-        let Some(manifest) = self.read_snapshot(options.strict, exists, progress, report)? else {
-            report.phases.lookup_ms = ms(self.started.elapsed());
-            return Ok(report.status);
+        let mut again = true;
+        loop {
+            let Some((manifest, target)) = self.read_snapshot(options.strict, report)? else {
+                report.phases.lookup_ms = ms(self.started.elapsed());
+                return Ok(report.status);
+            };
+            let manifest = match manifest {
+                AnyManifest::Archive(manifest) => {
+                    if exists && holds(&self.dir, &manifest.digest, progress) {
+                        report.phases.lookup_ms = ms(self.started.elapsed());
+                        return Ok(RestoreStatus::Unchanged);
+                    }
+                    report.phases.lookup_ms = ms(self.started.elapsed());
+                    return self.run_archive(manifest, options, progress, report);
+                }
+                AnyManifest::Packed(manifest) => manifest,
+            };
+            match self.run_packed(manifest, &target, exists, options, progress, report) {
+                Ok(true) => return Ok(RestoreStatus::Unchanged),
+                Ok(false) => return self.finish(report),
+                Err(e) if again && build::is_missing_pack(&e) => {
+                    tracing::info!("{e}; reading the pointer again (the remote gc may have collected it)");
+                    again = false;
+                    self.empty_stage()?;
+                }
+                Err(e) => return Err(self.clock.remote_or(e)),
+            }
+        }
+    }
+
+    /// Empties the stage for a second attempt.
+    fn empty_stage(&self) -> Result<()> {
+        let local = |source| SnapshotError::Local {
+            path: self.dir.clone(),
+            source,
         };
+        crate::fs::remove_tree(self.stage.path()).map_err(local)?;
+        fs_err::create_dir(self.stage.path()).map_err(local)
+    }
+
+    /// A format-2 snapshot: segments checked against the digest, seeds from DIR and the local
+    /// store, then the rest fetched and the tree built in the stage. `Ok(true)` when DIR already
+    /// holds the tree (nothing fetched but the segments, nothing changed).
+    fn run_packed(
+        &self,
+        manifest: PackedManifest,
+        target: &str,
+        exists: bool,
+        options: &RestoreOptions,
+        progress: &Arc<dyn SnapshotProgress>,
+        report: &mut RestoreReport,
+    ) -> Result<bool> {
+        self.clock.check("reading the snapshot's segments")?;
+        let tree = fetch::read_tree(&self.remote, self.url, manifest, target)?;
+        report.downloaded_bytes = tree.fetched;
         report.phases.lookup_ms = ms(self.started.elapsed());
+
+        self.clock.check("looking for content on this machine")?;
+        let seeding = Instant::now();
+        progress.phase(Phase::Hashing, None);
+        let position = |bytes| progress.position(bytes);
+        let mut seeds = if exists {
+            Seeds::scan_dir(&self.dir, &tree.entries, &position)
+        } else {
+            Seeds::default()
+        };
+        if seeds.unchanged {
+            report.phases.seed_ms = ms(seeding.elapsed());
+            return Ok(true);
+        }
+        if let Some(root) = &options.store_root {
+            let wanted = tree
+                .entries
+                .iter()
+                .filter(|e| e.size > 0)
+                .filter_map(|e| e.digest.as_ref().map(|d| (e, d)))
+                .filter(|(_, d)| seeds.get(d).is_none())
+                .map(|(e, d)| (d.clone(), e.size))
+                .collect();
+            seeds.scan_store(root, &wanted);
+        }
+        report.phases.seed_ms = ms(seeding.elapsed());
+
+        self.clock.check("downloading")?;
+        let counted = Counted {
+            inner: progress.clone(),
+            done: AtomicU64::new(0),
+        };
+        let cx = build::BuildContext {
+            remote: &self.remote,
+            url: self.url,
+            dir: &self.dir,
+            stage: self.stage.path(),
+            min_free: options.min_free,
+            progress: &counted,
+        };
+        let built = build::build(&cx, &tree, &seeds)?;
+        report.downloaded_bytes += built.downloaded_bytes;
+        report.seeded_bytes = built.seeded_bytes;
+        report.fetched_chunks = built.fetched_chunks;
+        report.phases.seed_ms += ms(built.seed_copy);
+        report.phases.download_ms = ms(built.download);
+        report.phases.extract_ms = ms(built.extract);
+        report.phases.download_wait_ms = ms(built.wait).min(report.phases.extract_ms);
+        report.phases.decompress_ms =
+            ms(built.decompress).min(report.phases.extract_ms - report.phases.download_wait_ms);
+        report.phases.write_ms =
+            report.phases.extract_ms - report.phases.download_wait_ms - report.phases.decompress_ms;
+        Ok(false)
+    }
+
+    /// Makes the staged tree durable and swaps it in.
+    fn finish(self, report: &mut RestoreReport) -> Result<RestoreStatus> {
+        self.clock.check("making the new tree durable")?;
+        let synced = Instant::now();
+        self.stage.make_durable(StagedKind::Tree)?;
+        report.phases.sync_ms = ms(synced.elapsed());
+        self.clock.check("making the new tree durable")?;
+        // Before the swap DIR is the old tree, after it the new one, complete and durable; the
+        // old tree is removed with the stage.
+        let swapped = Instant::now();
+        self.stage.swap()?;
+        report.phases.swap_ms = ms(swapped.elapsed());
+        Ok(RestoreStatus::Restored)
+    }
+
+    /// A format-1 snapshot: download and extraction overlapped, durability, swap.
+    fn run_archive(
+        self,
+        manifest: ArchiveManifest,
+        options: &RestoreOptions,
+        progress: &Arc<dyn SnapshotProgress>,
+        report: &mut RestoreReport,
+    ) -> Result<RestoreStatus> {
         self.clock.check("downloading")?;
         let key = self.url.join(&manifest.archive);
         let target = self.remote.describe(&key);
@@ -238,23 +384,19 @@ impl<'a> Restore<'a> {
         stage.make_durable(StagedKind::Tree)?;
         report.phases.sync_ms = ms(synced.elapsed());
         self.clock.check("making the new tree durable")?;
-        // Before the swap DIR is the old tree, after it the new one, complete and durable; the
-        // old tree is removed with the stage.
         let swapped = Instant::now();
         stage.swap()?;
         report.phases.swap_ms = ms(swapped.elapsed());
         Ok(RestoreStatus::Restored)
     }
 
-    /// Reads the pointer and the manifest it names. `None` (with the report's status set) when
-    /// there is nothing to do: no snapshot yet, or DIR already holds it.
+    /// Reads the pointer and the manifest it names (and the manifest's name, for messages).
+    /// `None` (with the report's status set) when there is no snapshot yet.
     fn read_snapshot(
         &self,
         strict: bool,
-        exists: bool,
-        progress: &Arc<dyn SnapshotProgress>,
         report: &mut RestoreReport,
-    ) -> Result<Option<ArchiveManifest>> {
+    ) -> Result<Option<(AnyManifest, String)>> {
         self.clock.check("reading the pointer")?;
         let pointer_key = pointer_key(self.url);
         let Some(bytes) = self
@@ -278,32 +420,24 @@ impl<'a> Restore<'a> {
         report.digest = Some(pointer.digest.clone());
         report.files = pointer.files;
         report.bytes = pointer.bytes;
-        if exists && holds(&self.dir, &pointer.digest, progress) {
-            report.status = RestoreStatus::Unchanged;
-            return Ok(None);
-        }
 
         self.clock.check("reading the snapshot manifest")?;
         let manifest_key = manifest_key(self.url, &pointer.digest);
+        let target = self.remote.describe(&manifest_key);
         let bytes = self
             .remote
             .get_bytes(&manifest_key)
             .map_err(|e| self.clock.remote_err(e))?
             .ok_or_else(|| SnapshotError::BadObject {
-                target: self.remote.describe(&manifest_key),
+                target: target.clone(),
                 reason: "the pointer names a snapshot whose manifest is missing".to_owned(),
             })?;
-        let manifest = parse_manifest(&bytes, &pointer.digest).map_err(|reason| SnapshotError::BadObject {
-            target: self.remote.describe(&manifest_key),
-            reason,
-        })?;
-        match manifest {
-            AnyManifest::Archive(manifest) => Ok(Some(manifest)),
-            AnyManifest::Packed(_) => Err(SnapshotError::BadObject {
-                target: self.remote.describe(&manifest_key),
-                reason: "packed snapshots are not restored yet".to_owned(),
-            }),
-        }
+        let manifest =
+            parse_manifest(&bytes, &pointer.digest).map_err(|reason| SnapshotError::BadObject {
+                target: target.clone(),
+                reason,
+            })?;
+        Ok(Some((manifest, target)))
     }
 }
 

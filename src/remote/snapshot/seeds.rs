@@ -1,0 +1,238 @@
+//! Seeds of a restore (docs/DESIGN.md, "Restore"): content this machine already holds, found by
+//! digest, so that only the rest is downloaded. DIR's current content is the first seed (a
+//! stale tree holds most of the new one); the local store's artifacts are the second.
+//!
+//! Everything here is read-only and advisory: a file that cannot be read is simply not a seed,
+//! and a seed is checked again against its digest when it is copied, so a seed that changed in
+//! between only costs a download.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::format::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_THRESHOLD, SegmentEntry};
+use crate::store::EntryKind;
+
+/// Where a run of bytes with a known digest is on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Seed {
+    /// The file holding it.
+    pub path: PathBuf,
+    /// Where the bytes start in that file.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+/// What a restore found on this machine, by digest (of whole files and of the chunks of large
+/// files).
+#[derive(Debug, Default)]
+pub(super) struct Seeds {
+    by_digest: HashMap<String, Seed>,
+    /// DIR already holds exactly the snapshot's tree: every entry, nothing else.
+    pub unchanged: bool,
+    /// Bytes read to find them.
+    pub hashed_bytes: u64,
+}
+
+impl Seeds {
+    /// Where content with this digest is, if anywhere.
+    pub fn get(&self, digest: &str) -> Option<&Seed> {
+        self.by_digest.get(digest)
+    }
+
+    fn add(&mut self, digest: String, seed: Seed) {
+        self.by_digest.entry(digest).or_insert(seed);
+    }
+
+    /// Hashes DIR's files that can serve the snapshot `entries`: each file at an entry's path
+    /// with the entry's size, and each other file whose size some entry has (a file moved to
+    /// another path). Large files are also cut into chunks exactly as a snapshot cuts them, so
+    /// a file that changed in part still gives its unchanged chunks. Sets [`Self::unchanged`]
+    /// when DIR holds exactly the entries (no download, no swap).
+    pub fn scan_dir(dir: &Path, entries: &[SegmentEntry], progress: &dyn Fn(u64)) -> Self {
+        let by_path: HashMap<&str, &SegmentEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
+        let sizes: HashSet<u64> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && e.size > 0)
+            .map(|e| e.size)
+            .collect();
+        let mut seeds = Seeds::default();
+        let mut matched = 0usize;
+        let mut extra = false;
+        let mut stack = vec![(dir.to_path_buf(), String::new())];
+        while let Some((path, rel)) = stack.pop() {
+            let Ok(listing) = std::fs::read_dir(&path) else {
+                extra = true;
+                continue;
+            };
+            for item in listing {
+                let Ok(item) = item else {
+                    extra = true;
+                    continue;
+                };
+                let Ok(file_type) = item.file_type() else {
+                    extra = true;
+                    continue;
+                };
+                let name = item.file_name();
+                let Some(name) = name.to_str() else {
+                    extra = true;
+                    continue;
+                };
+                let child_rel = if rel.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let child = item.path();
+                let entry = by_path.get(child_rel.as_str()).copied();
+                if file_type.is_dir() {
+                    match entry {
+                        Some(e) if e.kind == EntryKind::Dir => matched += 1,
+                        _ => extra = true,
+                    }
+                    stack.push((child, child_rel));
+                } else if file_type.is_symlink() {
+                    let same = entry.is_some_and(|e| {
+                        e.kind == EntryKind::Symlink
+                            && std::fs::read_link(&child)
+                                .ok()
+                                .is_some_and(|t| t.to_str() == e.target.as_deref())
+                    });
+                    if same {
+                        matched += 1;
+                    } else {
+                        extra = true;
+                    }
+                } else if file_type.is_file() {
+                    let Ok(meta) = item.metadata() else {
+                        extra = true;
+                        continue;
+                    };
+                    let len = meta.len();
+                    let at_path = entry.filter(|e| e.kind == EntryKind::File && e.size == len);
+                    let digest = if at_path.is_some() || sizes.contains(&len) {
+                        seeds.hash_file(&child, len, progress)
+                    } else {
+                        None
+                    };
+                    let same = at_path.is_some_and(|e| {
+                        e.digest.is_some() && e.digest == digest && e.exec == crate::fs::is_executable(&meta)
+                    });
+                    if same {
+                        matched += 1;
+                    } else {
+                        extra = true;
+                    }
+                } else {
+                    extra = true;
+                }
+            }
+        }
+        seeds.unchanged = !extra && matched == entries.len();
+        seeds
+    }
+
+    /// Hashes one file of `len` bytes (and its chunks when it is large), adding it as a seed;
+    /// returns its digest, or `None` when it could not be read as it was listed.
+    fn hash_file(&mut self, path: &Path, len: u64, progress: &dyn Fn(u64)) -> Option<String> {
+        let file = File::open(path).ok()?;
+        let mut whole = blake3::Hasher::new();
+        let mut chunks = Vec::new();
+        let read = if len < CHUNK_THRESHOLD {
+            let mut bytes = Vec::with_capacity(len as usize);
+            (&file).take(len + 1).read_to_end(&mut bytes).ok()?;
+            whole.update(&bytes);
+            bytes.len() as u64
+        } else {
+            let mut read = 0u64;
+            let cut = fastcdc::v2020::StreamCDC::new(&file, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
+            for chunk in cut {
+                let chunk = chunk.ok()?;
+                whole.update(&chunk.data);
+                chunks.push((
+                    blake3::hash(&chunk.data).to_hex().to_string(),
+                    chunk.offset,
+                    chunk.length as u64,
+                ));
+                read += chunk.length as u64;
+            }
+            read
+        };
+        self.hashed_bytes += read;
+        progress(self.hashed_bytes);
+        if read != len {
+            // Changed while it was read: not a seed.
+            return None;
+        }
+        let digest = whole.finalize().to_hex().to_string();
+        for (chunk, offset, chunk_len) in chunks {
+            self.add(
+                chunk,
+                Seed {
+                    path: path.to_path_buf(),
+                    offset,
+                    len: chunk_len,
+                },
+            );
+        }
+        self.add(
+            digest.clone(),
+            Seed {
+                path: path.to_path_buf(),
+                offset: 0,
+                len,
+            },
+        );
+        Some(digest)
+    }
+
+    /// Adds the files of the local store's artifacts whose digest is in `wanted` (digest →
+    /// size), reading only the artifacts' manifests (the store's content is verified when it is
+    /// published and every seed is checked again as it is copied). Nothing in the root is
+    /// created or changed; a root that cannot be read adds nothing.
+    pub fn scan_store(&mut self, root: &Path, wanted: &HashMap<String, u64>) {
+        if wanted.is_empty() {
+            return;
+        }
+        let layout = crate::layout::Layout::new(root);
+        let Ok(found) = crate::store::published_files(&layout, &|digest, size| {
+            wanted.get(digest).is_some_and(|want| *want == size)
+        }) else {
+            return;
+        };
+        for (digest, path, size) in found {
+            self.add(
+                digest,
+                Seed {
+                    path,
+                    offset: 0,
+                    len: size,
+                },
+            );
+        }
+    }
+}
+
+/// Reads `seed`'s bytes; an error when the file is gone or shorter than the seed.
+pub(super) fn read_seed(seed: &Seed) -> io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(&seed.path).map_err(|e| crate::fs::annotate(e, "open", &seed.path))?;
+    file.seek(SeekFrom::Start(seed.offset))
+        .map_err(|e| crate::fs::annotate(e, "seek in", &seed.path))?;
+    let len = usize::try_from(seed.len).map_err(io::Error::other)?;
+    let mut bytes = Vec::with_capacity(len);
+    (&mut file)
+        .take(seed.len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| crate::fs::annotate(e, "read", &seed.path))?;
+    if bytes.len() != len {
+        return Err(io::Error::other(format!(
+            "`{}` is shorter than it was when it was hashed",
+            seed.path.display()
+        )));
+    }
+    Ok(bytes)
+}
