@@ -27,6 +27,7 @@
 mod create;
 mod download_pipe;
 pub mod format;
+pub(crate) mod pack;
 mod restore;
 
 use std::io;
@@ -37,8 +38,8 @@ use serde::Serialize;
 
 pub use create::snapshot;
 pub use format::{
-    ARCHIVE_MANIFEST_VERSION, AnyManifest, ArchiveManifest, ChunkRef, GcState, POINTER_VERSION, PackRef, PackedManifest,
-    Pointer, SNAPSHOT_MANIFEST_VERSION, SegmentEntry, SegmentRef,
+    ARCHIVE_MANIFEST_VERSION, AnyManifest, ArchiveManifest, ChunkRef, GcState, POINTER_VERSION, PackRef,
+    PackedManifest, Pointer, SNAPSHOT_MANIFEST_VERSION, SegmentEntry, SegmentRef,
 };
 pub use restore::restore;
 
