@@ -29,6 +29,7 @@ mod create;
 mod download_pipe;
 mod fetch;
 pub mod format;
+pub(crate) mod pack;
 mod restore;
 mod seeds;
 
