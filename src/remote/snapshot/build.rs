@@ -163,7 +163,7 @@ impl Shared<'_> {
             })
             .max()
             .unwrap_or(0);
-        if end > MAX_FRAME {
+        if end > MAX_FRAME as u64 {
             return Err(self.bad(
                 pack,
                 format!("a chunk ends {end} bytes into its frame, past any frame's size"),
@@ -272,11 +272,10 @@ enum SeedJob {
     Chunk { entry: usize, chunk: usize, seed: Seed },
 }
 
-/// Decompresses the first `len` bytes of one zstd frame.
+/// Decodes one frame (exactly one zstd frame, at most [`MAX_FRAME`] bytes) that must hold at
+/// least `len` bytes.
 fn decode_prefix(frame: &[u8], len: u64) -> io::Result<Vec<u8>> {
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)?.single_frame();
-    let mut out = Vec::with_capacity(len as usize);
-    (&mut decoder).take(len).read_to_end(&mut out)?;
+    let out = super::pack::decode_frame(frame, MAX_FRAME).map_err(io::Error::other)?;
     if (out.len() as u64) < len {
         return Err(io::Error::other(format!(
             "it decompresses to {} bytes, the manifest places chunks up to {len}",

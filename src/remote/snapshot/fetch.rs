@@ -4,12 +4,12 @@
 //! GETs and handed to the tree builder ([`fetch_frames`]).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
 use super::format::{PackedManifest, SegmentEntry, TreeCheck, pack_key};
+use super::pack::{SEGMENT_MAX_BYTES, decode_frame, parse_segment};
 use super::{Result, SnapshotError};
 use crate::remote::{Remote, RemoteError, RemoteUrl};
 use crate::store::EntryKind;
@@ -21,7 +21,8 @@ const MERGE_GAP: u64 = 64 * 1024;
 const MAX_RANGE: u64 = 4 << 20;
 /// The largest a decompressed frame may be: [`super::format::FRAME_TARGET`] of tar bytes, then
 /// the rest of the chunk that crossed it (a whole small file at most), headers and slack.
-pub(super) const MAX_FRAME: u64 = super::format::FRAME_TARGET + super::format::CHUNK_THRESHOLD + (1 << 20);
+pub(super) const MAX_FRAME: usize =
+    (super::format::FRAME_TARGET + super::format::CHUNK_THRESHOLD) as usize + (1 << 20);
 
 /// A snapshot's entries, read from its segments and checked against its digest.
 pub(super) struct Tree {
@@ -82,8 +83,6 @@ pub(super) fn read_tree(
     let mut check = TreeCheck::new(&manifest).map_err(bad)?;
     let mut dirs = std::collections::HashSet::new();
     let mut entries = Vec::new();
-    // Bounds what a segment may decompress to: its entries, with their chunk lists.
-    let chunk_lines = manifest.bytes / u64::from(super::format::CHUNK_MIN) + manifest.files;
     for (i, segment) in manifest.segments.iter().enumerate() {
         let (request, offset) = at[i];
         let len = segment.range[1] - segment.range[0];
@@ -91,28 +90,21 @@ pub(super) fn read_tree(
         let frame = body
             .get(offset as usize..(offset + len) as usize)
             .ok_or_else(|| bad(format!("segment {i} lies outside its pack")))?;
-        let limit =
-            (segment.entries.saturating_add(1)).saturating_mul(64 * 1024) + chunk_lines.saturating_mul(512);
-        let decoded = decode_frame(frame, limit).map_err(|e| {
-            bad(format!(
-                "segment {i} of pack `{}` cannot be decoded: {e}",
-                segment.pack
-            ))
-        })?;
+        let decoded = decode_frame(frame, SEGMENT_MAX_BYTES)
+            .map_err(|e| bad(format!("segment {i} of pack `{}`: {e}", segment.pack)))?;
         if blake3::hash(&decoded).to_hex().as_str() != segment.blake3 {
             return Err(bad(format!(
                 "segment {i} of pack `{}` does not match its BLAKE3",
                 segment.pack
             )));
         }
-        let mut count = 0u64;
-        for line in decoded.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let entry: SegmentEntry = serde_json::from_slice(line)
-                .map_err(|e| bad(format!("segment {i} holds an unreadable entry: {e}")))?;
+        let decoded = parse_segment(&decoded)
+            .map_err(|e| bad(format!("segment {i} of pack `{}`: {e}", segment.pack)))?;
+        let count = decoded.len() as u64;
+        for entry in decoded {
             check_path(&entry, &mut dirs).map_err(bad)?;
             check.push(&entry).map_err(bad)?;
             entries.push(entry);
-            count += 1;
         }
         if count != segment.entries {
             return Err(bad(format!(
@@ -127,19 +119,6 @@ pub(super) fn read_tree(
         entries,
         fetched,
     })
-}
-
-/// Decompresses one zstd frame, refusing to produce more than `limit` bytes.
-pub(super) fn decode_frame(frame: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)?.single_frame();
-    let mut out = Vec::new();
-    (&mut decoder).take(limit + 1).read_to_end(&mut out)?;
-    if out.len() as u64 > limit {
-        return Err(std::io::Error::other(format!(
-            "it decompresses past {limit} bytes"
-        )));
-    }
-    Ok(out)
 }
 
 /// An entry's path must be relative, `/`-separated, without `.`, `..` or empty names, and its
@@ -330,8 +309,7 @@ pub(super) fn fetch_frames(
             }
             Ok(())
         };
-        let requests_copy = requests.clone();
-        downloaded += remote.get_ranges(&requests_copy, &mut sink, progress)?;
+        downloaded += remote.get_ranges(&requests, &mut sink, progress)?;
     }
     Ok(downloaded)
 }

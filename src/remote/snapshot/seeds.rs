@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use super::format::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_THRESHOLD, SegmentEntry};
+use super::format::{CHUNK_THRESHOLD, SegmentEntry};
 use crate::store::EntryKind;
 
 /// Where a run of bytes with a known digest is on this machine.
@@ -148,7 +148,7 @@ impl Seeds {
             bytes.len() as u64
         } else {
             let mut read = 0u64;
-            let cut = fastcdc::v2020::StreamCDC::new(&file, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
+            let cut = super::pack::chunks(&file);
             for chunk in cut {
                 let chunk = chunk.ok()?;
                 whole.update(&chunk.data);
