@@ -52,6 +52,7 @@ mod restore_refuses_a_directory_inside_the_cache;
 mod restore_reports_where_its_time_went;
 mod signals_end_builders_and_hooks;
 mod snapshot_advisory;
+mod snapshot_compacts_scattered_packs;
 mod snapshot_concurrent;
 mod snapshot_of_a_changing_tree;
 mod snapshot_packs_are_standard_tar_zst;
