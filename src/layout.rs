@@ -12,6 +12,7 @@
 //!     trash/                     artifacts being deleted by `gc`
 //!     locks/                     the root lock and per-entry build locks
 //!     catalog.sqlite             entries, failures, leases (SQLite, WAL)
+//!     snapshot-stat/<h>          what `snapshot` last read of one DIR for one URL (a stat cache)
 //!     reserve                    1 MiB that `gc` deletes first, so it can work on a full disk
 //! ```
 
@@ -223,6 +224,19 @@ impl Layout {
     /// The lock that keeps garbage collections from running at once.
     pub fn gc_lock(&self) -> PathBuf {
         self.base.join("locks").join("gc.lock")
+    }
+
+    /// The stat cache of `snapshot` for the directory `dir` (canonical) snapshotted to `url`:
+    /// `v1/snapshot-stat/<first 32 hex digits of the BLAKE3 of dir NUL url>`. One file per
+    /// pair, so two trees or two remotes never share (or fight over) one.
+    pub fn snapshot_stat(&self, dir: &Path, url: &str) -> PathBuf {
+        let mut key = blake3::Hasher::new();
+        key.update(dir.as_os_str().as_encoded_bytes());
+        key.update(b"\0");
+        key.update(url.as_bytes());
+        self.base
+            .join("snapshot-stat")
+            .join(&key.finalize().to_hex()[..32])
     }
 
     /// The SQLite catalog.

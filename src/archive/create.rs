@@ -180,6 +180,16 @@ pub fn scan_tree(dir: &Path) -> Result<TreeTotals, ArchiveError> {
 /// cores, a batch of files at a time. `None` when the tree does not match `totals` (it changed
 /// since [`scan_tree`]).
 pub fn digest_tree(dir: &Path, totals: TreeTotals) -> Result<Option<ArtifactId>, ArchiveError> {
+    digest_tree_with(dir, totals, &|_: &str, _: &FileStat| None)
+}
+
+/// Like [`digest_tree`], taking a file's digest from `known` instead of reading the file when
+/// it has one for the file's path and `lstat` (a stat cache; see [`FileStat`]).
+pub fn digest_tree_with(
+    dir: &Path,
+    totals: TreeTotals,
+    known: &(dyn Fn(&str, &FileStat) -> Option<String> + Sync + '_),
+) -> Result<Option<ArtifactId>, ArchiveError> {
     let mut hasher =
         ManifestHasher::new(totals.files, totals.bytes).map_err(|source| ArchiveError::Create {
             path: dir.to_path_buf(),
@@ -203,11 +213,27 @@ pub fn digest_tree(dir: &Path, totals: TreeTotals) -> Result<Option<ArtifactId>,
                 )
             }
             Kind::File => {
-                files_in_batch += 1;
-                (
-                    entry(visit.rel, EntryKind::File, false, 0, None, None),
-                    Some(visit.path.to_path_buf()),
-                )
+                let stat = FileStat::of(visit.meta);
+                match known(visit.rel, &stat) {
+                    Some(digest) => (
+                        entry(
+                            visit.rel,
+                            EntryKind::File,
+                            stat.exec,
+                            stat.size,
+                            Some(digest),
+                            None,
+                        ),
+                        None,
+                    ),
+                    None => {
+                        files_in_batch += 1;
+                        (
+                            entry(visit.rel, EntryKind::File, false, 0, None, None),
+                            Some(visit.path.to_path_buf()),
+                        )
+                    }
+                }
             }
         };
         batch.push((entry, path));
@@ -713,6 +739,224 @@ impl<W: Write> Write for Counting<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// What a file's `stat` says, as a stat cache compares it: a file whose stat is unchanged is
+/// taken to hold the bytes it held (docs/DESIGN.md, "Stat cache").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+    pub exec: bool,
+}
+
+impl FileStat {
+    /// The stat of `meta`.
+    pub fn of(meta: &Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Self {
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+            exec: crate::fs::is_executable(meta),
+        }
+    }
+}
+
+/// Says a file's content digest (hex) without reading it, from its path and `lstat`, or `None`
+/// to have it read.
+pub type Known = dyn Fn(&str, &FileStat) -> Option<String> + Send + Sync;
+
+/// Cuts a file's content (exactly its size) into chunks, for [`read_chunked`].
+pub type Chunker = fn(std::io::Take<File>) -> Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send>;
+
+/// One step of [`read_chunked`], in manifest order.
+#[derive(Debug)]
+pub enum TreeItem {
+    /// A directory.
+    Dir { rel: String, mtime: u64 },
+    /// A symlink.
+    Symlink { rel: String, target: String, mtime: u64 },
+    /// A regular file. When `known` (its digest, given by the caller without reading it), no
+    /// content follows; otherwise its [`TreeItem::Chunk`]s follow, adding up to `size`, then
+    /// [`TreeItem::FileEnd`].
+    File {
+        rel: String,
+        size: u64,
+        mtime: u64,
+        /// The stat of the opened file (or the `lstat` when it was not read).
+        stat: FileStat,
+        known: Option<String>,
+    },
+    /// The next chunk of the current file, with its BLAKE3.
+    Chunk { data: Vec<u8>, blake3: blake3::Hash },
+    /// The end of the current file, with the BLAKE3 of all of it.
+    FileEnd { digest: blake3::Hash },
+}
+
+/// Messages in flight from [`read_chunked`]'s reading thread: chunks are at most 256 KiB for
+/// a large file and 1 MiB for a small one, so at most a few MiB are read ahead.
+const CHUNKED_READ_AHEAD: usize = 8;
+
+/// The tree read once, in manifest order, on a thread of its own: [`read_chunked`].
+pub struct ChunkedTree {
+    rx: Option<Receiver<Result<TreeItem, ArchiveError>>>,
+    reader: Option<std::thread::JoinHandle<Duration>>,
+    /// Time the consumer waited for the reading thread.
+    pub waited: Duration,
+}
+
+/// Reads `dir` once on a thread of its own (listing, the tree rule, reading and hashing), and
+/// hands it over entry by entry, in manifest order, through a bounded queue. A file of at least
+/// `threshold` bytes comes as content-defined chunks (`chunker`), a smaller one as one chunk; a
+/// file `known` gives the digest of is not read. Each file is read exactly as long as its
+/// opened handle says, and refused if it changed while it was read ([`unchanged_since`]).
+pub fn read_chunked(dir: &Path, threshold: u64, known: Box<Known>, chunker: Chunker) -> ChunkedTree {
+    let (tx, rx) = sync_channel(CHUNKED_READ_AHEAD);
+    let dir = dir.to_path_buf();
+    let reader = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut blocked = Duration::ZERO;
+        let walked = {
+            let mut send = |item: TreeItem| -> Result<(), ArchiveError> {
+                let t = Instant::now();
+                let sent = tx.send(Ok(item));
+                blocked += t.elapsed();
+                sent.map_err(|_| ArchiveError::Create {
+                    path: dir.clone(),
+                    source: io::Error::other("the snapshot was abandoned"),
+                })
+            };
+            walk(&dir, &mut |visit| match visit.kind {
+                Kind::Dir => send(TreeItem::Dir {
+                    rel: visit.rel.to_owned(),
+                    mtime: mtime(visit.meta),
+                }),
+                Kind::Symlink(target) => send(TreeItem::Symlink {
+                    rel: visit.rel.to_owned(),
+                    target: target.to_owned(),
+                    mtime: mtime(visit.meta),
+                }),
+                Kind::File => {
+                    let stat = FileStat::of(visit.meta);
+                    if let Some(digest) = known(visit.rel, &stat) {
+                        return send(TreeItem::File {
+                            rel: visit.rel.to_owned(),
+                            size: stat.size,
+                            mtime: mtime(visit.meta),
+                            stat,
+                            known: Some(digest),
+                        });
+                    }
+                    read_file_chunked(visit.path, visit.rel, threshold, chunker, &mut send)
+                }
+            })
+        };
+        if let Err(e) = walked {
+            let _ = tx.send(Err(e));
+        }
+        started.elapsed().saturating_sub(blocked)
+    });
+    ChunkedTree {
+        rx: Some(rx),
+        reader: Some(reader),
+        waited: Duration::ZERO,
+    }
+}
+
+fn read_file_chunked(
+    path: &Path,
+    rel: &str,
+    threshold: u64,
+    chunker: Chunker,
+    send: &mut dyn FnMut(TreeItem) -> Result<(), ArchiveError>,
+) -> Result<(), ArchiveError> {
+    let err = |source| ArchiveError::Create {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = open(path)?;
+    let meta = file.metadata().map_err(err)?;
+    let size = meta.len();
+    send(TreeItem::File {
+        rel: rel.to_owned(),
+        size,
+        mtime: mtime(&meta),
+        stat: FileStat::of(&meta),
+        known: None,
+    })?;
+    let mut whole = blake3::Hasher::new();
+    if size < threshold {
+        let data = read_piece(&mut file, usize::try_from(size).unwrap_or(usize::MAX), path)?;
+        unchanged_since(&file, &meta, path)?;
+        let digest = blake3::hash(&data);
+        if !data.is_empty() {
+            send(TreeItem::Chunk { data, blake3: digest })?;
+        }
+        return send(TreeItem::FileEnd { digest });
+    }
+    // Only the first `size` bytes, as the header promises; fewer means the file shrank.
+    let handle = file
+        .try_clone()
+        .map_err(|e| err(crate::fs::annotate(e, "read", path)))?;
+    let mut got = 0u64;
+    for chunk in chunker(handle.take(size)) {
+        let data = chunk.map_err(|e| err(crate::fs::annotate(e, "read", path)))?;
+        got += data.len() as u64;
+        whole.update(&data);
+        let digest = blake3::hash(&data);
+        send(TreeItem::Chunk { data, blake3: digest })?;
+    }
+    if got != size {
+        return Err(err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("`{}` shrank while it was being archived", path.display()),
+        )));
+    }
+    unchanged_since(&file, &meta, path)?;
+    send(TreeItem::FileEnd {
+        digest: whole.finalize(),
+    })
+}
+
+impl ChunkedTree {
+    /// The reading thread's busy time (not counting the time it waited for room in the queue);
+    /// stops it first if it is still running.
+    pub fn finish(mut self) -> Duration {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Duration {
+        // Dropping the receiver makes the reader's next send fail, so it stops.
+        self.rx = None;
+        self.reader
+            .take()
+            .and_then(|r| r.join().ok())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+impl Iterator for ChunkedTree {
+    type Item = Result<TreeItem, ArchiveError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let t = Instant::now();
+        let item = self.rx.as_ref()?.recv().ok();
+        self.waited += t.elapsed();
+        item
+    }
+}
+
+impl Drop for ChunkedTree {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

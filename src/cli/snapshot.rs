@@ -78,12 +78,14 @@ fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, RemoteSettings, Option<D
 }
 
 /// `warmcache snapshot DIR`.
-pub fn run_snapshot(_cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> {
+pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> {
     let (url, settings, _) = remote_url(args.remote.as_deref())?;
     let options = SnapshotOptions {
         force: args.force,
         strict: args.strict,
         settings,
+        // The stat cache lives under the cache root; without one, every file is read.
+        cache_root: super::context::root(cli).ok(),
         ..SnapshotOptions::default()
     };
     let bars = Bars::new(out, "snapshot");
@@ -131,8 +133,17 @@ pub fn run_snapshot(_cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()>
     }
     out.result(&json!(report), || match report.status {
         SnapshotStatus::Uploaded if report.uploaded_bytes > 0 => format!(
-            "uploaded {} ({} files, {}) to {url}",
+            "uploaded {} in one {} pack ({} new chunks, {} reused; {} files, {}) to {url}",
             format_size(report.uploaded_bytes),
+            if report.compacted {
+                "compacted full"
+            } else if report.full {
+                "full"
+            } else {
+                "delta"
+            },
+            report.new_chunks,
+            report.reused_chunks,
             report.files,
             format_size(report.bytes)
         ),

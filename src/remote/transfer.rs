@@ -414,6 +414,47 @@ impl Remote {
         })
     }
 
+    /// Bytes `range` of `key` in memory (a manifest segment or one zstd frame of a snapshot
+    /// pack), or `None` when the object is missing. Exactly the range must arrive; at most
+    /// [`super::RemoteSettings::max_small_object`] bytes are asked for.
+    pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Option<Bytes>> {
+        let path = self.path(key)?;
+        let target = self.describe(key);
+        let store = &self.inner.store;
+        let expected = range.end.saturating_sub(range.start);
+        let limit = self.inner.settings.max_small_object;
+        if expected > limit {
+            return Err(RemoteError::TooLarge {
+                target,
+                size: expected,
+                limit,
+            });
+        }
+        self.run("download", &target, self.deadline(), async {
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(range.clone())),
+                ..Default::default()
+            };
+            let result = match store.get_opts(&path, options).await {
+                Ok(result) => result,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(RemoteError::from_store(e, &target, "download")),
+            };
+            let body = result
+                .bytes()
+                .await
+                .map_err(|e| RemoteError::from_store(e, &target, "download"))?;
+            if body.len() as u64 != expected {
+                return Err(RemoteError::Truncated {
+                    target: target.clone(),
+                    expected,
+                    received: body.len() as u64,
+                });
+            }
+            Ok(Some(body))
+        })
+    }
+
     /// Deletes `key` (a missing object is not an error).
     pub fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;

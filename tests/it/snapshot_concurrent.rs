@@ -83,16 +83,18 @@ fn exactly_one_of_two_concurrent_snapshots_wins() {
         "the loser names who won"
     );
 
-    // The pointer names the winner's snapshot, whose manifest and archive are complete.
+    // The pointer names the winner's snapshot, whose manifest and packs are complete.
     assert_eq!(pointer(&server, KEY)["digest"], winner["digest"]);
     let manifest = current_manifest(&server, KEY);
-    let archive = format!("{KEY}/{}", manifest["archive"].as_str().unwrap());
     let stored = objects(&server);
-    assert_eq!(
-        stored.get(&archive).map(String::as_str),
-        manifest["archive_blake3"].as_str(),
-        "the archive the pointer leads to is whole"
-    );
+    for pack in manifest["packs"].as_array().unwrap() {
+        let key = format!("{KEY}/packs/{}.tar.zst", pack["token"].as_str().unwrap());
+        assert_eq!(
+            stored.get(&key).map(String::as_str),
+            pack["blake3"].as_str(),
+            "the pack the pointer leads to is whole"
+        );
+    }
 
     let restored = tmp.path().join("restored");
     json_ok(&restore(

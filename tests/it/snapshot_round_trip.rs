@@ -73,11 +73,16 @@ fn the_uploaded_object_is_a_standard_tar_zst() {
     real_tree(&src);
     json_ok(&snapshot(&server, &tmp.path().join("cache"), &src, KEY, &[]));
 
+    // A first snapshot is one full pack.
     let manifest = current_manifest(&server, KEY);
-    let archive = server.object_path(&format!("{KEY}/{}", manifest["archive"].as_str().unwrap()));
+    let packs = manifest["packs"].as_array().unwrap();
+    assert_eq!(packs.len(), 1, "{manifest}");
+    assert_eq!(packs[0]["full"], true, "{manifest}");
+    let token = packs[0]["token"].as_str().unwrap();
+    let archive = server.object_path(&format!("{KEY}/packs/{token}.tar.zst"));
     let bytes = std::fs::read(&archive).unwrap();
-    assert_eq!(manifest["archive_bytes"], bytes.len() as u64);
-    assert_eq!(manifest["archive_blake3"], blake3::hash(&bytes).to_hex().as_str());
+    assert_eq!(packs[0]["bytes"], bytes.len() as u64);
+    assert_eq!(packs[0]["blake3"], blake3::hash(&bytes).to_hex().as_str());
 
     let plain = tmp.path().join("plain");
     std::fs::create_dir(&plain).unwrap();

@@ -1,24 +1,30 @@
 //! [`snapshot`]: upload a directory as the current snapshot of a key.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
 use super::format::{
-    ARCHIVE_MANIFEST_VERSION, ArchiveManifest, POINTER_VERSION, Pointer, SNAPSHOTS, Unreadable,
-    describe_pointer, host_name, manifest_key, parse_pointer, pointer_key, unique_token,
+    AnyManifest, CHUNK_THRESHOLD, ChunkRef, GC_STATE_VERSION, GcState, POINTER_VERSION, PackRef,
+    PackedManifest, Pointer, SNAPSHOT_MANIFEST_VERSION, SNAPSHOTS, SegmentEntry, SegmentRef, TreeCheck,
+    Unreadable, describe_pointer, ends_segment, gc_state_key, host_name, manifest_key, pack_key,
+    parse_manifest, parse_pointer, pointer_key, unique_token,
 };
+use super::pack::{self, ChunkAt, PackError, PackWriter};
+use super::stat::{self, StatCache, StatEntry};
 use super::{
     Phase, Result, SnapshotError, SnapshotOptions, SnapshotPhases, SnapshotProgress, SnapshotReport,
     SnapshotStatus, is_colder,
 };
-use crate::archive::{self, ArchiveError, Format, TreeTotals};
+use crate::archive::{self, ArchiveError, FileStat, Known, TreeItem, TreeTotals};
 use crate::ids::ArtifactId;
+use crate::layout::Layout;
 use crate::remote::{CondPut, ObjectVersion, PutOutcome, Remote, RemoteError, RemoteUrl, RemoteWriter};
-use crate::store::StoreError;
+use crate::store::{EntryKind, ManifestHasher, StoreError};
 
 /// Compressed bytes are handed to the uploader in chunks of this size, so the upload path does
 /// its per-write bookkeeping once per chunk rather than once per small write of the encoder.
@@ -39,17 +45,17 @@ const LIST_LIMIT: usize = 1000;
 ///
 /// One walk first (`lstat` only) checks the tree rule and counts files and bytes, before
 /// anything remote changes. When the remote may already hold this very tree (the current
-/// snapshot, or another under the key, has the same counts), the tree is read and hashed to
-/// decide; otherwise it cannot, and the tree is read exactly once: a reading thread hashes each
-/// file as it streams into the tar.zst (zstd on its own threads), whose compressed bytes go up
-/// as a multipart upload with a bounded number of parts in flight. The content digest is
-/// computed from the bytes archived, so the manifest always describes the archive, whatever
-/// happens to the tree meanwhile; a tree that changed during the snapshot is refused
-/// ([`SnapshotError::Changed`]) and the upload aborted. Memory is bounded whatever the tree's
-/// size. The pointer moves only after the archive and its manifest are complete, by a
-/// conditional put against the version read at the start; if another writer moved it meanwhile,
-/// the result is [`SnapshotStatus::Conflict`] (or [`SnapshotError::Conflict`] when strict) and
-/// the pointer is left as they wrote it.
+/// snapshot, or another under the key, has the same counts), the tree is hashed to decide
+/// (files the stat cache vouches for are not read). Otherwise the tree is read exactly once: a
+/// reading thread cuts files into chunks and hashes them, and only what the current snapshot
+/// does not already hold goes into one new pack (docs/DESIGN.md, "Snapshots"), compressed on a
+/// few threads and uploaded as it is written, with memory bounded whatever the tree's size. The
+/// content digest is computed from the bytes read, so the manifest always describes the packs;
+/// a tree that changed during the snapshot is refused ([`SnapshotError::Changed`]) and the
+/// upload aborted. The pointer moves only after the pack and its manifest are complete, by a
+/// conditional put against the version read at the start; if another writer moved it
+/// meanwhile, the result is [`SnapshotStatus::Conflict`] (or [`SnapshotError::Conflict`] when
+/// strict) and the pointer is left as they wrote it.
 pub fn snapshot(
     dir: &Path,
     url: &RemoteUrl,
@@ -72,7 +78,15 @@ pub fn snapshot(
         files: totals.files,
         bytes: totals.bytes,
         uploaded_bytes: 0,
-        archive: None,
+        pack: None,
+        full: false,
+        compacted: false,
+        new_chunks: 0,
+        reused_chunks: 0,
+        new_segments: 0,
+        reused_segments: 0,
+        files_read: 0,
+        files_trusted: 0,
         remote: before.clone(),
         elapsed_ms: 0,
         phases: SnapshotPhases::default(),
@@ -106,12 +120,22 @@ pub fn snapshot(
         }
         return finish(report, phases, SnapshotStatus::Refused);
     }
+    // What the last snapshot of this directory to this URL read, so unchanged files are not
+    // read again (docs/DESIGN.md, "Snapshots").
+    let stat_path = options.cache_root.as_ref().map(|root| {
+        let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Layout::new(root).snapshot_stat(&canonical, &url.to_string())
+    });
+    let stats = Arc::new(stat_path.as_deref().map(StatCache::load).unwrap_or_default());
     let maybe_known = timed(&mut phases.remote_ms, || {
         may_be_known(url, &remote, &totals, before.as_ref())
     })?;
     let known = if maybe_known {
-        let digest =
-            timed(&mut phases.hash_ms, || archive::digest_tree(dir, totals)).map_err(|e| local(dir, e))?;
+        let vouched = |rel: &str, stat: &FileStat| stats.digest(rel, stat);
+        let digest = timed(&mut phases.hash_ms, || {
+            archive::digest_tree_with(dir, totals, &vouched)
+        })
+        .map_err(|e| local(dir, e))?;
         let Some(digest) = digest else {
             return Err(changed(
                 dir,
@@ -136,33 +160,36 @@ pub fn snapshot(
             return finish(report, phases, SnapshotStatus::Unchanged);
         }
     }
-    let manifest = match &known {
+    let existing = match &known {
         Some(digest) => timed(&mut phases.remote_ms, || {
             existing_manifest(url, &remote, digest.as_str())
         })?,
         None => None,
     };
-    let manifest = match manifest {
+    let published = match existing {
         Some(m) => m,
-        None => upload(
-            dir,
-            url,
-            &remote,
-            totals,
-            known.as_ref(),
-            options,
-            &*progress,
-            &mut report,
-            &mut phases,
-        )?,
+        None => {
+            let base = timed(&mut phases.remote_ms, || load_base(url, &remote, before.as_ref()))?;
+            let job = Upload {
+                dir,
+                url,
+                remote: &remote,
+                totals,
+                known: known.as_ref(),
+                options,
+                progress: &*progress,
+                stats,
+                stat_path: stat_path.as_deref(),
+            };
+            job.run(base, &mut report, &mut phases)?
+        }
     };
-    report.digest = manifest.digest.clone();
-    report.archive = Some(remote.describe(&url.join(&manifest.archive)));
+    report.digest = published.digest.clone();
     let status = timed(&mut phases.remote_ms, || {
         move_pointer(
             url,
             &remote,
-            &manifest,
+            &published,
             before_version.as_ref(),
             options,
             &mut report,
@@ -206,13 +233,21 @@ fn changed(dir: &Path, detail: String) -> SnapshotError {
 /// Whether the remote may already hold a snapshot of this very tree, so that hashing it before
 /// uploading can save the upload: the current snapshot, or one of the newest
 /// [`MANIFESTS_EXAMINED`] under the key, has the same counts. Trees with other counts have
-/// other digests, so for them the tree is read only once, while it is archived.
+/// other digests, so for them the tree is read only once, while it is packed.
 fn may_be_known(
     url: &RemoteUrl,
     remote: &Remote,
     totals: &TreeTotals,
     current: Option<&Pointer>,
 ) -> Result<bool> {
+    /// The counts every manifest version starts with.
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        files: u64,
+        bytes: u64,
+        dirs: u64,
+        symlinks: u64,
+    }
     if current.is_some_and(|p| (p.files, p.bytes) == (totals.files, totals.bytes)) {
         return Ok(true);
     }
@@ -240,7 +275,7 @@ fn may_be_known(
         let Some(bytes) = remote.get_bytes(&object.key)? else {
             continue;
         };
-        if let Ok(m) = serde_json::from_slice::<ArchiveManifest>(&bytes)
+        if let Ok(m) = serde_json::from_slice::<Counts>(&bytes)
             && (m.files, m.bytes, m.dirs, m.symlinks)
                 == (totals.files, totals.bytes, totals.dirs, totals.symlinks)
         {
@@ -250,22 +285,53 @@ fn may_be_known(
     Ok(false)
 }
 
+/// What the pointer is moved to: a published manifest's digest and counts.
+struct Published {
+    digest: String,
+    files: u64,
+    bytes: u64,
+}
+
+impl Published {
+    fn of(manifest: &AnyManifest) -> Self {
+        match manifest {
+            AnyManifest::Archive(m) => Self {
+                digest: m.digest.clone(),
+                files: m.files,
+                bytes: m.bytes,
+            },
+            AnyManifest::Packed(m) => Self {
+                digest: m.digest.clone(),
+                files: m.files,
+                bytes: m.bytes,
+            },
+        }
+    }
+}
+
 /// The manifest of this tree's snapshot when the remote already has it (A→B→A, or another
-/// machine) with its archive.
-fn existing_manifest(url: &RemoteUrl, remote: &Remote, digest: &str) -> Result<Option<ArchiveManifest>> {
-    let Some((bytes, _)) = remote.get_versioned(&manifest_key(url, digest))? else {
+/// machine), in either format, with every object it names present at its size.
+fn existing_manifest(url: &RemoteUrl, remote: &Remote, digest: &str) -> Result<Option<Published>> {
+    let Some(bytes) = remote.get_bytes(&manifest_key(url, digest))? else {
         return Ok(None);
     };
-    if let Ok(m) = serde_json::from_slice::<ArchiveManifest>(&bytes)
-        && m.version == ARCHIVE_MANIFEST_VERSION
-        && m.digest == digest
-        && remote
-            .head(&url.join(&m.archive))?
-            .is_some_and(|meta| meta.size == m.archive_bytes)
-    {
-        return Ok(Some(m));
+    let Ok(manifest) = parse_manifest(&bytes, digest) else {
+        return Ok(None);
+    };
+    let objects: Vec<(String, u64)> = match &manifest {
+        AnyManifest::Archive(m) => vec![(url.join(&m.archive), m.archive_bytes)],
+        AnyManifest::Packed(m) => m
+            .packs
+            .iter()
+            .map(|p| (pack_key(url, &p.token), p.bytes))
+            .collect(),
+    };
+    for (key, size) in objects {
+        if remote.head(&key)?.is_none_or(|meta| meta.size != size) {
+            return Ok(None);
+        }
     }
-    Ok(None)
+    Ok(Some(Published::of(&manifest)))
 }
 
 /// The pointer and the version read, or `None`s when there is none. An unreadable pointer is
@@ -302,7 +368,7 @@ fn read_pointer(remote: &Remote, url: &RemoteUrl) -> Result<(Option<Pointer>, Op
 fn move_pointer(
     url: &RemoteUrl,
     remote: &Remote,
-    manifest: &ArchiveManifest,
+    manifest: &Published,
     before_version: Option<&ObjectVersion>,
     options: &SnapshotOptions,
     report: &mut SnapshotReport,
@@ -344,155 +410,940 @@ fn move_pointer(
     Ok(SnapshotStatus::Conflict)
 }
 
-/// Streams `dir` as a tar.zst to a new archive object, reading the tree once, and publishes its
-/// manifest (or, if another machine published this tree meanwhile, takes theirs and abandons
-/// ours). `known` is the digest when the tree was hashed first: the archived tree must match it.
-#[allow(clippy::too_many_arguments)]
-fn upload(
-    dir: &Path,
+/// Writes the manifest of a fresh snapshot: created, or replacing an unreadable one (guarded by
+/// its version). If another machine published this tree meanwhile, theirs is as good, and our
+/// pack must not linger unreferenced (best effort: an orphan costs storage until the remote gc
+/// collects it, not correctness).
+fn publish(
     url: &RemoteUrl,
     remote: &Remote,
-    totals: TreeTotals,
-    known: Option<&ArtifactId>,
-    options: &SnapshotOptions,
-    progress: &dyn SnapshotProgress,
-    report: &mut SnapshotReport,
-    phases: &mut SnapshotPhases,
-) -> Result<ArchiveManifest> {
-    // Eight hex digits tell apart uploads of the same tree; keys stay short, which matters to
-    // stores that derive file names from them (s3s-fs base64-encodes whole keys into one name).
-    // S3 fixes an object's key when its upload starts: a tree hashed first gets its digest in
-    // the name, one hashed while it streams gets the token alone (docs/DESIGN.md,
-    // "Snapshots"); either way the manifest, named by the digest, says which archive is the tree's.
-    let token = &unique_token()[..8];
-    progress.phase(Phase::Uploading, None);
-    let archive = match known {
-        Some(digest) => format!("{SNAPSHOTS}/{digest}-{token}.tar.zst"),
-        None => format!("{SNAPSHOTS}/{token}.tar.zst"),
-    };
-    let key = url.join(&archive);
-    let t = Instant::now();
-    let writer = remote.writer(&key)?;
-    let started = Instant::now();
-    phases.remote_ms += t.elapsed().as_millis() as u64;
-    let Some(mut writer) = writer else {
-        return Err(SnapshotError::BadObject {
-            target: remote.describe(&key),
-            reason: "an object already has this freshly made key; run the snapshot again".to_owned(),
-        });
-    };
-    let part_size = options.settings.part_size.max(1);
-    writer.limit_in_flight((UPLOAD_BUDGET / part_size).saturating_sub(1));
-    let mut sink = UploadSink {
-        writer,
-        pending: BytesMut::with_capacity(UPLOAD_CHUNK),
-        hasher: blake3::Hasher::new(),
-        bytes: 0,
-        error: None,
-        busy: Duration::ZERO,
-        progress,
-    };
-    let archived = archive::archive_tree(dir, &mut sink, options.level, Some(totals));
-    if let Some(err) = sink.error.take() {
-        // The archiver failed because the upload did: that is the error to report. Dropping the
-        // sink aborts the multipart upload.
-        return Err(err.into());
-    }
-    let archived = archived.map_err(|e| local(dir, e))?;
-    let Some(digest) = archived.digest else {
-        let c = archived.report;
-        return Err(changed(
-            dir,
-            format!(
-                "walked {} files, {} bytes, {} directories, {} symlinks; archived {} files, {} bytes, \
-                 {} directories, {} symlinks",
-                totals.files,
-                totals.bytes,
-                totals.dirs,
-                totals.symlinks,
-                c.files,
-                c.bytes_in,
-                c.dirs,
-                c.symlinks
-            ),
-        ));
-    };
-    if let Some(expected) = known
-        && *expected != digest
-    {
-        return Err(changed(
-            dir,
-            format!("hashed as {expected} before the upload, archived as {digest}"),
-        ));
-    }
-    let sink_busy = sink.busy;
-    let digest = digest.to_string();
-    // Another machine may have published this very tree meanwhile (or an earlier snapshot of it
-    // was not among those examined): then theirs is as good, and ours is abandoned before it
-    // ever becomes visible.
-    let t = Instant::now();
-    if let Some(m) = existing_manifest(url, remote, &digest)? {
-        phases.remote_ms += t.elapsed().as_millis() as u64;
-        drop(sink);
-        return Ok(m);
-    }
-    phases.remote_ms += t.elapsed().as_millis() as u64;
-    let archive_ms = started.elapsed();
-    let mut busy = sink.busy;
-    let t = Instant::now();
-    let finished = sink.finish();
-    busy += t.elapsed();
-    let (archive_bytes, archive_blake3) = finished?;
-    phases.archive_ms = started.elapsed().as_millis() as u64;
-    phases.upload_ms = busy.as_millis() as u64;
-    phases.read_ms = archived.read.as_millis() as u64;
-    phases.read_wait_ms = archived.read_wait.as_millis() as u64;
-    phases.compress_ms = archive_ms
-        .saturating_sub(archived.read_wait + sink_busy)
-        .as_millis() as u64;
-    let manifest = ArchiveManifest {
-        version: ARCHIVE_MANIFEST_VERSION,
-        digest: digest.clone(),
-        files: archived.report.files,
-        dirs: archived.report.dirs,
-        symlinks: archived.report.symlinks,
-        bytes: archived.report.bytes_in,
-        archive,
-        archive_format: Format::TarZst,
-        archive_bytes,
-        archive_blake3,
-        created_at_ms: crate::clock::now_ms(),
-        host: host_name(),
-    };
-    report.uploaded_bytes = manifest.archive_bytes;
-    let t = Instant::now();
-    let published = publish(url, remote, manifest);
-    phases.remote_ms += t.elapsed().as_millis() as u64;
-    published
-}
-
-/// Writes the manifest of a freshly uploaded archive: created, or replacing an unreadable one
-/// (guarded by its version). If another machine published this tree meanwhile, theirs is as
-/// good, and our archive must not linger unreferenced (best effort: an orphan costs storage,
-/// not correctness).
-fn publish(url: &RemoteUrl, remote: &Remote, manifest: ArchiveManifest) -> Result<ArchiveManifest> {
+    manifest: &PackedManifest,
+    our_pack: Option<&str>,
+) -> Result<Published> {
     let manifest_key = manifest_key(url, &manifest.digest);
     let expect = remote.get_versioned(&manifest_key)?.map(|(_, version)| version);
-    let bytes = Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap_or_default());
+    let bytes = Bytes::from(serde_json::to_vec_pretty(manifest).unwrap_or_default());
     match remote.put_if(&manifest_key, bytes, expect.as_ref())? {
-        CondPut::Done(_) => Ok(manifest),
+        CondPut::Done(_) => Ok(Published::of(&AnyManifest::Packed(manifest.clone()))),
         CondPut::Conflict => {
-            if let Err(e) = remote.delete(&url.join(&manifest.archive)) {
-                tracing::warn!("could not remove the unused archive: {e}");
+            if let Some(token) = our_pack
+                && let Err(e) = remote.delete(&pack_key(url, token))
+            {
+                tracing::warn!("could not remove the unused pack: {e}");
             }
             let theirs = remote.get_bytes(&manifest_key)?.unwrap_or_default();
-            serde_json::from_slice::<ArchiveManifest>(&theirs).map_err(|e| SnapshotError::BadObject {
-                target: remote.describe(&manifest_key),
-                reason: format!("unreadable snapshot manifest: {e}"),
-            })
+            parse_manifest(&theirs, &manifest.digest)
+                .map(|m| Published::of(&m))
+                .map_err(|reason| SnapshotError::BadObject {
+                    target: remote.describe(&manifest_key),
+                    reason,
+                })
         }
     }
 }
+
+/// The snapshot's previous state (the pointer's manifest, format 2), as far as this snapshot
+/// may build on it: which chunks, whole files and segments are where, leaving out what is in a
+/// pack the remote gc condemned.
+struct Base {
+    manifest: PackedManifest,
+    /// Content (a chunk, or a file of one chunk) by its BLAKE3: where it is.
+    chunks: HashMap<[u8; 32], ChunkRef>,
+    /// Files of several chunks by their digest: their chunks.
+    files: HashMap<[u8; 32], Vec<ChunkRef>>,
+    /// BLAKE3 of the paths of files of several chunks: a file there that changed in part gets
+    /// its new chunks as `.warmcache-chunks/` entries rather than whole.
+    large_paths: HashSet<[u8; 32]>,
+    /// Directories and symlinks (kind, path, target, hashed): a delta pack carries only new ones.
+    links: HashSet<[u8; 32]>,
+    /// Segments by the BLAKE3 of their lines.
+    segments: HashMap<String, SegmentRef>,
+    /// Compressed bytes of the frames and segments the snapshot uses, and of its packs.
+    live: u64,
+    total: u64,
+    packs: usize,
+}
+
+fn b3(hex: &str) -> Option<[u8; 32]> {
+    blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
+}
+
+fn link_key(kind: EntryKind, path: &str, target: Option<&str>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&[kind as u8]);
+    h.update(path.as_bytes());
+    h.update(&[0]);
+    h.update(target.unwrap_or_default().as_bytes());
+    *h.finalize().as_bytes()
+}
+
+impl Base {
+    /// Whether content with this digest (hex) is held, whole, by the base.
+    fn places(&self, digest: &str) -> bool {
+        b3(digest).is_some_and(|d| self.chunks.contains_key(&d) || self.files.contains_key(&d))
+    }
+
+    /// The chunks of a file with this digest, as the base holds them.
+    fn chunks_of(&self, digest: &str) -> Option<Vec<ChunkRef>> {
+        let d = b3(digest)?;
+        if let Some(chunks) = self.files.get(&d) {
+            return Some(chunks.clone());
+        }
+        let mut chunk = self.chunks.get(&d)?.clone();
+        chunk.blake3 = None;
+        Some(vec![chunk])
+    }
+
+    /// The compaction rule (docs/DESIGN.md, "Snapshots"): a snapshot built on this one would
+    /// reference more than [`MAX_PACKS`] packs, or less than half of its packs' bytes is live.
+    fn needs_compaction(&self) -> bool {
+        self.packs + 1 > MAX_PACKS || self.live.saturating_mul(2) < self.total
+    }
+}
+
+/// The base of a delta snapshot: the pointer's manifest when it is a format-2 one whose packs
+/// are all there, with its segments read (ranged GETs, in parallel) and checked against its
+/// digest. Anything unusable (an old format, a missing pack, a segment that does not check, an
+/// unreadable gc state) means no base: the snapshot writes a full pack. Remote failures are
+/// errors (advisory), as everywhere.
+fn load_base(url: &RemoteUrl, remote: &Remote, pointer: Option<&Pointer>) -> Result<Option<Arc<Base>>> {
+    let Some(pointer) = pointer else {
+        return Ok(None);
+    };
+    let key = manifest_key(url, &pointer.digest);
+    let Some(bytes) = remote.get_bytes(&key)? else {
+        return Ok(None);
+    };
+    let unusable = |reason: String| {
+        tracing::warn!(
+            "{}: not building on the current snapshot ({reason}); uploading the whole tree",
+            remote.describe(&key)
+        );
+        Ok(None)
+    };
+    let manifest = match parse_manifest(&bytes, &pointer.digest) {
+        Ok(AnyManifest::Packed(m)) => m,
+        Ok(AnyManifest::Archive(_)) => return Ok(None),
+        Err(reason) => return unusable(reason),
+    };
+    let condemned: HashSet<String> = match remote.get_bytes(&gc_state_key(url))? {
+        None => HashSet::new(),
+        Some(bytes) => match serde_json::from_slice::<GcState>(&bytes) {
+            Ok(state) if state.version == GC_STATE_VERSION => state
+                .condemned
+                .keys()
+                .filter_map(|k| k.strip_prefix("packs/")?.strip_suffix(".tar.zst"))
+                .map(str::to_owned)
+                .collect(),
+            Ok(state) => return unusable(format!("gc.json has format version {}", state.version)),
+            Err(e) => return unusable(format!("unreadable gc.json: {e}")),
+        },
+    };
+    for pack in &manifest.packs {
+        let key = pack_key(url, &pack.token);
+        if remote.head(&key)?.is_none_or(|m| m.size != pack.bytes) {
+            return unusable(format!("pack {} is missing or not its recorded size", pack.token));
+        }
+    }
+    let fetched = crate::parallel::map(&manifest.segments, |segment| {
+        remote.get_range(&pack_key(url, &segment.pack), segment.range[0]..segment.range[1])
+    })?;
+    let mut base = Base {
+        chunks: HashMap::new(),
+        files: HashMap::new(),
+        large_paths: HashSet::new(),
+        links: HashSet::new(),
+        segments: HashMap::new(),
+        live: 0,
+        total: 0,
+        packs: 0,
+        manifest: manifest.clone(),
+    };
+    let mut check = match TreeCheck::new(&manifest) {
+        Ok(check) => check,
+        Err(reason) => return unusable(reason),
+    };
+    let mut frames: HashSet<(String, u64)> = HashSet::new();
+    let usable = |token: &str| !condemned.contains(token);
+    for (segment, payload) in manifest.segments.iter().zip(fetched) {
+        let Some(payload) = payload else {
+            return unusable(format!("pack {} is gone", segment.pack));
+        };
+        let lines = match pack::decode_frame(&payload, pack::SEGMENT_MAX_BYTES) {
+            Ok(lines) => lines,
+            Err(e) => return unusable(e.to_string()),
+        };
+        if blake3::hash(&lines).to_hex().as_str() != segment.blake3 {
+            return unusable("a manifest segment does not match its BLAKE3".to_owned());
+        }
+        let entries = match pack::parse_segment(&lines) {
+            Ok(entries) if entries.len() as u64 == segment.entries => entries,
+            Ok(_) => return unusable("a manifest segment does not hold its count of entries".to_owned()),
+            Err(e) => return unusable(e.to_string()),
+        };
+        if usable(&segment.pack) {
+            base.live += segment.range[1] - segment.range[0];
+            base.segments.insert(segment.blake3.clone(), segment.clone());
+        }
+        for entry in entries {
+            if let Err(reason) = check.push(&entry) {
+                return unusable(reason);
+            }
+            match entry.kind {
+                EntryKind::Dir | EntryKind::Symlink => {
+                    base.links
+                        .insert(link_key(entry.kind, &entry.path, entry.target.as_deref()));
+                }
+                EntryKind::File => {
+                    for chunk in &entry.chunks {
+                        if frames.insert((chunk.pack.clone(), chunk.frame[0])) && usable(&chunk.pack) {
+                            base.live += chunk.frame[1] - chunk.frame[0];
+                        }
+                    }
+                    if entry.chunks.iter().any(|c| !usable(&c.pack)) {
+                        continue;
+                    }
+                    let Some(digest) = entry.digest.as_deref().and_then(b3) else {
+                        continue;
+                    };
+                    if entry.chunks.len() > 1 {
+                        base.large_paths
+                            .insert(*blake3::hash(entry.path.as_bytes()).as_bytes());
+                        for chunk in &entry.chunks {
+                            if let Some(d) = chunk.blake3.as_deref().and_then(b3) {
+                                base.chunks.entry(d).or_insert_with(|| chunk.clone());
+                            }
+                        }
+                        base.files.entry(digest).or_insert(entry.chunks);
+                    } else if let Some(chunk) = entry.chunks.into_iter().next() {
+                        base.chunks.entry(digest).or_insert(chunk);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(reason) = check.finish() {
+        return unusable(reason);
+    }
+    for pack in manifest.packs.iter().filter(|p| usable(&p.token)) {
+        base.total += pack.bytes;
+        base.packs += 1;
+    }
+    Ok(Some(Arc::new(base)))
+}
+
+/// Cuts a file into the format's chunks (FastCDC 2020), for the reading thread.
+fn cut(source: io::Take<std::fs::File>) -> Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send> {
+    Box::new(pack::chunks(source).map(|c| {
+        c.map(|c| c.data).map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(e) => e,
+            other => io::Error::other(other.to_string()),
+        })
+    }))
+}
+
+/// Everything one upload needs.
+struct Upload<'a> {
+    dir: &'a Path,
+    url: &'a RemoteUrl,
+    remote: &'a Remote,
+    totals: TreeTotals,
+    known: Option<&'a ArtifactId>,
+    options: &'a SnapshotOptions,
+    progress: &'a dyn SnapshotProgress,
+    stats: Arc<StatCache>,
+    stat_path: Option<&'a Path>,
+}
+
+/// Why the pass over the tree stopped.
+enum PassError {
+    Read(ArchiveError),
+    Pack(PackError),
+}
+
+impl From<PackError> for PassError {
+    fn from(e: PackError) -> Self {
+        Self::Pack(e)
+    }
+}
+
+impl Upload<'_> {
+    /// Reads the tree once into a new pack of what `base` does not hold (or a full pack, when
+    /// there is no base or it needs compacting), then publishes the manifest.
+    fn run(
+        &self,
+        base: Option<Arc<Base>>,
+        report: &mut SnapshotReport,
+        phases: &mut SnapshotPhases,
+    ) -> Result<Published> {
+        let (dir, url, remote) = (self.dir, self.url, self.remote);
+        let compact = base.as_ref().is_some_and(|b| b.needs_compaction());
+        let base = base.filter(|_| !compact);
+        report.full = base.is_none();
+        report.compacted = compact;
+        let token = unique_token();
+        let key = pack_key(url, &token);
+        self.progress.phase(Phase::Uploading, None);
+        let t = Instant::now();
+        let writer = remote.writer(&key)?;
+        phases.remote_ms += t.elapsed().as_millis() as u64;
+        let started = Instant::now();
+        let Some(mut writer) = writer else {
+            return Err(SnapshotError::BadObject {
+                target: remote.describe(&key),
+                reason: "an object already has this freshly made key; run the snapshot again".to_owned(),
+            });
+        };
+        let part_size = self.options.settings.part_size.max(1);
+        writer.limit_in_flight((UPLOAD_BUDGET / part_size).saturating_sub(1));
+        let mut sink = UploadSink {
+            writer,
+            pending: BytesMut::with_capacity(UPLOAD_CHUNK),
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+            error: None,
+            busy: Duration::ZERO,
+            progress: self.progress,
+        };
+        // A file is not read when the stat cache vouches for its digest and the base holds
+        // that content: it is referenced where it is.
+        let skip: Box<Known> = match &base {
+            Some(b) => {
+                let (b, stats) = (Arc::clone(b), Arc::clone(&self.stats));
+                Box::new(move |rel: &str, stat: &FileStat| {
+                    let digest = stats.digest(rel, stat)?;
+                    b.places(&digest).then_some(digest)
+                })
+            }
+            None => Box::new(|_: &str, _: &FileStat| None),
+        };
+        let recorded_at = stat::now_ns();
+        let mut tree = archive::read_chunked(dir, CHUNK_THRESHOLD, skip, cut);
+        let mut pass = Pass::new(
+            PackWriter::new(&mut sink, &token, self.options.level),
+            base.as_deref(),
+            self.totals,
+        )
+        .map_err(|e| local(dir, e))?;
+        let passed = (|| -> std::result::Result<(), PassError> {
+            for item in tree.by_ref() {
+                pass.item(item.map_err(PassError::Read)?)?;
+            }
+            pass.end()?;
+            Ok(())
+        })();
+        let read_wait = tree.waited;
+        let read = tree.finish();
+        let outcome = passed.and_then(|()| pass.seal());
+        let sealed = match outcome {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                drop(pass);
+                if let Some(err) = sink.error.take() {
+                    // The pack failed because the upload did: that is the error to report.
+                    return Err(err.into());
+                }
+                return Err(match e {
+                    PassError::Read(e) => local(dir, e),
+                    PassError::Pack(source) => SnapshotError::Pack {
+                        path: dir.to_path_buf(),
+                        source,
+                    },
+                });
+            }
+        };
+        let Sealed {
+            digest,
+            counts,
+            segments,
+            finished,
+            stat_entries,
+            stats: pass_stats,
+        } = sealed;
+        report.new_chunks = pass_stats.new_chunks;
+        report.reused_chunks = pass_stats.reused_chunks;
+        report.new_segments = pass_stats.new_segments;
+        report.reused_segments = pass_stats.reused_segments;
+        report.files_read = pass_stats.files_read;
+        report.files_trusted = pass_stats.files_trusted;
+        let Some(digest) = digest else {
+            let t = self.totals;
+            return Err(changed(
+                dir,
+                format!(
+                    "walked {} files, {} bytes, {} directories, {} symlinks; read {} files, {} bytes, \
+                     {} directories, {} symlinks",
+                    t.files,
+                    t.bytes,
+                    t.dirs,
+                    t.symlinks,
+                    counts.files,
+                    counts.bytes,
+                    counts.dirs,
+                    counts.symlinks
+                ),
+            ));
+        };
+        if let Some(expected) = self.known
+            && *expected != digest
+        {
+            return Err(changed(
+                dir,
+                format!("hashed as {expected} before the upload, read as {digest}"),
+            ));
+        }
+        let digest = digest.to_string();
+        // Another machine may have published this very tree meanwhile (or an earlier snapshot
+        // of it was not among those examined): then theirs is as good, and ours is abandoned
+        // before it ever becomes visible.
+        let t = Instant::now();
+        let existing = existing_manifest(url, remote, &digest)?;
+        phases.remote_ms += t.elapsed().as_millis() as u64;
+        if let Some(m) = existing {
+            drop(sink);
+            return Ok(m);
+        }
+        let sink_busy = sink.busy;
+        let pack_ref = match &finished {
+            Some(_) => {
+                let t = Instant::now();
+                let (bytes, blake3) = sink.finish()?;
+                phases.upload_ms = (sink_busy + t.elapsed()).as_millis() as u64;
+                report.uploaded_bytes = bytes;
+                report.pack = Some(remote.describe(&key));
+                finished.map(|mut p| {
+                    p.bytes = bytes;
+                    p.blake3 = blake3;
+                    p
+                })
+            }
+            // Nothing new to carry: no pack at all (dropping the writer abandons it).
+            None => {
+                drop(sink);
+                None
+            }
+        };
+        let elapsed = started.elapsed();
+        phases.archive_ms = elapsed.as_millis() as u64;
+        phases.read_ms = read.as_millis() as u64;
+        phases.read_wait_ms = read_wait.as_millis() as u64;
+        phases.compress_ms = elapsed.saturating_sub(read_wait + sink_busy).as_millis() as u64;
+        // Every pack a segment or a chunk is in, ours first when it is full.
+        let mut packs: Vec<PackRef> = pack_ref.iter().cloned().collect();
+        if let Some(b) = &base {
+            packs.extend(
+                b.manifest
+                    .packs
+                    .iter()
+                    .filter(|p| counts.packs.contains(&p.token))
+                    .cloned(),
+            );
+        }
+        let manifest = PackedManifest {
+            version: SNAPSHOT_MANIFEST_VERSION,
+            digest,
+            files: counts.files,
+            dirs: counts.dirs,
+            symlinks: counts.symlinks,
+            bytes: counts.bytes,
+            packs,
+            segments,
+            created_at_ms: crate::clock::now_ms(),
+            host: host_name(),
+        };
+        let t = Instant::now();
+        let published = publish(
+            url,
+            remote,
+            &manifest,
+            pack_ref.as_ref().map(|p| p.token.as_str()),
+        );
+        phases.remote_ms += t.elapsed().as_millis() as u64;
+        let published = published?;
+        if let Some(path) = self.stat_path {
+            save_stats(path, recorded_at, &stat_entries);
+        }
+        Ok(published)
+    }
+}
+
+/// Writes the stat cache (best effort: without it the next snapshot reads every file again).
+fn save_stats(path: &Path, recorded_at: i64, entries: &[(String, StatEntry)]) {
+    let saved = path
+        .parent()
+        .map_or(Ok(()), crate::fs::create_dir_all_durable)
+        .and_then(|()| crate::fs::write_atomic(path, &stat::encode(recorded_at, entries)));
+    if let Err(e) = saved {
+        tracing::warn!(
+            "could not save the snapshot stat cache {}: {e}; the next snapshot reads every file",
+            path.display()
+        );
+    }
+}
+
+/// What the pass counted.
+#[derive(Debug, Default)]
+struct PassStats {
+    new_chunks: u64,
+    reused_chunks: u64,
+    new_segments: u64,
+    reused_segments: u64,
+    files_read: u64,
+    files_trusted: u64,
+}
+
+/// What the tree held, as read.
+#[derive(Debug, Default)]
+struct Counts {
+    files: u64,
+    bytes: u64,
+    dirs: u64,
+    symlinks: u64,
+    /// Tokens of the base's packs this snapshot uses.
+    packs: HashSet<String>,
+}
+
+/// Where a file's chunk is: in the base (or any earlier pack), or in this pack once its frame
+/// is written.
+enum Loc {
+    Ref(ChunkRef),
+    Here(ChunkAt, Option<String>),
+}
+
+/// An entry waiting for the frames of its chunks to be written.
+struct Pending {
+    entry: SegmentEntry,
+    locs: Vec<Loc>,
+}
+
+/// A segment of the new manifest: reused where it is, or written into this pack.
+enum SegOut {
+    Reused(SegmentRef),
+    New(Vec<u8>, u64),
+}
+
+/// How a file being read goes into a delta pack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Not decided before its first chunk.
+    Undecided,
+    /// Whole, at its path (a full pack, or a new file).
+    Whole,
+    /// Only its new chunks, as `.warmcache-chunks/<b3>` entries (a large file changed in part).
+    Pieces,
+}
+
+struct Current {
+    rel: String,
+    size: u64,
+    mtime: u64,
+    stat: FileStat,
+    mode: Mode,
+    locs: Vec<Loc>,
+}
+
+/// What the pass leaves once the tree is read: the digest (`None` when the tree did not match
+/// the walk's counts), the segments, the finished pack (`None` when nothing new was carried).
+struct Sealed {
+    digest: Option<ArtifactId>,
+    counts: Counts,
+    segments: Vec<SegmentRef>,
+    finished: Option<PackRef>,
+    stat_entries: Vec<(String, StatEntry)>,
+    stats: PassStats,
+}
+
+/// The pass over the tree: every entry into the tree digest and the manifest's segments, and
+/// what the base does not hold into the pack.
+struct Pass<'b, W: Write> {
+    pack: Option<PackWriter<W>>,
+    base: Option<&'b Base>,
+    totals: TreeTotals,
+    hasher: ManifestHasher,
+    counts: Counts,
+    /// Content written into this pack (a delta carries each chunk once).
+    here: HashMap<[u8; 32], ChunkAt>,
+    current: Option<Current>,
+    segment: Vec<Pending>,
+    closed: VecDeque<Vec<Pending>>,
+    out: Vec<SegOut>,
+    stat_entries: Vec<(String, StatEntry)>,
+    stats: PassStats,
+}
+
+impl<'b, W: Write> Pass<'b, W> {
+    fn new(pack: PackWriter<W>, base: Option<&'b Base>, totals: TreeTotals) -> Result<Self, ArchiveError> {
+        let hasher =
+            ManifestHasher::new(totals.files, totals.bytes).map_err(|source| ArchiveError::Create {
+                path: PathBuf::new(),
+                source,
+            })?;
+        Ok(Self {
+            pack: Some(pack),
+            base,
+            totals,
+            hasher,
+            counts: Counts::default(),
+            here: HashMap::new(),
+            current: None,
+            segment: Vec::new(),
+            closed: VecDeque::new(),
+            out: Vec::new(),
+            stat_entries: Vec::new(),
+            stats: PassStats::default(),
+        })
+    }
+
+    fn pack(&mut self) -> Result<&mut PackWriter<W>, PackError> {
+        self.pack
+            .as_mut()
+            .ok_or(PackError::Misuse("the pack is already finished"))
+    }
+
+    fn full(&self) -> bool {
+        self.base.is_none()
+    }
+
+    fn item(&mut self, item: TreeItem) -> Result<(), PassError> {
+        match item {
+            TreeItem::Dir { rel, mtime } => {
+                if self.is_new_link(EntryKind::Dir, &rel, None) {
+                    self.pack()?.dir(&rel, mtime)?;
+                }
+                self.counts.dirs += 1;
+                self.push(plain(rel, EntryKind::Dir, None), Vec::new())?;
+            }
+            TreeItem::Symlink { rel, target, mtime } => {
+                if self.is_new_link(EntryKind::Symlink, &rel, Some(&target)) {
+                    self.pack()?.symlink(&rel, &target, mtime)?;
+                }
+                self.counts.symlinks += 1;
+                self.push(plain(rel, EntryKind::Symlink, Some(target)), Vec::new())?;
+            }
+            TreeItem::File {
+                rel,
+                size,
+                mtime: _,
+                stat,
+                known: Some(digest),
+            } => {
+                let chunks = self
+                    .base
+                    .and_then(|b| b.chunks_of(&digest))
+                    .ok_or(PackError::Misuse(
+                        "a file taken from the base that the base does not hold",
+                    ))?;
+                self.stats.files_trusted += 1;
+                self.stats.reused_chunks += chunks.len() as u64;
+                if let Some(d) = b3(&digest) {
+                    self.stat_entries
+                        .push((rel.clone(), StatEntry { stat, digest: d }));
+                }
+                let entry = file_entry(rel, stat.exec, size, digest);
+                self.push(entry, chunks.into_iter().map(Loc::Ref).collect())?;
+            }
+            TreeItem::File {
+                rel,
+                size,
+                mtime,
+                stat,
+                known: None,
+            } => {
+                if self.full() {
+                    // A full pack's tar is exactly the tree: every file at its path.
+                    self.pack()?.file(&rel, stat.exec, size, mtime)?;
+                }
+                let mode = if self.full() { Mode::Whole } else { Mode::Undecided };
+                self.current = Some(Current {
+                    rel,
+                    size,
+                    mtime,
+                    stat,
+                    mode,
+                    locs: Vec::new(),
+                });
+            }
+            TreeItem::Chunk { data, blake3 } => self.chunk(&data, blake3)?,
+            TreeItem::FileEnd { digest } => {
+                let current = self
+                    .current
+                    .take()
+                    .ok_or(PackError::Misuse("a file ended that never started"))?;
+                self.stats.files_read += 1;
+                self.stat_entries.push((
+                    current.rel.clone(),
+                    StatEntry {
+                        stat: current.stat,
+                        digest: *digest.as_bytes(),
+                    },
+                ));
+                let entry = file_entry(
+                    current.rel,
+                    current.stat.exec,
+                    current.size,
+                    digest.to_hex().to_string(),
+                );
+                self.push(entry, current.locs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a directory or symlink goes into the pack: always into a full pack, into a delta
+    /// only when the base does not have it.
+    fn is_new_link(&self, kind: EntryKind, rel: &str, target: Option<&str>) -> bool {
+        self.base
+            .is_none_or(|b| !b.links.contains(&link_key(kind, rel, target)))
+    }
+
+    fn chunk(&mut self, data: &[u8], digest: blake3::Hash) -> Result<(), PassError> {
+        let mut current = self
+            .current
+            .take()
+            .ok_or(PackError::Misuse("content outside a file"))?;
+        let large = current.size >= CHUNK_THRESHOLD;
+        // A chunk of a file of several chunks carries its own digest; a file of one chunk is
+        // checked against the file's.
+        let tag = large.then(|| digest.to_hex().to_string());
+        let key = *digest.as_bytes();
+        if current.mode == Mode::Undecided {
+            let base = self.base.ok_or(PackError::Misuse("a delta without a base"))?;
+            current.mode = if !large {
+                Mode::Whole
+            } else if base
+                .large_paths
+                .contains(blake3::hash(current.rel.as_bytes()).as_bytes())
+                || base.chunks.contains_key(&key)
+            {
+                Mode::Pieces
+            } else {
+                Mode::Whole
+            };
+            // A small file whose content is held somewhere is referenced, not written.
+            if !large {
+                if let Some(r) = base.chunks.get(&key) {
+                    let mut r = r.clone();
+                    r.blake3 = None;
+                    self.stats.reused_chunks += 1;
+                    current.locs.push(Loc::Ref(r));
+                    self.current = Some(current);
+                    return Ok(());
+                }
+                if let Some(at) = self.here.get(&key) {
+                    current.locs.push(Loc::Here(*at, None));
+                    self.current = Some(current);
+                    return Ok(());
+                }
+            }
+            if current.mode == Mode::Whole {
+                self.pack()?
+                    .file(&current.rel, current.stat.exec, current.size, current.mtime)?;
+            }
+        }
+        let loc = match current.mode {
+            Mode::Pieces => {
+                if let Some(r) = self.base.and_then(|b| b.chunks.get(&key)) {
+                    let mut r = r.clone();
+                    r.blake3 = tag;
+                    self.stats.reused_chunks += 1;
+                    Loc::Ref(r)
+                } else if let Some(at) = self.here.get(&key) {
+                    Loc::Here(*at, tag)
+                } else {
+                    let name = format!("{CHUNKS_DIR}/{}", digest.to_hex());
+                    let pack = self.pack()?;
+                    pack.file(&name, false, data.len() as u64, current.mtime)?;
+                    let at = pack.chunk(data)?;
+                    self.here.insert(key, at);
+                    self.stats.new_chunks += 1;
+                    Loc::Here(at, tag)
+                }
+            }
+            Mode::Whole | Mode::Undecided => {
+                let at = self.pack()?.chunk(data)?;
+                self.here.entry(key).or_insert(at);
+                self.stats.new_chunks += 1;
+                Loc::Here(at, tag)
+            }
+        };
+        current.locs.push(loc);
+        self.current = Some(current);
+        Ok(())
+    }
+
+    /// Adds an entry to the digest and the current segment, closing the segment where the
+    /// format cuts it.
+    fn push(&mut self, entry: SegmentEntry, locs: Vec<Loc>) -> Result<(), PassError> {
+        self.hasher.push(&entry.hasher_entry()).map_err(|source| {
+            PassError::Read(ArchiveError::Create {
+                path: PathBuf::from(&entry.path),
+                source,
+            })
+        })?;
+        if entry.kind == EntryKind::File {
+            self.counts.files += 1;
+            self.counts.bytes += entry.size;
+        }
+        let ends = ends_segment(&entry.path, self.segment.len() + 1);
+        self.segment.push(Pending { entry, locs });
+        if ends {
+            self.closed.push_back(std::mem::take(&mut self.segment));
+        }
+        self.flush_ready()
+    }
+
+    /// Resolves the closed segments whose chunks' frames are written: reused where the base
+    /// has the very same segment, kept to be written after the tar otherwise.
+    fn flush_ready(&mut self) -> Result<(), PassError> {
+        let written = self.pack.as_ref().map_or(usize::MAX, |p| p.frames_written());
+        while let Some(front) = self.closed.front() {
+            let ready = front
+                .iter()
+                .flat_map(|p| &p.locs)
+                .all(|l| !matches!(l, Loc::Here(at, _) if at.frame >= written));
+            if !ready {
+                break;
+            }
+            let Some(segment) = self.closed.pop_front() else {
+                break;
+            };
+            let mut entries = Vec::with_capacity(segment.len());
+            for Pending { mut entry, locs } in segment {
+                for loc in locs {
+                    let chunk = match loc {
+                        Loc::Ref(r) => r,
+                        Loc::Here(at, tag) => self
+                            .pack
+                            .as_ref()
+                            .and_then(|p| p.chunk_ref(&at, tag))
+                            .ok_or(PackError::Misuse("a chunk in a frame not written"))?,
+                    };
+                    entry.chunks.push(chunk);
+                }
+                entries.push(entry);
+            }
+            let lines = pack::encode_segment(&entries);
+            let hash = blake3::hash(&lines).to_hex().to_string();
+            match self.base.and_then(|b| b.segments.get(&hash)) {
+                Some(reused) => {
+                    self.stats.reused_segments += 1;
+                    self.counts.packs.insert(reused.pack.clone());
+                    self.out.push(SegOut::Reused(reused.clone()));
+                }
+                None => {
+                    self.stats.new_segments += 1;
+                    self.out.push(SegOut::New(lines, entries.len() as u64));
+                }
+            }
+            for chunk in entries.iter().flat_map(|e| &e.chunks) {
+                if !self.counts.packs.contains(&chunk.pack) {
+                    self.counts.packs.insert(chunk.pack.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tree is read: closes the last segment and the tar.
+    fn end(&mut self) -> Result<(), PassError> {
+        if self.current.is_some() {
+            return Err(PackError::Misuse("the tree ended inside a file").into());
+        }
+        if !self.segment.is_empty() {
+            self.closed.push_back(std::mem::take(&mut self.segment));
+        }
+        self.pack()?.end_tar()?;
+        self.flush_ready()?;
+        if !self.closed.is_empty() {
+            return Err(PackError::Misuse("segments left unresolved").into());
+        }
+        Ok(())
+    }
+
+    /// Writes the new segments after the tar and finishes the pack; a delta that carries
+    /// nothing new is dropped instead (nothing is uploaded).
+    fn seal(&mut self) -> Result<Sealed, PassError> {
+        let mut pack = self
+            .pack
+            .take()
+            .ok_or(PackError::Misuse("the pack is already finished"))?;
+        let hasher = std::mem::replace(
+            &mut self.hasher,
+            ManifestHasher::new(0, 0).map_err(|source| {
+                PassError::Read(ArchiveError::Create {
+                    path: PathBuf::new(),
+                    source,
+                })
+            })?,
+        );
+        let counts = std::mem::take(&mut self.counts);
+        let digest = if (counts.dirs, counts.symlinks) == (self.totals.dirs, self.totals.symlinks) {
+            hasher.finish()
+        } else {
+            None
+        };
+        let carries = self.full()
+            || self.stats.new_chunks > 0
+            || self.out.iter().any(|s| matches!(s, SegOut::New(..)))
+            || pack.tar_bytes() > 1024;
+        let mut segments = Vec::with_capacity(self.out.len());
+        let finished = if carries {
+            for out in std::mem::take(&mut self.out) {
+                segments.push(match out {
+                    SegOut::Reused(s) => s,
+                    SegOut::New(lines, entries) => pack.segment(&lines, entries)?,
+                });
+            }
+            let (_, finished) = pack.finish(self.full())?;
+            Some(finished.pack)
+        } else {
+            segments.extend(std::mem::take(&mut self.out).into_iter().filter_map(|s| match s {
+                SegOut::Reused(s) => Some(s),
+                SegOut::New(..) => None,
+            }));
+            None
+        };
+        Ok(Sealed {
+            digest,
+            counts,
+            segments,
+            finished,
+            stat_entries: std::mem::take(&mut self.stat_entries),
+            stats: std::mem::take(&mut self.stats),
+        })
+    }
+}
+
+/// Where a delta pack puts the new chunks of a large file that changed in part.
+const CHUNKS_DIR: &str = ".warmcache-chunks";
+/// A snapshot references at most this many packs before it compacts (docs/DESIGN.md,
+/// "Snapshots").
+const MAX_PACKS: usize = 8;
+
+fn plain(path: String, kind: EntryKind, target: Option<String>) -> SegmentEntry {
+    SegmentEntry {
+        path,
+        kind,
+        exec: false,
+        size: 0,
+        digest: None,
+        target,
+        chunks: Vec::new(),
+    }
+}
+
+fn file_entry(path: String, exec: bool, size: u64, digest: String) -> SegmentEntry {
+    SegmentEntry {
+        path,
+        kind: EntryKind::File,
+        exec,
+        size,
+        digest: Some(digest),
+        target: None,
+        chunks: Vec::new(),
+    }
+}
+
 /// The end of the archive pipeline: hashes the compressed bytes and hands them to the uploader
 /// in [`UPLOAD_CHUNK`]s. An upload error is kept whole (the archiver only sees an `io::Error`).
 struct UploadSink<'a> {

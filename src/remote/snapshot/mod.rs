@@ -29,9 +29,10 @@ mod create;
 mod download_pipe;
 mod fetch;
 pub mod format;
-pub(crate) mod pack;
+pub mod pack;
 mod restore;
 mod seeds;
+mod stat;
 
 use std::io;
 use std::path::PathBuf;
@@ -73,6 +74,9 @@ pub struct SnapshotOptions {
     pub settings: RemoteSettings,
     /// zstd level (1–22).
     pub level: i32,
+    /// The cache root, where the stat cache of each snapshotted directory lives
+    /// ([`crate::layout::Layout::snapshot_stat`]); `None` reads every file each time.
+    pub cache_root: Option<PathBuf>,
 }
 
 impl Default for SnapshotOptions {
@@ -82,6 +86,7 @@ impl Default for SnapshotOptions {
             strict: false,
             settings: RemoteSettings::default(),
             level: 3,
+            cache_root: None,
         }
     }
 }
@@ -172,10 +177,28 @@ pub struct SnapshotReport {
     pub files: u64,
     /// Bytes of file content in the local tree.
     pub bytes: u64,
-    /// Compressed bytes uploaded (0 when nothing was).
+    /// Compressed bytes of the pack uploaded (0 when nothing was).
     pub uploaded_bytes: u64,
-    /// The archive now current or offered, when one exists.
-    pub archive: Option<String>,
+    /// The pack uploaded, when one was (a snapshot that carries nothing new writes none).
+    pub pack: Option<String>,
+    /// Whether the pack is `full` (the whole tree): a first snapshot, or a compaction.
+    pub full: bool,
+    /// Whether the pack is full because the previous snapshot's packs were too many or mostly
+    /// dead (docs/DESIGN.md, "Snapshots").
+    pub compacted: bool,
+    /// Chunks written into the pack.
+    pub new_chunks: u64,
+    /// Chunks referenced where an earlier pack holds them.
+    pub reused_chunks: u64,
+    /// Manifest segments written into the pack.
+    pub new_segments: u64,
+    /// Manifest segments reused where an earlier pack holds them.
+    pub reused_segments: u64,
+    /// Files read.
+    pub files_read: u64,
+    /// Files not read: their stat was the one the last snapshot read, and the previous
+    /// snapshot holds their content.
+    pub files_trusted: u64,
     /// The pointer before this snapshot (or, on a conflict, the one that won).
     pub remote: Option<Pointer>,
     /// Wall time.
@@ -319,6 +342,9 @@ pub enum SnapshotError {
         path: PathBuf,
         source: Box<ArchiveError>,
     },
+    /// Writing the pack failed locally (compressing, framing).
+    #[error("cannot snapshot `{path}`: {source}")]
+    Pack { path: PathBuf, source: pack::PackError },
     /// DIR changed between hashing and archiving.
     #[error(
         "`{path}` changed while it was being snapshotted ({detail}); the upload was abandoned and the \
@@ -398,6 +424,7 @@ impl SnapshotError {
                 | Self::NotWritable { .. }
                 | Self::Read { .. }
                 | Self::Archive { .. }
+                | Self::Pack { .. }
                 | Self::Changed { .. }
                 | Self::Local { .. }
                 | Self::Place(_)

@@ -12,9 +12,6 @@
 //! pack also decodes with any streaming zstd decoder (`zstd -dc`) into a tar that `tar -x`
 //! reads, the segments skipped.
 
-// Until `create` and `restore` use all of it.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};

@@ -1,0 +1,191 @@
+//! The snapshot's stat cache: what the last snapshot of a directory to a URL read of each file
+//! (its stat and content digest), so the next one need not read files that did not change
+//! (docs/DESIGN.md, "Snapshots"). Trusted exactly as the fingerprint's stat cache is
+//! (docs/DESIGN.md, "Stat cache"): size, mtime, ctime, inode, device and executable bit must all
+//! match, and an entry whose mtime is within [`RACY_WINDOW`] of its recording is not trusted.
+//!
+//! Encoding, little-endian, entries in manifest order:
+//!
+//! ```text
+//! "wcsnap\0"  u32 version  u64 recorded_at_ns  u64 count
+//! count × { u64 path_len, path, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev,
+//!           u8 executable, [u8; 32] BLAKE3 }
+//! ```
+//!
+//! Anything malformed makes the whole cache be ignored, which only costs reading the files.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::archive::FileStat;
+use crate::build::fingerprint::RACY_WINDOW;
+
+const MAGIC: &[u8; 7] = b"wcsnap\0";
+const VERSION: u32 = 1;
+/// The smallest entry: an empty path and the fixed fields.
+const MIN_ENTRY: usize = 8 + 8 * 5 + 1 + 32;
+
+/// One file as the last snapshot read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatEntry {
+    pub stat: FileStat,
+    pub digest: [u8; 32],
+}
+
+/// The stat cache of one directory and URL.
+#[derive(Debug, Default)]
+pub struct StatCache {
+    recorded_at_ns: i64,
+    entries: HashMap<String, StatEntry>,
+}
+
+impl StatCache {
+    /// Reads the cache at `path`; missing or malformed is an empty cache.
+    pub fn load(path: &Path) -> Self {
+        match std::fs::read(path) {
+            Ok(bytes) => Self::decode(&bytes).unwrap_or_else(|| {
+                tracing::debug!("ignoring the malformed snapshot stat cache {}", path.display());
+                Self::default()
+            }),
+            Err(_) => Self::default(),
+        }
+    }
+
+    /// The digest of the file at `rel` (hex) when its stat is the one recorded and the record
+    /// is not racy.
+    pub fn digest(&self, rel: &str, stat: &FileStat) -> Option<String> {
+        let entry = self.entries.get(rel)?;
+        let racy = entry.stat.mtime_ns >= self.recorded_at_ns.saturating_sub(RACY_WINDOW.as_nanos() as i64);
+        (entry.stat == *stat && !racy).then(|| blake3::Hash::from_bytes(entry.digest).to_hex().to_string())
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.take(MAGIC.len())? != MAGIC || r.u32()? != VERSION {
+            return None;
+        }
+        let recorded_at_ns = r.u64()? as i64;
+        let count = r.u64()?;
+        if count > (bytes.len() / MIN_ENTRY) as u64 {
+            return None;
+        }
+        let mut entries = HashMap::with_capacity(count as usize);
+        for _ in 0..count {
+            let len = usize::try_from(r.u64()?).ok()?;
+            let path = std::str::from_utf8(r.take(len)?).ok()?.to_owned();
+            let stat = FileStat {
+                size: r.u64()?,
+                mtime_ns: r.u64()? as i64,
+                ctime_ns: r.u64()? as i64,
+                ino: r.u64()?,
+                dev: r.u64()?,
+                exec: r.take(1)?[0] != 0,
+            };
+            let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
+            entries.insert(path, StatEntry { stat, digest });
+        }
+        (r.at == bytes.len()).then_some(Self {
+            recorded_at_ns,
+            entries,
+        })
+    }
+}
+
+/// Encodes the entries a snapshot read (in manifest order), recorded at `recorded_at_ns`: the
+/// moment before the first file was read, so a file written during the snapshot is racy.
+pub fn encode(recorded_at_ns: i64, entries: &[(String, StatEntry)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + entries.len() * (MIN_ENTRY + 64));
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(recorded_at_ns as u64).to_le_bytes());
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (path, e) in entries {
+        out.extend_from_slice(&(path.len() as u64).to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        for n in [
+            e.stat.size,
+            e.stat.mtime_ns as u64,
+            e.stat.ctime_ns as u64,
+            e.stat.ino,
+            e.stat.dev,
+        ] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.push(u8::from(e.stat.exec));
+        out.extend_from_slice(&e.digest);
+    }
+    out
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let out = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(mtime_ns: i64) -> FileStat {
+        FileStat {
+            size: 3,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+            ino: 7,
+            dev: 1,
+            exec: false,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_refuses_racy_or_changed_entries() {
+        let now = 100 * 1_000_000_000;
+        let old = StatEntry {
+            stat: stat(now - 10 * 1_000_000_000),
+            digest: [1; 32],
+        };
+        let racy = StatEntry {
+            stat: stat(now - 1_000_000_000),
+            digest: [2; 32],
+        };
+        let bytes = encode(now, &[("a".into(), old), ("b".into(), racy)]);
+        let cache = StatCache::decode(&bytes).unwrap();
+        assert_eq!(
+            cache.digest("a", &old.stat),
+            Some(blake3::Hash::from_bytes([1; 32]).to_hex().to_string())
+        );
+        assert_eq!(cache.digest("b", &racy.stat), None, "racily clean");
+        let mut moved = old.stat;
+        moved.ctime_ns += 1;
+        assert_eq!(cache.digest("a", &moved), None);
+        assert!(StatCache::decode(&bytes[..bytes.len() - 1]).is_none());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(StatCache::decode(&longer).is_none());
+    }
+}
