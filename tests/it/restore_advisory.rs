@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support;
 use crate::support::s3_server::TestS3;
-use crate::support::snapshots::{assert_restore_leaves_dir_untouched, current_manifest, restore, snapshot};
+use crate::support::snapshots::{assert_restore_leaves_dir_untouched, current_pack, restore, snapshot};
 use crate::support::{json_ok, stderr};
 
 const KEY: &str = "sandbox/site/node_modules";
@@ -84,10 +84,7 @@ fn server_answers_500() {
 #[test]
 fn altered_archive_bytes_are_detected_and_not_extracted() {
     let s = setup();
-    let manifest = current_manifest(&s.server, KEY);
-    let archive = s
-        .server
-        .object_path(&format!("{KEY}/{}", manifest["archive"].as_str().unwrap()));
+    let archive = current_pack(&s.server, KEY);
     let mut bytes = std::fs::read(&archive).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;

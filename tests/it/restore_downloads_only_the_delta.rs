@@ -68,7 +68,7 @@ fn a_restore_over_yesterdays_tree_downloads_only_the_delta() {
 
     // Today: one file has new content; the snapshot uploads a small delta pack.
     let content = support::Rng::new(99).bytes(10_000);
-    std::fs::write(src.join("d3/s1/f36.bin"), &content).unwrap();
+    std::fs::write(src.join("d2/s1/f36.bin"), &content).unwrap();
     json_ok(&snapshot(&server, &cache, &src, KEY, &["--strict"]));
     let delta_pack: u64 = objects(&server)
         .into_keys()
@@ -98,7 +98,7 @@ fn a_restore_over_yesterdays_tree_downloads_only_the_delta() {
     assert!(report["seeded_bytes"].as_u64().unwrap() > 0, "{report}");
 
     // A file moved to another path is found by its digest: no pack byte is fetched.
-    std::fs::rename(src.join("d4/s2/f140.bin"), src.join("d0/moved.bin")).unwrap();
+    std::fs::rename(src.join("d4/s0/f140.bin"), src.join("d0/moved.bin")).unwrap();
     json_ok(&snapshot(&server, &cache, &src, KEY, &["--strict"]));
     let (moved, _) = restore_counted(&server, &cache, &dir);
     assert_eq!(moved["status"], "restored", "{moved}");

@@ -10,7 +10,7 @@ use crate::support;
 use crate::support::json_ok;
 use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{
-    assert_restore_leaves_dir_untouched, current_manifest, restore, snapshot, staging_leftovers,
+    assert_restore_leaves_dir_untouched, current_pack, restore, snapshot, staging_leftovers,
 };
 
 const KEY: &str = "ci/large/node_modules";
@@ -42,8 +42,7 @@ fn setup() -> Setup {
         std::fs::write(src.join(format!("big{i}.bin")), rng.bytes(2 * 1024 * 1024)).unwrap();
     }
     json_ok(&snapshot(&server, &cache, &src, KEY, &[]));
-    let manifest = current_manifest(&server, KEY);
-    let archive = server.object_path(&format!("{KEY}/{}", manifest["archive"].as_str().unwrap()));
+    let archive = current_pack(&server, KEY);
     let archive_bytes = std::fs::metadata(&archive).unwrap().len() as usize;
     assert!(archive_bytes > 16 << 20, "the archive must span many parts");
     let work = tmp.path().join("work");

@@ -31,10 +31,12 @@ fn unchanged_tree_uploads_nothing_and_restore_downloads_nothing() {
         "an unchanged snapshot wrote to the bucket"
     );
 
-    // A restore into a directory that already holds the snapshot fetches no archive.
+    // A restore into a directory that already holds the snapshot fetches no file content
+    // (only the manifest's segments, to compare DIR with).
     let report = json_ok(&restore(&server, &cache, &src, KEY, &[]));
     assert_eq!(report["status"], "unchanged", "{report}");
-    assert_eq!(report["downloaded_bytes"], 0);
+    assert_eq!(report["fetched_chunks"], 0, "{report}");
+    assert_eq!(report["seeded_bytes"], 0, "{report}");
 }
 
 #[test]

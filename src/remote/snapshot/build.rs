@@ -66,6 +66,10 @@ struct Shared<'a> {
     seeded: AtomicU64,
     chunks: AtomicU64,
     failed: AtomicBool,
+    /// The failure is about the bytes (undecodable, not matching a digest), not about this
+    /// machine: the download goes on, discarding, so a pack read whole is checked against its
+    /// BLAKE3, which then says whether the bytes were damaged (docs/DESIGN.md, "Restore").
+    suspect: AtomicBool,
     error: Mutex<Option<SnapshotError>>,
     wait_ns: AtomicU64,
     decompress_ns: AtomicU64,
@@ -78,6 +82,9 @@ impl Shared<'_> {
     fn fail(&self, e: SnapshotError) {
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
+            if matches!(e, SnapshotError::BadObject { .. }) {
+                self.suspect.store(true, Ordering::Release);
+            }
             *slot = Some(e);
         }
         self.failed.store(true, Ordering::Release);
@@ -400,6 +407,7 @@ pub(super) fn build(cx: &BuildContext<'_>, tree: &Tree, seeds: &Seeds) -> Result
         seeded: AtomicU64::new(0),
         chunks: AtomicU64::new(0),
         failed: AtomicBool::new(false),
+        suspect: AtomicBool::new(false),
         error: Mutex::new(None),
         wait_ns: AtomicU64::new(0),
         decompress_ns: AtomicU64::new(0),
@@ -474,6 +482,9 @@ pub(super) fn build(cx: &BuildContext<'_>, tree: &Tree, seeds: &Seeds) -> Result
         }
         let mut hand_over = |job: usize, bytes: Bytes| {
             if shared.failed.load(Ordering::Acquire) {
+                if shared.suspect.load(Ordering::Acquire) {
+                    return Ok(());
+                }
                 return Err(io::Error::other("writing the restored tree failed"));
             }
             tx.send((job, bytes))
@@ -492,6 +503,11 @@ pub(super) fn build(cx: &BuildContext<'_>, tree: &Tree, seeds: &Seeds) -> Result
         got
     });
     let download = downloading.elapsed();
+    // A pack that does not match its BLAKE3 was damaged (on the server or on the way): that is
+    // what to report, rather than the symptom a frame of it showed.
+    if let Err(e @ RemoteError::DigestMismatch { .. }) = downloaded {
+        return Err(SnapshotError::Remote(e));
+    }
     if let Some(e) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }

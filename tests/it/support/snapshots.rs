@@ -76,6 +76,14 @@ pub fn current_manifest(server: &TestS3, key: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The file holding the first pack the current snapshot under `key` names (a first snapshot's
+/// only, full, pack: the whole tree as a tar.zst).
+pub fn current_pack(server: &TestS3, key: &str) -> std::path::PathBuf {
+    let manifest = current_manifest(server, key);
+    let token = manifest["packs"][0]["token"].as_str().expect("a pack").to_owned();
+    server.object_path(&format!("{key}/packs/{token}.tar.zst"))
+}
+
 /// Entries of `dir` whose names mark them as restore staging (the stage and scratch space beside
 /// DIR, a tree moved aside, or the staging area of older versions).
 pub fn staging_leftovers(dir: &Path) -> Vec<String> {
