@@ -317,7 +317,7 @@ impl Remote {
         self.run("download", &target, self.deadline(), async {
             let total: u64 = paths.iter().map(|(_, _, r)| r.end - r.start).sum();
             progress.start(Some(total));
-            let pieces = stream::iter(paths.into_iter())
+            let pieces = stream::iter(paths)
                 .map(|(path, target, range)| {
                     let store = store.clone();
                     let stall = settings.stall_timeout;

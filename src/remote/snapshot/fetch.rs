@@ -124,8 +124,8 @@ pub(super) fn read_tree(
 /// An entry's path must be relative, `/`-separated, without `.`, `..` or empty names, and its
 /// parent a directory listed before it: then writing the tree in the stage never leaves it,
 /// whatever the manifest says (symlinks are created last, and never as a parent).
-fn check_path<'a>(
-    entry: &'a SegmentEntry,
+fn check_path(
+    entry: &SegmentEntry,
     dirs: &mut std::collections::HashSet<String>,
 ) -> std::result::Result<(), String> {
     let path = entry.path.as_str();
