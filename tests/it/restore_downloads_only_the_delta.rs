@@ -134,3 +134,33 @@ fn content_the_local_store_holds_is_not_downloaded() {
     // The store is only read.
     support::assert_consistent(&cache, "after a restore seeded from it");
 }
+
+#[test]
+fn a_large_file_edited_in_the_middle_costs_a_few_chunks() {
+    let server = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let src = support::make_tree(&tmp.path().join("src"), 20, 4 * 1024, 45);
+    let mut big = support::Rng::new(46).bytes(12 << 20);
+    std::fs::write(src.join("big.db"), &big).unwrap();
+    json_ok(&snapshot(&server, &cache, &src, KEY, &["--strict"]));
+    let dir = tmp.path().join("dir");
+    let (cold, _) = restore_counted(&server, &cache, &dir);
+    assert_eq!(cold["status"], "restored", "{cold}");
+    assert_eq!(describe_tree(&dir), describe_tree(&src));
+
+    // 1 KiB rewritten in the middle: the restore takes every other chunk from DIR's old copy.
+    for b in &mut big[6 << 20..(6 << 20) + 1024] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(src.join("big.db"), &big).unwrap();
+    json_ok(&snapshot(&server, &cache, &src, KEY, &["--strict"]));
+    let (report, bytes) = restore_counted(&server, &cache, &dir);
+    eprintln!("1 KiB edited in a 12 MiB file: restore downloaded {bytes} bytes: {report}");
+    assert_eq!(report["status"], "restored", "{report}");
+    assert_eq!(describe_tree(&dir), describe_tree(&src));
+    let fetched = report["fetched_chunks"].as_u64().unwrap();
+    assert!((1..=4).contains(&fetched), "{report}");
+    assert!(bytes < 2 << 20, "downloaded {bytes} bytes for a 1 KiB edit");
+    assert!(report["seeded_bytes"].as_u64().unwrap() > 10 << 20, "{report}");
+}

@@ -223,7 +223,17 @@ impl Shared<'_> {
                 let Ok(mut from) = std::fs::File::open(&seed.path) else {
                     return Ok(false);
                 };
-                let mut to = archive::create_file(&path, e.exec).map_err(|e| self.local(e))?;
+                // A file of several chunks already exists at its size (its chunks may come from
+                // anywhere); a one-chunk file is created here.
+                let several = e.chunks.len() > 1;
+                let mut to = if several {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|err| self.local(crate::fs::annotate(err, "open", &path)))?
+                } else {
+                    archive::create_file(&path, e.exec).map_err(|e| self.local(e))?
+                };
                 let mut hasher = blake3::Hasher::new();
                 let mut buf = vec![0u8; (e.size as usize).clamp(1, 1 << 20)];
                 let mut copied = 0u64;
@@ -241,12 +251,17 @@ impl Shared<'_> {
                         break;
                     }
                 }
-                drop(to);
                 let same =
                     copied == e.size && Some(hasher.finalize().to_hex().as_str()) == e.digest.as_deref();
                 if !same {
-                    std::fs::remove_file(&path)
-                        .map_err(|err| self.local(crate::fs::annotate(err, "remove", &path)))?;
+                    // Left as the download expects it: absent, or at its size for chunks.
+                    let undone = if several {
+                        to.set_len(0).and_then(|()| to.set_len(e.size))
+                    } else {
+                        drop(to);
+                        std::fs::remove_file(&path)
+                    };
+                    undone.map_err(|err| self.local(crate::fs::annotate(err, "reset", &path)))?;
                     return Ok(false);
                 }
                 self.completed.fetch_add(1, Ordering::Relaxed);
