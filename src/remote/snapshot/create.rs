@@ -15,7 +15,7 @@ use super::format::{
     parse_manifest, parse_pointer, pointer_key, unique_token,
 };
 use super::pack::{self, ChunkAt, PackError, PackWriter};
-use super::stat::{self, StatCache, StatEntry};
+use super::stat::{self, SegmentCache, StatCache, StatEntry};
 use super::{
     Phase, Result, SnapshotError, SnapshotOptions, SnapshotPhases, SnapshotProgress, SnapshotReport,
     SnapshotStatus, is_colder,
@@ -169,7 +169,11 @@ pub fn snapshot(
     let published = match existing {
         Some(m) => m,
         None => {
-            let base = timed(&mut phases.remote_ms, || load_base(url, &remote, before.as_ref()))?;
+            let segments = stat_path.as_deref().map(SegmentCache::load).unwrap_or_default();
+            let base = timed(&mut phases.remote_ms, || {
+                load_base(url, &remote, before.as_ref(), &segments)
+            })?;
+            drop(segments);
             let job = Upload {
                 dir,
                 url,
@@ -506,7 +510,12 @@ impl Base {
 /// digest. Anything unusable (an old format, a missing pack, a segment that does not check, an
 /// unreadable gc state) means no base: the snapshot writes a full pack. Remote failures are
 /// errors (advisory), as everywhere.
-fn load_base(url: &RemoteUrl, remote: &Remote, pointer: Option<&Pointer>) -> Result<Option<Arc<Base>>> {
+fn load_base(
+    url: &RemoteUrl,
+    remote: &Remote,
+    pointer: Option<&Pointer>,
+    local: &SegmentCache,
+) -> Result<Option<Arc<Base>>> {
     let Some(pointer) = pointer else {
         return Ok(None);
     };
@@ -545,7 +554,12 @@ fn load_base(url: &RemoteUrl, remote: &Remote, pointer: Option<&Pointer>) -> Res
             return unusable(format!("pack {} is missing or not its recorded size", pack.token));
         }
     }
+    // Segments this machine wrote or read last time are on disk (checked against their BLAKE3
+    // like any other); only the others are fetched.
     let fetched = crate::parallel::map(&manifest.segments, |segment| {
+        if let Some(payload) = local.get(&segment.blake3) {
+            return Ok(Some(Bytes::copy_from_slice(payload)));
+        }
         remote.get_range(&pack_key(url, &segment.pack), segment.range[0]..segment.range[1])
     })?;
     let mut base = Base {
@@ -758,6 +772,7 @@ impl Upload<'_> {
             segments,
             finished,
             stat_entries,
+            segment_cache,
             stats: pass_stats,
         } = sealed;
         report.new_chunks = pass_stats.new_chunks;
@@ -861,18 +876,20 @@ impl Upload<'_> {
         phases.remote_ms += t.elapsed().as_millis() as u64;
         let published = published?;
         if let Some(path) = self.stat_path {
-            save_stats(path, recorded_at, &stat_entries);
+            save_local(path, &stat_entries.finish(recorded_at), &segment_cache);
         }
         Ok(published)
     }
 }
 
-/// Writes the stat cache (best effort: without it the next snapshot reads every file again).
-fn save_stats(path: &Path, recorded_at: i64, entries: &[(String, StatEntry)]) {
+/// Writes the stat cache and the segment cache (best effort: without them the next snapshot
+/// reads every file again and fetches the segments).
+fn save_local(path: &Path, stats: &[u8], segments: &SegmentCache) {
     let saved = path
         .parent()
         .map_or(Ok(()), crate::fs::create_dir_all_durable)
-        .and_then(|()| crate::fs::write_atomic(path, &stat::encode(recorded_at, entries)));
+        .and_then(|()| crate::fs::write_atomic(path, stats))
+        .and_then(|()| crate::fs::write_atomic(&SegmentCache::path(path), &segments.encode()));
     if let Err(e) = saved {
         tracing::warn!(
             "could not save the snapshot stat cache {}: {e}; the next snapshot reads every file",
@@ -916,10 +933,11 @@ struct Pending {
     locs: Vec<Loc>,
 }
 
-/// A segment of the new manifest: reused where it is, or written into this pack.
+/// A segment of the new manifest: reused where it is, or written into this pack (its
+/// compressed payload, the BLAKE3 of its lines, its entries).
 enum SegOut {
     Reused(SegmentRef),
-    New(Vec<u8>, u64),
+    New(Vec<u8>, String, u64),
 }
 
 /// How a file being read goes into a delta pack.
@@ -949,7 +967,8 @@ struct Sealed {
     counts: Counts,
     segments: Vec<SegmentRef>,
     finished: Option<PackRef>,
-    stat_entries: Vec<(String, StatEntry)>,
+    stat_entries: stat::StatWriter,
+    segment_cache: SegmentCache,
     stats: PassStats,
 }
 
@@ -967,7 +986,8 @@ struct Pass<'b, W: Write> {
     segment: Vec<Pending>,
     closed: VecDeque<Vec<Pending>>,
     out: Vec<SegOut>,
-    stat_entries: Vec<(String, StatEntry)>,
+    stat_entries: stat::StatWriter,
+    segment_cache: SegmentCache,
     stats: PassStats,
 }
 
@@ -989,7 +1009,8 @@ impl<'b, W: Write> Pass<'b, W> {
             segment: Vec::new(),
             closed: VecDeque::new(),
             out: Vec::new(),
-            stat_entries: Vec::new(),
+            stat_entries: stat::StatWriter::default(),
+            segment_cache: SegmentCache::default(),
             stats: PassStats::default(),
         })
     }
@@ -1036,8 +1057,7 @@ impl<'b, W: Write> Pass<'b, W> {
                 self.stats.files_trusted += 1;
                 self.stats.reused_chunks += chunks.len() as u64;
                 if let Some(d) = b3(&digest) {
-                    self.stat_entries
-                        .push((rel.clone(), StatEntry { stat, digest: d }));
+                    self.stat_entries.push(&rel, &StatEntry { stat, digest: d });
                 }
                 let entry = file_entry(rel, stat.exec, size, digest);
                 self.push(entry, chunks.into_iter().map(Loc::Ref).collect())?;
@@ -1070,13 +1090,13 @@ impl<'b, W: Write> Pass<'b, W> {
                     .take()
                     .ok_or(PackError::Misuse("a file ended that never started"))?;
                 self.stats.files_read += 1;
-                self.stat_entries.push((
-                    current.rel.clone(),
-                    StatEntry {
+                self.stat_entries.push(
+                    &current.rel,
+                    &StatEntry {
                         stat: current.stat,
                         digest: *digest.as_bytes(),
                     },
-                ));
+                );
                 let entry = file_entry(
                     current.rel,
                     current.stat.exec,
@@ -1161,9 +1181,11 @@ impl<'b, W: Write> Pass<'b, W> {
             }
             Mode::Whole | Mode::Undecided => {
                 let at = self.pack()?.chunk(data)?;
-                self.here.entry(key).or_insert(at);
                 self.stats.new_chunks += 1;
-                Loc::Here(at, tag)
+                // Every copy of a content is referenced at its first place, in manifest order,
+                // as the next snapshot's index of this one finds it: so the segments of copies
+                // that did not change are byte-identical next time, and reused.
+                Loc::Here(*self.here.entry(key).or_insert(at), tag)
             }
         };
         current.locs.push(loc);
@@ -1224,6 +1246,9 @@ impl<'b, W: Write> Pass<'b, W> {
             }
             let lines = pack::encode_segment(&entries);
             let hash = blake3::hash(&lines).to_hex().to_string();
+            // Compressed now: a full pack holds every segment until the tar ends.
+            let payload = pack::compress_segment(&lines)?;
+            self.segment_cache.add(&hash, &payload);
             match self.base.and_then(|b| b.segments.get(&hash)) {
                 Some(reused) => {
                     self.stats.reused_segments += 1;
@@ -1232,7 +1257,7 @@ impl<'b, W: Write> Pass<'b, W> {
                 }
                 None => {
                     self.stats.new_segments += 1;
-                    self.out.push(SegOut::New(lines, entries.len() as u64));
+                    self.out.push(SegOut::New(payload, hash, entries.len() as u64));
                 }
             }
             for chunk in entries.iter().flat_map(|e| &e.chunks) {
@@ -1291,7 +1316,7 @@ impl<'b, W: Write> Pass<'b, W> {
             for out in std::mem::take(&mut self.out) {
                 segments.push(match out {
                     SegOut::Reused(s) => s,
-                    SegOut::New(lines, entries) => pack.segment(&lines, entries)?,
+                    SegOut::New(payload, hash, entries) => pack.segment_payload(&payload, hash, entries)?,
                 });
             }
             let (_, finished) = pack.finish(self.full())?;
@@ -1309,6 +1334,7 @@ impl<'b, W: Write> Pass<'b, W> {
             segments,
             finished,
             stat_entries: std::mem::take(&mut self.stat_entries),
+            segment_cache: std::mem::take(&mut self.segment_cache),
             stats: std::mem::take(&mut self.stats),
         })
     }

@@ -91,15 +91,31 @@ impl StatCache {
     }
 }
 
-/// Encodes the entries a snapshot read (in manifest order), recorded at `recorded_at_ns`: the
-/// moment before the first file was read, so a file written during the snapshot is racy.
-pub fn encode(recorded_at_ns: i64, entries: &[(String, StatEntry)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + entries.len() * (MIN_ENTRY + 64));
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(recorded_at_ns as u64).to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (path, e) in entries {
+/// Encodes the entries a snapshot read, in manifest order, as they come (a few dozen bytes
+/// each, so a large tree's cache is not held twice).
+#[derive(Debug)]
+pub struct StatWriter {
+    out: Vec<u8>,
+    count: u64,
+}
+
+/// Where the header's `recorded_at_ns` and `count` are, filled in by [`StatWriter::finish`].
+const HEADER: usize = MAGIC.len() + 4;
+
+impl Default for StatWriter {
+    fn default() -> Self {
+        let mut out = Vec::with_capacity(1 << 16);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&[0; 16]);
+        Self { out, count: 0 }
+    }
+}
+
+impl StatWriter {
+    /// Adds the next file.
+    pub fn push(&mut self, path: &str, e: &StatEntry) {
+        let out = &mut self.out;
         out.extend_from_slice(&(path.len() as u64).to_le_bytes());
         out.extend_from_slice(path.as_bytes());
         for n in [
@@ -113,8 +129,82 @@ pub fn encode(recorded_at_ns: i64, entries: &[(String, StatEntry)]) -> Vec<u8> {
         }
         out.push(u8::from(e.stat.exec));
         out.extend_from_slice(&e.digest);
+        self.count += 1;
     }
-    out
+
+    /// The encoded cache, recorded at `recorded_at_ns`: the moment before the first file was
+    /// read, so a file written during the snapshot is racy.
+    pub fn finish(mut self, recorded_at_ns: i64) -> Vec<u8> {
+        self.out[HEADER..HEADER + 8].copy_from_slice(&(recorded_at_ns as u64).to_le_bytes());
+        self.out[HEADER + 8..HEADER + 16].copy_from_slice(&self.count.to_le_bytes());
+        self.out
+    }
+}
+
+/// The manifest segments of the last snapshot of a directory to a URL, compressed as in the
+/// pack (`<stat cache>.segments`: records of a 64-hex BLAKE3 of the lines, a u32 length and the
+/// payload), so the next snapshot does not fetch them. Each is checked against the BLAKE3 the
+/// manifest gives before use, like a fetched one; a malformed file is ignored.
+#[derive(Debug, Default)]
+pub struct SegmentCache {
+    payloads: HashMap<String, Vec<u8>>,
+}
+
+impl SegmentCache {
+    /// Where the segment cache of the stat cache at `stat_path` is.
+    pub fn path(stat_path: &Path) -> std::path::PathBuf {
+        stat_path.with_extension("segments")
+    }
+
+    /// Reads the segment cache beside the stat cache at `stat_path`.
+    pub fn load(stat_path: &Path) -> Self {
+        let Ok(bytes) = std::fs::read(Self::path(stat_path)) else {
+            return Self::default();
+        };
+        let mut r = Reader { bytes: &bytes, at: 0 };
+        let mut payloads = HashMap::new();
+        while r.at < bytes.len() {
+            let record = (|| {
+                let hash = std::str::from_utf8(r.take(64)?).ok()?.to_owned();
+                let len = r.u32()? as usize;
+                Some((hash, r.take(len)?.to_vec()))
+            })();
+            match record {
+                Some((hash, payload)) => payloads.insert(hash, payload),
+                None => return Self::default(),
+            };
+        }
+        Self { payloads }
+    }
+
+    /// The payload of the segment whose lines hash to `blake3` (hex), if kept.
+    pub fn get(&self, blake3: &str) -> Option<&[u8]> {
+        self.payloads.get(blake3).map(Vec::as_slice)
+    }
+
+    /// Keeps a segment's payload.
+    pub fn add(&mut self, blake3: &str, payload: &[u8]) {
+        self.payloads
+            .entry(blake3.to_owned())
+            .or_insert_with(|| payload.to_vec());
+    }
+
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (hash, payload) in &self.payloads {
+            if hash.len() != 64 {
+                continue;
+            }
+            let Ok(len) = u32::try_from(payload.len()) else {
+                continue;
+            };
+            out.extend_from_slice(hash.as_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(payload);
+        }
+        out
+    }
 }
 
 /// Nanoseconds since the Unix epoch, now.
@@ -163,6 +253,19 @@ mod tests {
     }
 
     #[test]
+    fn segments_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stat_path = tmp.path().join("x");
+        let mut cache = SegmentCache::default();
+        cache.add(&"a".repeat(64), b"payload");
+        std::fs::write(SegmentCache::path(&stat_path), cache.encode()).unwrap();
+        let loaded = SegmentCache::load(&stat_path);
+        assert_eq!(loaded.get(&"a".repeat(64)), Some(&b"payload"[..]));
+        std::fs::write(SegmentCache::path(&stat_path), b"short").unwrap();
+        assert!(SegmentCache::load(&stat_path).get(&"a".repeat(64)).is_none());
+    }
+
+    #[test]
     fn round_trips_and_refuses_racy_or_changed_entries() {
         let now = 100 * 1_000_000_000;
         let old = StatEntry {
@@ -173,7 +276,10 @@ mod tests {
             stat: stat(now - 1_000_000_000),
             digest: [2; 32],
         };
-        let bytes = encode(now, &[("a".into(), old), ("b".into(), racy)]);
+        let mut writer = StatWriter::default();
+        writer.push("a", &old);
+        writer.push("b", &racy);
+        let bytes = writer.finish(now);
         let cache = StatCache::decode(&bytes).unwrap();
         assert_eq!(
             cache.digest("a", &old.stat),
