@@ -737,6 +737,7 @@ impl Upload<'_> {
             PackWriter::new(&mut sink, &token, self.options.level),
             base.as_deref(),
             self.totals,
+            stat::LocalWriter::new(self.stat_path),
         )
         .map_err(|e| local(dir, e))?;
         let passed = (|| -> std::result::Result<(), PassError> {
@@ -771,8 +772,7 @@ impl Upload<'_> {
             counts,
             segments,
             finished,
-            stat_entries,
-            segment_cache,
+            local,
             stats: pass_stats,
         } = sealed;
         report.new_chunks = pass_stats.new_chunks;
@@ -875,26 +875,8 @@ impl Upload<'_> {
         );
         phases.remote_ms += t.elapsed().as_millis() as u64;
         let published = published?;
-        if let Some(path) = self.stat_path {
-            save_local(path, &stat_entries.finish(recorded_at), &segment_cache);
-        }
+        local.finish(recorded_at);
         Ok(published)
-    }
-}
-
-/// Writes the stat cache and the segment cache (best effort: without them the next snapshot
-/// reads every file again and fetches the segments).
-fn save_local(path: &Path, stats: &[u8], segments: &SegmentCache) {
-    let saved = path
-        .parent()
-        .map_or(Ok(()), crate::fs::create_dir_all_durable)
-        .and_then(|()| crate::fs::write_atomic(path, stats))
-        .and_then(|()| crate::fs::write_atomic(&SegmentCache::path(path), &segments.encode()));
-    if let Err(e) = saved {
-        tracing::warn!(
-            "could not save the snapshot stat cache {}: {e}; the next snapshot reads every file",
-            path.display()
-        );
     }
 }
 
@@ -967,8 +949,7 @@ struct Sealed {
     counts: Counts,
     segments: Vec<SegmentRef>,
     finished: Option<PackRef>,
-    stat_entries: stat::StatWriter,
-    segment_cache: SegmentCache,
+    local: stat::LocalWriter,
     stats: PassStats,
 }
 
@@ -986,13 +967,18 @@ struct Pass<'b, W: Write> {
     segment: Vec<Pending>,
     closed: VecDeque<Vec<Pending>>,
     out: Vec<SegOut>,
-    stat_entries: stat::StatWriter,
-    segment_cache: SegmentCache,
+    /// What this snapshot read, for the next one (the stat and segment caches).
+    local: stat::LocalWriter,
     stats: PassStats,
 }
 
 impl<'b, W: Write> Pass<'b, W> {
-    fn new(pack: PackWriter<W>, base: Option<&'b Base>, totals: TreeTotals) -> Result<Self, ArchiveError> {
+    fn new(
+        pack: PackWriter<W>,
+        base: Option<&'b Base>,
+        totals: TreeTotals,
+        local: stat::LocalWriter,
+    ) -> Result<Self, ArchiveError> {
         let hasher =
             ManifestHasher::new(totals.files, totals.bytes).map_err(|source| ArchiveError::Create {
                 path: PathBuf::new(),
@@ -1009,8 +995,7 @@ impl<'b, W: Write> Pass<'b, W> {
             segment: Vec::new(),
             closed: VecDeque::new(),
             out: Vec::new(),
-            stat_entries: stat::StatWriter::default(),
-            segment_cache: SegmentCache::default(),
+            local,
             stats: PassStats::default(),
         })
     }
@@ -1057,7 +1042,7 @@ impl<'b, W: Write> Pass<'b, W> {
                 self.stats.files_trusted += 1;
                 self.stats.reused_chunks += chunks.len() as u64;
                 if let Some(d) = b3(&digest) {
-                    self.stat_entries.push(&rel, &StatEntry { stat, digest: d });
+                    self.local.push(&rel, &StatEntry { stat, digest: d });
                 }
                 let entry = file_entry(rel, stat.exec, size, digest);
                 self.push(entry, chunks.into_iter().map(Loc::Ref).collect())?;
@@ -1090,7 +1075,7 @@ impl<'b, W: Write> Pass<'b, W> {
                     .take()
                     .ok_or(PackError::Misuse("a file ended that never started"))?;
                 self.stats.files_read += 1;
-                self.stat_entries.push(
+                self.local.push(
                     &current.rel,
                     &StatEntry {
                         stat: current.stat,
@@ -1248,7 +1233,7 @@ impl<'b, W: Write> Pass<'b, W> {
             let hash = blake3::hash(&lines).to_hex().to_string();
             // Compressed now: a full pack holds every segment until the tar ends.
             let payload = pack::compress_segment(&lines)?;
-            self.segment_cache.add(&hash, &payload);
+            self.local.segment(&hash, &payload);
             match self.base.and_then(|b| b.segments.get(&hash)) {
                 Some(reused) => {
                     self.stats.reused_segments += 1;
@@ -1333,8 +1318,7 @@ impl<'b, W: Write> Pass<'b, W> {
             counts,
             segments,
             finished,
-            stat_entries: std::mem::take(&mut self.stat_entries),
-            segment_cache: std::mem::take(&mut self.segment_cache),
+            local: std::mem::replace(&mut self.local, stat::LocalWriter::new(None)),
             stats: std::mem::take(&mut self.stats),
         })
     }

@@ -402,9 +402,12 @@ pub fn encode_segment(entries: &[SegmentEntry]) -> Vec<u8> {
 /// A segment's lines compressed as one zstd frame (with its size and checksum): the payload of
 /// its skippable frame.
 pub fn compress_segment(lines: &[u8]) -> Result<Vec<u8>> {
-    compressor(SEGMENT_LEVEL)
+    let mut payload = compressor(SEGMENT_LEVEL)
         .and_then(|mut c| c.compress(lines))
-        .map_err(io_err("compress a segment of"))
+        .map_err(io_err("compress a segment of"))?;
+    // zstd sizes the buffer for the worst case; a full pack holds every segment until its end.
+    payload.shrink_to_fit();
+    Ok(payload)
 }
 
 /// Decodes one zstd frame fetched by range (a frame of a pack's tar, or a segment's payload):
