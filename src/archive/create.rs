@@ -801,13 +801,19 @@ pub enum TreeItem {
     FileEnd { digest: blake3::Hash },
 }
 
-/// Messages in flight from [`read_chunked`]'s reading thread: chunks are at most 256 KiB for
-/// a large file and 1 MiB for a small one, so at most a few MiB are read ahead.
-const CHUNKED_READ_AHEAD: usize = 8;
+/// Batches in flight from [`read_chunked`]'s reading thread. Items go in batches, so a tree of
+/// small files or of files not read costs one hand-over per batch rather than per entry.
+const CHUNKED_READ_AHEAD: usize = 4;
+/// A batch is handed over once it holds this many items...
+const BATCH_ITEMS: usize = 256;
+/// ...or this many bytes of content (plus at most one chunk of 1 MiB): at most about 6 MiB is
+/// read ahead.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// The tree read once, in manifest order, on a thread of its own: [`read_chunked`].
 pub struct ChunkedTree {
-    rx: Option<Receiver<Result<TreeItem, ArchiveError>>>,
+    rx: Option<Receiver<Result<Vec<TreeItem>, ArchiveError>>>,
+    batch: std::vec::IntoIter<TreeItem>,
     reader: Option<std::thread::JoinHandle<Duration>>,
     /// Time the consumer waited for the reading thread.
     pub waited: Duration,
@@ -824,15 +830,27 @@ pub fn read_chunked(dir: &Path, threshold: u64, known: Box<Known>, chunker: Chun
     let reader = std::thread::spawn(move || {
         let started = Instant::now();
         let mut blocked = Duration::ZERO;
+        let mut batch: Vec<TreeItem> = Vec::with_capacity(BATCH_ITEMS);
+        let mut batch_bytes = 0;
+        let abandoned = || ArchiveError::Create {
+            path: dir.clone(),
+            source: io::Error::other("the snapshot was abandoned"),
+        };
         let walked = {
             let mut send = |item: TreeItem| -> Result<(), ArchiveError> {
+                if let TreeItem::Chunk { data, .. } = &item {
+                    batch_bytes += data.len();
+                }
+                batch.push(item);
+                if batch.len() < BATCH_ITEMS && batch_bytes < BATCH_BYTES {
+                    return Ok(());
+                }
+                batch_bytes = 0;
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ITEMS));
                 let t = Instant::now();
-                let sent = tx.send(Ok(item));
+                let sent = tx.send(Ok(full));
                 blocked += t.elapsed();
-                sent.map_err(|_| ArchiveError::Create {
-                    path: dir.clone(),
-                    source: io::Error::other("the snapshot was abandoned"),
-                })
+                sent.map_err(|_| abandoned())
             };
             walk(&dir, &mut |visit| match visit.kind {
                 Kind::Dir => send(TreeItem::Dir {
@@ -859,6 +877,7 @@ pub fn read_chunked(dir: &Path, threshold: u64, known: Box<Known>, chunker: Chun
                 }
             })
         };
+        let _ = tx.send(Ok(batch));
         if let Err(e) = walked {
             let _ = tx.send(Err(e));
         }
@@ -866,6 +885,7 @@ pub fn read_chunked(dir: &Path, threshold: u64, known: Box<Known>, chunker: Chun
     });
     ChunkedTree {
         rx: Some(rx),
+        batch: Vec::new().into_iter(),
         reader: Some(reader),
         waited: Duration::ZERO,
     }
@@ -947,10 +967,18 @@ impl Iterator for ChunkedTree {
     type Item = Result<TreeItem, ArchiveError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let t = Instant::now();
-        let item = self.rx.as_ref()?.recv().ok();
-        self.waited += t.elapsed();
-        item
+        loop {
+            if let Some(item) = self.batch.next() {
+                return Some(Ok(item));
+            }
+            let t = Instant::now();
+            let batch = self.rx.as_ref()?.recv().ok();
+            self.waited += t.elapsed();
+            match batch? {
+                Ok(batch) => self.batch = batch.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use super::format::{
     parse_manifest, parse_pointer, pointer_key, unique_token,
 };
 use super::pack::{self, ChunkAt, PackError, PackWriter};
-use super::stat::{self, StatCache, StatEntry};
+use super::stat::{self, SegmentCache, StatCache, StatEntry};
 use super::{
     Phase, Result, SnapshotError, SnapshotOptions, SnapshotPhases, SnapshotProgress, SnapshotReport,
     SnapshotStatus, is_colder,
@@ -169,7 +169,11 @@ pub fn snapshot(
     let published = match existing {
         Some(m) => m,
         None => {
-            let base = timed(&mut phases.remote_ms, || load_base(url, &remote, before.as_ref()))?;
+            let segments = stat_path.as_deref().map(SegmentCache::load).unwrap_or_default();
+            let base = timed(&mut phases.remote_ms, || {
+                load_base(url, &remote, before.as_ref(), &segments)
+            })?;
+            drop(segments);
             let job = Upload {
                 dir,
                 url,
@@ -506,7 +510,12 @@ impl Base {
 /// digest. Anything unusable (an old format, a missing pack, a segment that does not check, an
 /// unreadable gc state) means no base: the snapshot writes a full pack. Remote failures are
 /// errors (advisory), as everywhere.
-fn load_base(url: &RemoteUrl, remote: &Remote, pointer: Option<&Pointer>) -> Result<Option<Arc<Base>>> {
+fn load_base(
+    url: &RemoteUrl,
+    remote: &Remote,
+    pointer: Option<&Pointer>,
+    local: &SegmentCache,
+) -> Result<Option<Arc<Base>>> {
     let Some(pointer) = pointer else {
         return Ok(None);
     };
@@ -545,7 +554,12 @@ fn load_base(url: &RemoteUrl, remote: &Remote, pointer: Option<&Pointer>) -> Res
             return unusable(format!("pack {} is missing or not its recorded size", pack.token));
         }
     }
+    // Segments this machine wrote or read last time are on disk (checked against their BLAKE3
+    // like any other); only the others are fetched.
     let fetched = crate::parallel::map(&manifest.segments, |segment| {
+        if let Some(payload) = local.get(&segment.blake3) {
+            return Ok(Some(Bytes::copy_from_slice(payload)));
+        }
         remote.get_range(&pack_key(url, &segment.pack), segment.range[0]..segment.range[1])
     })?;
     let mut base = Base {
@@ -723,6 +737,7 @@ impl Upload<'_> {
             PackWriter::new(&mut sink, &token, self.options.level),
             base.as_deref(),
             self.totals,
+            stat::LocalWriter::new(self.stat_path),
         )
         .map_err(|e| local(dir, e))?;
         let passed = (|| -> std::result::Result<(), PassError> {
@@ -757,7 +772,7 @@ impl Upload<'_> {
             counts,
             segments,
             finished,
-            stat_entries,
+            local,
             stats: pass_stats,
         } = sealed;
         report.new_chunks = pass_stats.new_chunks;
@@ -860,24 +875,8 @@ impl Upload<'_> {
         );
         phases.remote_ms += t.elapsed().as_millis() as u64;
         let published = published?;
-        if let Some(path) = self.stat_path {
-            save_stats(path, recorded_at, &stat_entries);
-        }
+        local.finish(recorded_at);
         Ok(published)
-    }
-}
-
-/// Writes the stat cache (best effort: without it the next snapshot reads every file again).
-fn save_stats(path: &Path, recorded_at: i64, entries: &[(String, StatEntry)]) {
-    let saved = path
-        .parent()
-        .map_or(Ok(()), crate::fs::create_dir_all_durable)
-        .and_then(|()| crate::fs::write_atomic(path, &stat::encode(recorded_at, entries)));
-    if let Err(e) = saved {
-        tracing::warn!(
-            "could not save the snapshot stat cache {}: {e}; the next snapshot reads every file",
-            path.display()
-        );
     }
 }
 
@@ -916,10 +915,11 @@ struct Pending {
     locs: Vec<Loc>,
 }
 
-/// A segment of the new manifest: reused where it is, or written into this pack.
+/// A segment of the new manifest: reused where it is, or written into this pack (its
+/// compressed payload, the BLAKE3 of its lines, its entries).
 enum SegOut {
     Reused(SegmentRef),
-    New(Vec<u8>, u64),
+    New(Vec<u8>, String, u64),
 }
 
 /// How a file being read goes into a delta pack.
@@ -949,7 +949,7 @@ struct Sealed {
     counts: Counts,
     segments: Vec<SegmentRef>,
     finished: Option<PackRef>,
-    stat_entries: Vec<(String, StatEntry)>,
+    local: stat::LocalWriter,
     stats: PassStats,
 }
 
@@ -967,12 +967,18 @@ struct Pass<'b, W: Write> {
     segment: Vec<Pending>,
     closed: VecDeque<Vec<Pending>>,
     out: Vec<SegOut>,
-    stat_entries: Vec<(String, StatEntry)>,
+    /// What this snapshot read, for the next one (the stat and segment caches).
+    local: stat::LocalWriter,
     stats: PassStats,
 }
 
 impl<'b, W: Write> Pass<'b, W> {
-    fn new(pack: PackWriter<W>, base: Option<&'b Base>, totals: TreeTotals) -> Result<Self, ArchiveError> {
+    fn new(
+        pack: PackWriter<W>,
+        base: Option<&'b Base>,
+        totals: TreeTotals,
+        local: stat::LocalWriter,
+    ) -> Result<Self, ArchiveError> {
         let hasher =
             ManifestHasher::new(totals.files, totals.bytes).map_err(|source| ArchiveError::Create {
                 path: PathBuf::new(),
@@ -989,7 +995,7 @@ impl<'b, W: Write> Pass<'b, W> {
             segment: Vec::new(),
             closed: VecDeque::new(),
             out: Vec::new(),
-            stat_entries: Vec::new(),
+            local,
             stats: PassStats::default(),
         })
     }
@@ -1036,8 +1042,7 @@ impl<'b, W: Write> Pass<'b, W> {
                 self.stats.files_trusted += 1;
                 self.stats.reused_chunks += chunks.len() as u64;
                 if let Some(d) = b3(&digest) {
-                    self.stat_entries
-                        .push((rel.clone(), StatEntry { stat, digest: d }));
+                    self.local.push(&rel, &StatEntry { stat, digest: d });
                 }
                 let entry = file_entry(rel, stat.exec, size, digest);
                 self.push(entry, chunks.into_iter().map(Loc::Ref).collect())?;
@@ -1070,13 +1075,13 @@ impl<'b, W: Write> Pass<'b, W> {
                     .take()
                     .ok_or(PackError::Misuse("a file ended that never started"))?;
                 self.stats.files_read += 1;
-                self.stat_entries.push((
-                    current.rel.clone(),
-                    StatEntry {
+                self.local.push(
+                    &current.rel,
+                    &StatEntry {
                         stat: current.stat,
                         digest: *digest.as_bytes(),
                     },
-                ));
+                );
                 let entry = file_entry(
                     current.rel,
                     current.stat.exec,
@@ -1161,9 +1166,11 @@ impl<'b, W: Write> Pass<'b, W> {
             }
             Mode::Whole | Mode::Undecided => {
                 let at = self.pack()?.chunk(data)?;
-                self.here.entry(key).or_insert(at);
                 self.stats.new_chunks += 1;
-                Loc::Here(at, tag)
+                // Every copy of a content is referenced at its first place, in manifest order,
+                // as the next snapshot's index of this one finds it: so the segments of copies
+                // that did not change are byte-identical next time, and reused.
+                Loc::Here(*self.here.entry(key).or_insert(at), tag)
             }
         };
         current.locs.push(loc);
@@ -1224,6 +1231,9 @@ impl<'b, W: Write> Pass<'b, W> {
             }
             let lines = pack::encode_segment(&entries);
             let hash = blake3::hash(&lines).to_hex().to_string();
+            // Compressed now: a full pack holds every segment until the tar ends.
+            let payload = pack::compress_segment(&lines)?;
+            self.local.segment(&hash, &payload);
             match self.base.and_then(|b| b.segments.get(&hash)) {
                 Some(reused) => {
                     self.stats.reused_segments += 1;
@@ -1232,7 +1242,7 @@ impl<'b, W: Write> Pass<'b, W> {
                 }
                 None => {
                     self.stats.new_segments += 1;
-                    self.out.push(SegOut::New(lines, entries.len() as u64));
+                    self.out.push(SegOut::New(payload, hash, entries.len() as u64));
                 }
             }
             for chunk in entries.iter().flat_map(|e| &e.chunks) {
@@ -1291,7 +1301,7 @@ impl<'b, W: Write> Pass<'b, W> {
             for out in std::mem::take(&mut self.out) {
                 segments.push(match out {
                     SegOut::Reused(s) => s,
-                    SegOut::New(lines, entries) => pack.segment(&lines, entries)?,
+                    SegOut::New(payload, hash, entries) => pack.segment_payload(&payload, hash, entries)?,
                 });
             }
             let (_, finished) = pack.finish(self.full())?;
@@ -1308,7 +1318,7 @@ impl<'b, W: Write> Pass<'b, W> {
             counts,
             segments,
             finished,
-            stat_entries: std::mem::take(&mut self.stat_entries),
+            local: std::mem::replace(&mut self.local, stat::LocalWriter::new(None)),
             stats: std::mem::take(&mut self.stats),
         })
     }

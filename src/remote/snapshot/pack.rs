@@ -305,15 +305,21 @@ impl<W: Write> PackWriter<W> {
     /// Appends one manifest segment (its JSON Lines, [`encode_segment`]) after the tar's end, as
     /// a zstd frame in a skippable frame; returns where it is.
     pub fn segment(&mut self, lines: &[u8], entries: u64) -> Result<SegmentRef> {
+        let payload = compress_segment(lines)?;
+        self.segment_payload(&payload, blake3::hash(lines).to_hex().to_string(), entries)
+    }
+
+    /// Like [`Self::segment`], for a segment already compressed ([`compress_segment`]) whose
+    /// lines hash to `lines_blake3`.
+    pub fn segment_payload(
+        &mut self,
+        payload: &[u8],
+        lines_blake3: String,
+        entries: u64,
+    ) -> Result<SegmentRef> {
         if !self.tar_ended {
             self.end_tar()?;
         }
-        let payload = zstd::bulk::Compressor::new(SEGMENT_LEVEL)
-            .and_then(|mut c| {
-                c.include_checksum(true)?;
-                c.compress(lines)
-            })
-            .map_err(io_err("compress a segment of"))?;
         let size = u32::try_from(payload.len())
             .map_err(|_| PackError::Misuse("a manifest segment too large for a skippable frame"))?;
         let mut head = [0u8; 8];
@@ -321,11 +327,11 @@ impl<W: Write> PackWriter<W> {
         head[4..].copy_from_slice(&size.to_le_bytes());
         self.emit(&head)?;
         let start = self.written;
-        self.emit(&payload)?;
+        self.emit(payload)?;
         let segment = SegmentRef {
             pack: self.token.clone(),
             range: [start, self.written],
-            blake3: blake3::hash(lines).to_hex().to_string(),
+            blake3: lines_blake3,
             entries,
         };
         self.segments.push(segment.clone());
@@ -391,6 +397,17 @@ pub fn encode_segment(entries: &[SegmentEntry]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A segment's lines compressed as one zstd frame (with its size and checksum): the payload of
+/// its skippable frame.
+pub fn compress_segment(lines: &[u8]) -> Result<Vec<u8>> {
+    let mut payload = compressor(SEGMENT_LEVEL)
+        .and_then(|mut c| c.compress(lines))
+        .map_err(io_err("compress a segment of"))?;
+    // zstd sizes the buffer for the worst case; a full pack holds every segment until its end.
+    payload.shrink_to_fit();
+    Ok(payload)
 }
 
 /// Decodes one zstd frame fetched by range (a frame of a pack's tar, or a segment's payload):

@@ -15,6 +15,7 @@
 //! Anything malformed makes the whole cache be ignored, which only costs reading the files.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 use crate::archive::FileStat;
@@ -91,17 +92,53 @@ impl StatCache {
     }
 }
 
-/// Encodes the entries a snapshot read (in manifest order), recorded at `recorded_at_ns`: the
-/// moment before the first file was read, so a file written during the snapshot is racy.
-pub fn encode(recorded_at_ns: i64, entries: &[(String, StatEntry)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + entries.len() * (MIN_ENTRY + 64));
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(recorded_at_ns as u64).to_le_bytes());
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for (path, e) in entries {
-        out.extend_from_slice(&(path.len() as u64).to_le_bytes());
-        out.extend_from_slice(path.as_bytes());
+/// Writes what a snapshot read, as it reads it, to temporary files beside the stat cache at
+/// `path` (the stat cache, and the segment cache): nothing of it is held in memory, whatever the
+/// tree's size. [`Self::finish`] puts both in place once the snapshot is published. Best effort:
+/// a failure to write only costs the next snapshot reading every file (a warning says so).
+pub struct LocalWriter {
+    files: Option<Files>,
+    count: u64,
+}
+
+struct Files {
+    path: std::path::PathBuf,
+    stats: std::io::BufWriter<tempfile::NamedTempFile>,
+    segments: std::io::BufWriter<tempfile::NamedTempFile>,
+}
+
+/// Where the header's `recorded_at_ns` and `count` are, filled in by [`LocalWriter::finish`].
+const HEADER: u64 = MAGIC.len() as u64 + 4;
+
+impl LocalWriter {
+    /// Starts writing the caches for the stat cache at `path` (`None`: no cache, nothing written).
+    pub fn new(path: Option<&Path>) -> Self {
+        let files = path.and_then(|path| {
+            let opened = (|| -> std::io::Result<Files> {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                crate::fs::create_dir_all_durable(dir)?;
+                let mut stats = std::io::BufWriter::new(tempfile::NamedTempFile::new_in(dir)?);
+                stats.write_all(MAGIC)?;
+                stats.write_all(&VERSION.to_le_bytes())?;
+                stats.write_all(&[0; 16])?;
+                let segments = std::io::BufWriter::new(tempfile::NamedTempFile::new_in(dir)?);
+                Ok(Files {
+                    path: path.to_path_buf(),
+                    stats,
+                    segments,
+                })
+            })();
+            opened.map_err(|e| warn(path, &e)).ok()
+        });
+        Self { files, count: 0 }
+    }
+
+    /// Records the next file (in manifest order).
+    pub fn push(&mut self, path: &str, e: &StatEntry) {
+        let Some(files) = &mut self.files else { return };
+        let mut record = Vec::with_capacity(path.len() + MIN_ENTRY);
+        record.extend_from_slice(&(path.len() as u64).to_le_bytes());
+        record.extend_from_slice(path.as_bytes());
         for n in [
             e.stat.size,
             e.stat.mtime_ns as u64,
@@ -109,12 +146,108 @@ pub fn encode(recorded_at_ns: i64, entries: &[(String, StatEntry)]) -> Vec<u8> {
             e.stat.ino,
             e.stat.dev,
         ] {
-            out.extend_from_slice(&n.to_le_bytes());
+            record.extend_from_slice(&n.to_le_bytes());
         }
-        out.push(u8::from(e.stat.exec));
-        out.extend_from_slice(&e.digest);
+        record.push(u8::from(e.stat.exec));
+        record.extend_from_slice(&e.digest);
+        if let Err(err) = files.stats.write_all(&record) {
+            warn(&files.path, &err);
+            self.files = None;
+            return;
+        }
+        self.count += 1;
     }
-    out
+
+    /// Records a segment of the snapshot (compressed), whose lines hash to `blake3` (hex).
+    pub fn segment(&mut self, blake3: &str, payload: &[u8]) {
+        let Some(files) = &mut self.files else { return };
+        let Ok(len) = u32::try_from(payload.len()) else {
+            return;
+        };
+        if blake3.len() != 64 {
+            return;
+        }
+        let written = files
+            .segments
+            .write_all(blake3.as_bytes())
+            .and_then(|()| files.segments.write_all(&len.to_le_bytes()))
+            .and_then(|()| files.segments.write_all(payload));
+        if let Err(err) = written {
+            warn(&files.path, &err);
+            self.files = None;
+        }
+    }
+
+    /// Puts both caches in place, recorded at `recorded_at_ns`: the moment before the first
+    /// file was read, so a file written during the snapshot is racy next time.
+    pub fn finish(self, recorded_at_ns: i64) {
+        use std::io::{Seek, SeekFrom};
+        let Some(files) = self.files else { return };
+        let count = self.count;
+        let path = files.path.clone();
+        let done = (|| -> std::io::Result<()> {
+            let mut stats = files.stats.into_inner().map_err(|e| e.into_error())?;
+            stats.seek(SeekFrom::Start(HEADER))?;
+            stats.write_all(&(recorded_at_ns as u64).to_le_bytes())?;
+            stats.write_all(&count.to_le_bytes())?;
+            let segments = files.segments.into_inner().map_err(|e| e.into_error())?;
+            segments.persist(SegmentCache::path(&path)).map_err(|e| e.error)?;
+            stats.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        })();
+        if let Err(e) = done {
+            warn(&path, &e);
+        }
+    }
+}
+
+fn warn(path: &Path, e: &std::io::Error) {
+    tracing::warn!(
+        "could not write the snapshot stat cache {}: {e}; the next snapshot reads every file",
+        path.display()
+    );
+}
+
+/// The manifest segments of the last snapshot of a directory to a URL, compressed as in the
+/// pack (`<stat cache>.segments`: records of a 64-hex BLAKE3 of the lines, a u32 length and the
+/// payload), so the next snapshot does not fetch them. Each is checked against the BLAKE3 the
+/// manifest gives before use, like a fetched one; a malformed file is ignored.
+#[derive(Debug, Default)]
+pub struct SegmentCache {
+    payloads: HashMap<String, Vec<u8>>,
+}
+
+impl SegmentCache {
+    /// Where the segment cache of the stat cache at `stat_path` is.
+    pub fn path(stat_path: &Path) -> std::path::PathBuf {
+        stat_path.with_extension("segments")
+    }
+
+    /// Reads the segment cache beside the stat cache at `stat_path`.
+    pub fn load(stat_path: &Path) -> Self {
+        let Ok(bytes) = std::fs::read(Self::path(stat_path)) else {
+            return Self::default();
+        };
+        let mut r = Reader { bytes: &bytes, at: 0 };
+        let mut payloads = HashMap::new();
+        while r.at < bytes.len() {
+            let record = (|| {
+                let hash = std::str::from_utf8(r.take(64)?).ok()?.to_owned();
+                let len = r.u32()? as usize;
+                Some((hash, r.take(len)?.to_vec()))
+            })();
+            match record {
+                Some((hash, payload)) => payloads.insert(hash, payload),
+                None => return Self::default(),
+            };
+        }
+        Self { payloads }
+    }
+
+    /// The payload of the segment whose lines hash to `blake3` (hex), if kept.
+    pub fn get(&self, blake3: &str) -> Option<&[u8]> {
+        self.payloads.get(blake3).map(Vec::as_slice)
+    }
 }
 
 /// Nanoseconds since the Unix epoch, now.
@@ -173,7 +306,16 @@ mod tests {
             stat: stat(now - 1_000_000_000),
             digest: [2; 32],
         };
-        let bytes = encode(now, &[("a".into(), old), ("b".into(), racy)]);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("cache/x");
+        let mut writer = LocalWriter::new(Some(&path));
+        writer.push("a", &old);
+        writer.push("b", &racy);
+        writer.segment(&"a".repeat(64), b"payload");
+        writer.finish(now);
+        let bytes = std::fs::read(&path).unwrap();
+        let segments = SegmentCache::load(&path);
+        assert_eq!(segments.get(&"a".repeat(64)), Some(&b"payload"[..]));
         let cache = StatCache::decode(&bytes).unwrap();
         assert_eq!(
             cache.digest("a", &old.stat),
