@@ -643,6 +643,10 @@ fn load_base(
         base.total += pack.bytes;
         base.packs += 1;
     }
+    if base.packs == 0 {
+        // Everything it holds is condemned: nothing to build on.
+        return Ok(None);
+    }
     Ok(Some(Arc::new(base)))
 }
 
