@@ -823,7 +823,7 @@ pub struct ChunkedTree {
 /// hands it over entry by entry, in manifest order, through a bounded queue. A file of at least
 /// `threshold` bytes comes as content-defined chunks (`chunker`), a smaller one as one chunk; a
 /// file `known` gives the digest of is not read. Each file is read exactly as long as its
-/// opened handle says, and refused if it changed while it was read ([`unchanged_since`]).
+/// opened handle says, and refused if it changed while it was read (`unchanged_since`).
 pub fn read_chunked(dir: &Path, threshold: u64, known: Box<Known>, chunker: Chunker) -> ChunkedTree {
     let (tx, rx) = sync_channel(CHUNKED_READ_AHEAD);
     let dir = dir.to_path_buf();

@@ -1,8 +1,8 @@
 //! A snapshot uploads only what the current snapshot does not hold (docs/DESIGN.md,
 //! "Snapshots"): one file changed in a 1,000-file tree goes up as one small pack (the file and
-//! one manifest segment), and the other files are not even read again (the stat cache); a 1 KiB
-//! edit in the middle of a 50 MiB file moves a few content-defined chunks, not the file. Bytes
-//! are counted by the S3 server.
+//! one manifest segment, every other segment reused, copies of one content included), and the
+//! other files are not even read again (the stat cache); a 1 KiB edit in the middle of a 50 MiB
+//! file moves a few content-defined chunks, not the file. Bytes are counted by the S3 server.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -43,6 +43,11 @@ fn one_changed_file_uploads_one_small_pack() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let src = support::make_tree(&tmp.path().join("src"), 1000, 16 * 1024, 11);
+    // Copies of one content in many places, as the LICENSE files of a node_modules: each
+    // segment holding one must come out the same next time, to be reused.
+    for d in 0..17 {
+        std::fs::write(src.join(format!("d{d}/LICENSE")), "MIT License\n".repeat(40)).unwrap();
+    }
     age(&src);
 
     let first = json_ok(&snapshot(&server, &cache, &src, KEY, &[]));
@@ -64,11 +69,12 @@ fn one_changed_file_uploads_one_small_pack() {
     assert_eq!(packs(&server).len(), 2, "exactly one new pack");
     assert_eq!(second["new_chunks"], 1, "{second}");
     assert_eq!(second["new_segments"], 1, "{second}");
+    assert!(second["reused_segments"].as_u64().unwrap() >= 2, "{second}");
     assert_eq!(
         second["files_read"], 1,
         "unchanged files were read again: {second}"
     );
-    assert_eq!(second["files_trusted"], 999, "{second}");
+    assert_eq!(second["files_trusted"], 1016, "{second}");
     // The file (incompressible), one segment of a few hundred entries, the manifest and the
     // pointer: a small fraction of the tree.
     assert!(

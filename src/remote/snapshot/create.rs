@@ -460,8 +460,9 @@ struct Base {
     large_paths: HashSet<[u8; 32]>,
     /// Directories and symlinks (kind, path, target, hashed): a delta pack carries only new ones.
     links: HashSet<[u8; 32]>,
-    /// Segments by the BLAKE3 of their lines.
-    segments: HashMap<String, SegmentRef>,
+    /// Segments by the BLAKE3 of their lines, with their compressed payload (kept for the next
+    /// snapshot's segment cache, so a reused segment is not compressed again).
+    segments: HashMap<String, (SegmentRef, Bytes)>,
     /// Compressed bytes of the frames and segments the snapshot uses, and of its packs.
     live: u64,
     total: u64,
@@ -597,7 +598,8 @@ fn load_base(
         };
         if usable(&segment.pack) {
             base.live += segment.range[1] - segment.range[0];
-            base.segments.insert(segment.blake3.clone(), segment.clone());
+            base.segments
+                .insert(segment.blake3.clone(), (segment.clone(), payload.clone()));
         }
         for entry in entries {
             if let Err(reason) = check.push(&entry) {
@@ -642,6 +644,10 @@ fn load_base(
     for pack in manifest.packs.iter().filter(|p| usable(&p.token)) {
         base.total += pack.bytes;
         base.packs += 1;
+    }
+    if base.packs == 0 {
+        // Everything it holds is condemned: nothing to build on.
+        return Ok(None);
     }
     Ok(Some(Arc::new(base)))
 }
@@ -1231,16 +1237,17 @@ impl<'b, W: Write> Pass<'b, W> {
             }
             let lines = pack::encode_segment(&entries);
             let hash = blake3::hash(&lines).to_hex().to_string();
-            // Compressed now: a full pack holds every segment until the tar ends.
-            let payload = pack::compress_segment(&lines)?;
-            self.local.segment(&hash, &payload);
             match self.base.and_then(|b| b.segments.get(&hash)) {
-                Some(reused) => {
+                Some((reused, payload)) => {
+                    self.local.segment(&hash, payload);
                     self.stats.reused_segments += 1;
                     self.counts.packs.insert(reused.pack.clone());
                     self.out.push(SegOut::Reused(reused.clone()));
                 }
                 None => {
+                    // Compressed now: a full pack holds every segment until the tar ends.
+                    let payload = pack::compress_segment(&lines)?;
+                    self.local.segment(&hash, &payload);
                     self.stats.new_segments += 1;
                     self.out.push(SegOut::New(payload, hash, entries.len() as u64));
                 }

@@ -1,18 +1,18 @@
-//! Directory snapshots in object storage (docs/DESIGN.md, problem 4): [`snapshot`] uploads a tree as a
-//! standard tar.zst, [`restore`] brings it back and swaps it into place atomically.
+//! Directory snapshots in object storage (docs/DESIGN.md, problem 4): [`snapshot`] uploads what
+//! the remote does not hold of a tree as one pack (a standard tar.zst), [`restore`] brings a
+//! tree back and swaps it into place atomically.
 //!
-//! Layout under the URL's key `KEY`:
+//! Layout under the URL's key `KEY` (docs/DESIGN.md, "Snapshots"; [`format`](mod@format)):
 //!
 //! - `KEY/pointer.json`: which snapshot is current ([`Pointer`]). Small, and only ever replaced
 //!   by a conditional put against the version read at the start, so two machines snapshotting at
 //!   once cannot overwrite each other unnoticed.
 //! - `KEY/snapshots/<digest>.json`: the manifest ([`PackedManifest`]) of the snapshot of a tree
-//!   whose content digest is `<digest>`; created once, never replaced (unless unreadable).
-//! - `KEY/snapshots/<digest>-<upload>.tar.zst`: the archive that manifest names. Each upload gets
-//!   a key of its own because the same tree archived on two machines gives different bytes
-//!   (modification times), and S3 multipart uploads cannot be made create-only: with one shared
-//!   key, a second upload could replace the archive after the first one's manifest recorded its
-//!   BLAKE3, and every restore would then fail verification.
+//!   whose content digest is `<digest>`: its packs and its segments (the entries, with where each
+//!   file's chunks are); created once, never replaced (unless unreadable).
+//! - `KEY/packs/<token>.tar.zst`: a pack ([`pack`]). Each upload gets a fresh key, because S3
+//!   multipart uploads cannot be made create-only: with a shared key, a second upload could
+//!   replace a pack after a manifest recorded its BLAKE3.
 //!
 //! The digest is [`crate::store::Manifest::id`] of the tree: paths, kinds, executable bits, sizes,
 //! content digests and symlink targets, not times. Hashing the tree is read-only.
@@ -22,7 +22,8 @@
 //! a complete, verified tree, and a snapshot never moves the pointer to anything incomplete.
 //!
 //! Modules: `create` makes a snapshot ([`snapshot`]); `restore` brings one back ([`restore()`])
-//! through the place-and-swap primitive ([`crate::place`]); [`format`](mod@format) is what the key holds.
+//! through the place-and-swap primitive ([`crate::place`]); [`format`](mod@format) is what the key
+//! holds; [`pack`] writes and reads packs; `stat` is the snapshot's local stat cache.
 
 mod build;
 mod create;

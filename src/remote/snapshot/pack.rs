@@ -27,6 +27,14 @@ use super::format::{
 /// hundred bytes, or a few entries of very large files with thousands of chunk references each.
 /// A segment that claims more is refused rather than allocated.
 pub const SEGMENT_MAX_BYTES: usize = 64 << 20;
+/// The largest decompressed frame a [`PackWriter`] writes, for readers to bound
+/// [`decode_frame`]: a frame is closed as soon as it holds [`FRAME_TARGET`] bytes, so it holds
+/// less than that before its last piece, which is at most one chunk (a file under
+/// [`super::format::CHUNK_THRESHOLD`] is one chunk) with its padding, or one entry's header
+/// (a header of more than 64 KiB, for a path that long, gets a frame of its own).
+pub const FRAME_MAX: usize = FRAME_TARGET as usize + super::format::CHUNK_THRESHOLD as usize + BIG_HEADER;
+/// Headers larger than this start a frame of their own.
+const BIG_HEADER: usize = 64 << 10;
 /// zstd level of manifest segments (small, compressed once).
 const SEGMENT_LEVEL: i32 = 3;
 /// Frames compressed at once per compressing thread: bounds the uncompressed bytes held to
@@ -229,6 +237,11 @@ impl<W: Write> PackWriter<W> {
             return Err(PackError::Misuse(
                 "an entry started inside a file or after the tar's end",
             ));
+        }
+        if bytes.len() > BIG_HEADER {
+            self.close_frame()?;
+            self.buf.extend_from_slice(bytes);
+            return self.close_frame();
         }
         self.buf.extend_from_slice(bytes);
         self.maybe_close()
@@ -695,6 +708,9 @@ mod tests {
         ];
         let w = write_pack(&files, &[]);
         assert!(w.frame_ranges.len() > 4, "{} frames", w.frame_ranges.len());
+        for [start, end] in &w.frame_ranges {
+            assert!(decode_frame(&w.bytes[*start as usize..*end as usize], FRAME_MAX).is_ok());
+        }
         for (_, chunks) in &w.files {
             for (at, data) in chunks {
                 let [start, end] = w.frame_ranges[at.frame];
