@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::format::{CHUNK_THRESHOLD, SegmentEntry};
 use crate::store::EntryKind;
@@ -32,8 +33,6 @@ pub(super) struct Seeds {
     by_digest: HashMap<String, Seed>,
     /// DIR already holds exactly the snapshot's tree: every entry, nothing else.
     pub unchanged: bool,
-    /// Bytes read to find them.
-    pub hashed_bytes: u64,
 }
 
 impl Seeds {
@@ -46,21 +45,23 @@ impl Seeds {
         self.by_digest.entry(digest).or_insert(seed);
     }
 
-    /// Hashes DIR's files that can serve the snapshot `entries`: each file at an entry's path
-    /// with the entry's size, and each other file whose size some entry has (a file moved to
-    /// another path). Large files are also cut into chunks exactly as a snapshot cuts them, so
-    /// a file that changed in part still gives its unchanged chunks. Sets [`Self::unchanged`]
-    /// when DIR holds exactly the entries (no download, no swap).
-    pub fn scan_dir(dir: &Path, entries: &[SegmentEntry], progress: &dyn Fn(u64)) -> Self {
+    /// Hashes DIR's files that can serve the snapshot `entries`, on several threads: each file
+    /// at an entry's path with the entry's size, and each other file whose size some entry has
+    /// (a file moved to another path). Large files are also cut into chunks exactly as a
+    /// snapshot cuts them, so a file that changed in part still gives its unchanged chunks. Sets
+    /// [`Self::unchanged`] when DIR holds exactly the entries (no download, no swap).
+    pub fn scan_dir(dir: &Path, entries: &[SegmentEntry], progress: &(dyn Fn(u64) + Sync)) -> Self {
         let by_path: HashMap<&str, &SegmentEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
         let sizes: HashSet<u64> = entries
             .iter()
             .filter(|e| e.kind == EntryKind::File && e.size > 0)
             .map(|e| e.size)
             .collect();
-        let mut seeds = Seeds::default();
         let mut matched = 0usize;
         let mut extra = false;
+        // Files to hash: path, size, and the entry at that path when it is a file of that size
+        // and executable bit (then the same digest makes the file one of the tree's).
+        let mut candidates: Vec<(PathBuf, u64, Option<&SegmentEntry>)> = Vec::new();
         let mut stack = vec![(dir.to_path_buf(), String::new())];
         while let Some((path, rel)) = stack.pop() {
             let Ok(listing) = std::fs::read_dir(&path) else {
@@ -112,81 +113,53 @@ impl Seeds {
                         continue;
                     };
                     let len = meta.len();
-                    let at_path = entry.filter(|e| e.kind == EntryKind::File && e.size == len);
-                    let digest = if at_path.is_some() || sizes.contains(&len) {
-                        seeds.hash_file(&child, len, progress)
-                    } else {
-                        None
-                    };
-                    let same = at_path.is_some_and(|e| {
-                        e.digest.is_some() && e.digest == digest && e.exec == crate::fs::is_executable(&meta)
-                    });
-                    if same {
-                        matched += 1;
-                    } else {
+                    let exec = crate::fs::is_executable(&meta);
+                    let at_path =
+                        entry.filter(|e| e.kind == EntryKind::File && e.size == len && e.exec == exec);
+                    if at_path.is_none() {
                         extra = true;
+                    }
+                    if at_path.is_some() || sizes.contains(&len) {
+                        candidates.push((child, len, at_path));
                     }
                 } else {
                     extra = true;
                 }
             }
         }
-        seeds.unchanged = !extra && matched == entries.len();
-        seeds
-    }
-
-    /// Hashes one file of `len` bytes (and its chunks when it is large), adding it as a seed;
-    /// returns its digest, or `None` when it could not be read as it was listed.
-    fn hash_file(&mut self, path: &Path, len: u64, progress: &dyn Fn(u64)) -> Option<String> {
-        let file = File::open(path).ok()?;
-        let mut whole = blake3::Hasher::new();
-        let mut chunks = Vec::new();
-        let read = if len < CHUNK_THRESHOLD {
-            let mut bytes = Vec::with_capacity(len as usize);
-            (&file).take(len + 1).read_to_end(&mut bytes).ok()?;
-            whole.update(&bytes);
-            bytes.len() as u64
-        } else {
-            let mut read = 0u64;
-            let cut = super::pack::chunks(&file);
-            for chunk in cut {
-                let chunk = chunk.ok()?;
-                whole.update(&chunk.data);
-                chunks.push((
-                    blake3::hash(&chunk.data).to_hex().to_string(),
-                    chunk.offset,
-                    chunk.length as u64,
-                ));
-                read += chunk.length as u64;
-            }
-            read
+        let hashed = AtomicU64::new(0);
+        let hashes = crate::parallel::map(&candidates, |(path, len, _)| {
+            let found = hash_file(path, *len);
+            progress(hashed.fetch_add(*len, Ordering::Relaxed) + len);
+            Ok::<_, std::convert::Infallible>(found)
+        });
+        let hashes = match hashes {
+            Ok(hashes) => hashes,
+            Err(never) => match never {},
         };
-        self.hashed_bytes += read;
-        progress(self.hashed_bytes);
-        if read != len {
-            // Changed while it was read: not a seed.
-            return None;
-        }
-        let digest = whole.finalize().to_hex().to_string();
-        for (chunk, offset, chunk_len) in chunks {
-            self.add(
-                chunk,
-                Seed {
-                    path: path.to_path_buf(),
+        let mut seeds = Seeds::default();
+        for ((path, len, at_path), found) in candidates.into_iter().zip(hashes) {
+            let Some((digest, chunks)) = found else {
+                extra = true;
+                continue;
+            };
+            match at_path {
+                Some(e) if e.digest.as_deref() == Some(digest.as_str()) => matched += 1,
+                Some(_) => extra = true,
+                None => {}
+            }
+            for (chunk, offset, chunk_len) in chunks {
+                let seed = Seed {
+                    path: path.clone(),
                     offset,
                     len: chunk_len,
-                },
-            );
+                };
+                seeds.add(chunk, seed);
+            }
+            seeds.add(digest, Seed { path, offset: 0, len });
         }
-        self.add(
-            digest.clone(),
-            Seed {
-                path: path.to_path_buf(),
-                offset: 0,
-                len,
-            },
-        );
-        Some(digest)
+        seeds.unchanged = !extra && matched == entries.len();
+        seeds
     }
 
     /// Adds the files of the local store's artifacts whose digest is in `wanted` (digest →
@@ -214,6 +187,38 @@ impl Seeds {
             );
         }
     }
+}
+
+/// A file's digest and, when it is large, its chunks (digest, offset, length) cut as a snapshot
+/// cuts them.
+type Hashed = (String, Vec<(String, u64, u64)>);
+
+/// Hashes one file of `len` bytes; `None` when it cannot be read as it was listed (it changed,
+/// or vanished): then it is not a seed.
+fn hash_file(path: &Path, len: u64) -> Option<Hashed> {
+    let file = File::open(path).ok()?;
+    let mut whole = blake3::Hasher::new();
+    let mut chunks = Vec::new();
+    let read = if len < CHUNK_THRESHOLD {
+        let mut bytes = Vec::with_capacity(len as usize);
+        (&file).take(len + 1).read_to_end(&mut bytes).ok()?;
+        whole.update(&bytes);
+        bytes.len() as u64
+    } else {
+        let mut read = 0u64;
+        for chunk in super::pack::chunks(&file) {
+            let chunk = chunk.ok()?;
+            whole.update(&chunk.data);
+            chunks.push((
+                blake3::hash(&chunk.data).to_hex().to_string(),
+                chunk.offset,
+                chunk.length as u64,
+            ));
+            read += chunk.length as u64;
+        }
+        read
+    };
+    (read == len).then(|| (whole.finalize().to_hex().to_string(), chunks))
 }
 
 /// Reads `seed`'s bytes; an error when the file is gone or shorter than the seed.
