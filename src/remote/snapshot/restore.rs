@@ -1,11 +1,16 @@
 //! [`restore`]: replace a directory with the snapshot of a key, atomically, within a deadline.
 //!
-//! The download, the decompression and the extraction overlap (docs/DESIGN.md, "Restore"): the
-//! ranged parallel download hands its parts over in order through a bounded pipe
-//! ([`super::download_pipe`]) to an extraction thread, which decompresses them and writes the
-//! files into the stage (several writer threads, [`crate::archive::extract_tar_stream`]) while
-//! later parts are still arriving. The archive's BLAKE3 is computed as the bytes pass; the stage
-//! is swapped in only once it matched and the tree is the one the manifest describes.
+//! A format-2 snapshot (docs/DESIGN.md, "Restore") is read from its segments, checked against
+//! the tree digest ([`super::fetch`]), built from the content this machine already holds (DIR's
+//! current files, the local store: [`super::seeds`]) and the pack frames fetched for the rest
+//! ([`super::build`]), then synced and swapped in.
+//!
+//! A format-1 snapshot (one whole archive) is streamed: the ranged parallel download hands its
+//! parts over in order through a bounded pipe ([`super::download_pipe`]) to an extraction
+//! thread, which decompresses them and writes the files into the stage (several writer
+//! threads, [`crate::archive::extract_tar_stream`]) while later parts are still arriving. The
+//! archive's BLAKE3 is computed as the bytes pass; the stage is swapped in only once it matched
+//! and the tree is the one the manifest describes.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
