@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::fetch::{self, MAX_FRAME, Tree, WantedFrame};
+use super::fetch::{self, Tree, WantedFrame};
+use super::pack::FRAME_MAX;
 use super::seeds::{self, Seed, Seeds};
 use super::{Result, SnapshotError};
 use crate::archive::{self, ArchiveError, LimitExceeded};
@@ -170,7 +171,7 @@ impl Shared<'_> {
             })
             .max()
             .unwrap_or(0);
-        if end > MAX_FRAME as u64 {
+        if end > FRAME_MAX as u64 {
             return Err(self.bad(
                 pack,
                 format!("a chunk ends {end} bytes into its frame, past any frame's size"),
@@ -294,10 +295,10 @@ enum SeedJob {
     Chunk { entry: usize, chunk: usize, seed: Seed },
 }
 
-/// Decodes one frame (exactly one zstd frame, at most [`MAX_FRAME`] bytes) that must hold at
+/// Decodes one frame (exactly one zstd frame, at most [`FRAME_MAX`] bytes) that must hold at
 /// least `len` bytes.
 fn decode_prefix(frame: &[u8], len: u64) -> io::Result<Vec<u8>> {
-    let out = super::pack::decode_frame(frame, MAX_FRAME).map_err(io::Error::other)?;
+    let out = super::pack::decode_frame(frame, FRAME_MAX).map_err(io::Error::other)?;
     if (out.len() as u64) < len {
         return Err(io::Error::other(format!(
             "it decompresses to {} bytes, the manifest places chunks up to {len}",

@@ -19,10 +19,6 @@ use crate::store::EntryKind;
 const MERGE_GAP: u64 = 64 * 1024;
 /// The largest range one GET fetches: with `parallelism` in flight, memory stays bounded.
 const MAX_RANGE: u64 = 4 << 20;
-/// The largest a decompressed frame may be: [`super::format::FRAME_TARGET`] of tar bytes, then
-/// the rest of the chunk that crossed it (a whole small file at most), headers and slack.
-pub(super) const MAX_FRAME: usize =
-    (super::format::FRAME_TARGET + super::format::CHUNK_THRESHOLD) as usize + (1 << 20);
 
 /// A snapshot's entries, read from its segments and checked against its digest.
 pub(super) struct Tree {
