@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::format::{
-    POINTER_VERSION, Pointer, ARCHIVE_MANIFEST_VERSION, SNAPSHOTS, ArchiveManifest, Unreadable,
+    ARCHIVE_MANIFEST_VERSION, ArchiveManifest, POINTER_VERSION, Pointer, SNAPSHOTS, Unreadable,
     describe_pointer, host_name, manifest_key, parse_pointer, pointer_key, unique_token,
 };
 use super::{

@@ -394,7 +394,10 @@ fn check_pack_names(manifest: &PackedManifest) -> std::result::Result<(), String
             ));
         }
         if segment.range[0] >= segment.range[1] {
-            return Err(format!("a manifest segment has an empty range {:?}", segment.range));
+            return Err(format!(
+                "a manifest segment has an empty range {:?}",
+                segment.range
+            ));
         }
     }
     Ok(())

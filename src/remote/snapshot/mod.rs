@@ -22,11 +22,13 @@
 //! a complete, verified tree, and a snapshot never moves the pointer to anything incomplete.
 //!
 //! Modules: `create` makes a snapshot ([`snapshot`]); `restore` brings one back ([`restore()`])
-//! through the place-and-swap primitive ([`crate::place`]); [`format`](mod@format) is what the key holds.
+//! through the place-and-swap primitive ([`crate::place`]); `gc` deletes what no pointer and no
+//! kept manifest reaches ([`collect`]); [`format`](mod@format) is what the key holds.
 
 mod create;
 mod download_pipe;
 pub mod format;
+mod gc;
 mod restore;
 
 use std::io;
@@ -37,9 +39,10 @@ use serde::Serialize;
 
 pub use create::snapshot;
 pub use format::{
-    ARCHIVE_MANIFEST_VERSION, AnyManifest, ArchiveManifest, ChunkRef, GcState, POINTER_VERSION, PackRef, PackedManifest,
-    Pointer, SNAPSHOT_MANIFEST_VERSION, SegmentEntry, SegmentRef,
+    ARCHIVE_MANIFEST_VERSION, AnyManifest, ArchiveManifest, ChunkRef, GcState, POINTER_VERSION, PackRef,
+    PackedManifest, Pointer, SNAPSHOT_MANIFEST_VERSION, SegmentEntry, SegmentRef,
 };
+pub use gc::{DEFAULT_GRACE, GcObject, RemoteGcOptions, RemoteGcReport, collect};
 pub use restore::restore;
 
 use crate::archive::ArchiveError;

@@ -293,10 +293,11 @@ impl<'a> Restore<'a> {
                 target: self.remote.describe(&manifest_key),
                 reason: "the pointer names a snapshot whose manifest is missing".to_owned(),
             })?;
-        let manifest = parse_manifest(&bytes, &pointer.digest).map_err(|reason| SnapshotError::BadObject {
-            target: self.remote.describe(&manifest_key),
-            reason,
-        })?;
+        let manifest =
+            parse_manifest(&bytes, &pointer.digest).map_err(|reason| SnapshotError::BadObject {
+                target: self.remote.describe(&manifest_key),
+                reason,
+            })?;
         match manifest {
             AnyManifest::Archive(manifest) => Ok(Some(manifest)),
             AnyManifest::Packed(_) => Err(SnapshotError::BadObject {

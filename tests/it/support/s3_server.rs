@@ -313,7 +313,9 @@ async fn handle(
     }
     let method = req.method().clone();
     if method == Method::PUT || method == Method::POST {
-        faults.uploaded.fetch_add(content_length(req.headers()), Ordering::SeqCst);
+        faults
+            .uploaded
+            .fetch_add(content_length(req.headers()), Ordering::SeqCst);
     }
     let conditional = method == Method::PUT
         && (req.headers().contains_key("if-match") || req.headers().contains_key("if-none-match"));
@@ -327,7 +329,9 @@ async fn handle(
     if method != Method::GET || !response.status().is_success() {
         return Ok(response);
     }
-    faults.downloaded.fetch_add(content_length(response.headers()), Ordering::SeqCst);
+    faults
+        .downloaded
+        .fetch_add(content_length(response.headers()), Ordering::SeqCst);
     let fault = if faults.die_after.load(Ordering::SeqCst) > 0 {
         Fault::Die {
             faults: faults.clone(),
