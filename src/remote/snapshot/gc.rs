@@ -27,8 +27,9 @@ use crate::remote::{CondPut, ObjectMeta, ObjectVersion, Remote, RemoteSettings, 
 /// refused rather than collected from a partial listing (a manifest not listed could name a
 /// pack that would then look unreachable).
 const LIST_MAX: usize = 200_000;
-/// Times a run starts over when another gc replaced `gc.json` under it.
-const ATTEMPTS: usize = 5;
+/// Times a run merges its changes into `gc.json` anew when another gc replaced it meanwhile,
+/// and times it starts over when that was not enough.
+const ATTEMPTS: usize = 10;
 
 /// How [`collect`] runs.
 #[derive(Debug, Clone)]
@@ -170,7 +171,7 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
         ..RemoteGcReport::default()
     };
 
-    let (mut state, state_version) = read_state(url, remote)?;
+    let (state, state_version) = read_state(url, remote)?;
     // Packs before manifests: a pack uploaded before this listing whose manifest was written
     // before the next one is seen with its manifest; any later one is young.
     let mut listed = list(url, remote, PACKS)?;
@@ -288,17 +289,24 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
 
     // Sweep: condemn, wait, or delete each unreachable object.
     let listed_keys: BTreeSet<&str> = listed.iter().map(|o| o.key.as_str()).collect();
-    let before = state.condemned.clone();
-    state
-        .condemned
-        .retain(|key, _| listed_keys.contains(key.as_str()));
+    // What this run changes in gc.json, applied to whatever gc.json holds when it is written
+    // (another gc may have written it meanwhile).
+    let mut changes = Changes::default();
+    changes.remove.extend(
+        state
+            .condemned
+            .keys()
+            .filter(|key| !listed_keys.contains(key.as_str()))
+            .cloned(),
+    );
     let mut doomed = Vec::new();
     for object in &listed {
         let key = &object.key;
         let is_reachable =
             reachable.contains(key) || (keep_all_data && matches!(object.kind, Kind::Pack | Kind::Archive));
         if is_reachable {
-            if state.condemned.remove(key).is_some() {
+            if state.condemned.contains_key(key) {
+                changes.remove.insert(key.clone());
                 report.reprieved.push(key.clone());
             }
             continue;
@@ -306,7 +314,9 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
         if object.modified_ms > start_ms - grace_ms {
             // Young: a snapshot may be about to name it. A condemnation of an earlier object
             // with this key no longer applies.
-            state.condemned.remove(key);
+            if state.condemned.contains_key(key) {
+                changes.remove.insert(key.clone());
+            }
             report.young += 1;
             continue;
         }
@@ -323,13 +333,15 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
                 condemned_at_ms: at,
             }),
             // Not condemned yet, or condemned as an earlier object with the same key.
-            _ => {
-                let at = crate::clock::now_ms();
-                state.condemned.insert(key.clone(), at);
+            stale => {
+                if stale.is_some() {
+                    changes.remove.insert(key.clone());
+                }
+                changes.add.insert(key.clone());
                 report.condemned.push(GcObject {
                     key: key.clone(),
                     bytes: object.bytes,
-                    condemned_at_ms: at,
+                    condemned_at_ms: start_ms,
                 });
             }
         }
@@ -344,14 +356,36 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
     }
 
     // Publish the condemnations before deleting anything: a snapshot reads gc.json before it
-    // chooses what to reuse, so it never picks up an object about to go.
-    let mut version = state_version;
-    if state.condemned != before || version.is_none() {
-        state.version = GC_STATE_VERSION;
-        match write_state(url, remote, &state, version.as_ref())? {
-            CondPut::Done(v) => version = Some(v),
-            CondPut::Conflict => return Ok(None),
+    // chooses what to reuse, so it never picks up an object about to go. On a conflict with
+    // another gc, merge into what it wrote and try again.
+    let (mut current, mut version) = (state, state_version);
+    let mut written = false;
+    for _ in 0..ATTEMPTS {
+        // The time of a condemnation is taken just before it is published, never earlier: the
+        // grace is counted from when snapshots can see it.
+        let now = crate::clock::now_ms();
+        let merged = changes.apply(&current, now);
+        for object in &mut report.condemned {
+            object.condemned_at_ms = merged.condemned.get(&object.key).copied().unwrap_or(now);
         }
+        // Delete only what is still condemned, as this run saw it, in what gets published: an
+        // object another gc has meanwhile found reachable again is spared.
+        doomed.retain(|o| merged.condemned.get(&o.key) == Some(&o.condemned_at_ms));
+        if merged == current && version.is_some() {
+            written = true;
+            break;
+        }
+        match write_state(url, remote, &merged, version.as_ref())? {
+            CondPut::Done(v) => {
+                version = Some(v);
+                written = true;
+                break;
+            }
+            CondPut::Conflict => (current, version) = read_state(url, remote)?,
+        }
+    }
+    if !written {
+        return Ok(None);
     }
     for object in &doomed {
         remote.delete(&url.join(&object.key))?;
@@ -362,6 +396,31 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
         forget_deleted(url, remote, &report.deleted, version)?;
     }
     Ok(Some(report))
+}
+
+/// What one run changes in `gc.json`.
+#[derive(Default)]
+struct Changes {
+    /// Condemnations lifted: reachable again, young, or no longer there.
+    remove: BTreeSet<String>,
+    /// New condemnations.
+    add: BTreeSet<String>,
+}
+
+impl Changes {
+    /// `state` with these changes, new condemnations dated `now`.
+    fn apply(&self, state: &GcState, now: i64) -> GcState {
+        let mut out = state.clone();
+        out.version = GC_STATE_VERSION;
+        for key in &self.remove {
+            out.condemned.remove(key);
+        }
+        for key in &self.add {
+            // Another gc's condemnation of the same object stands (it was published first).
+            out.condemned.entry(key.clone()).or_insert(now);
+        }
+        out
+    }
 }
 
 /// Removes the deleted keys from `gc.json`, merging with whatever another gc wrote meanwhile.
