@@ -1,6 +1,6 @@
 //! Restores and snapshots racing the remote gc never lose an object they need (docs/DESIGN.md,
 //! "Remote gc"): for about 20 seconds, one process after another snapshots a changing tree,
-//! two loops restore it, and two loops run `gc --remote --keep 0 --grace 5s`, each as real
+//! two loops restore it, and two loops run `gc --remote --keep 0 --grace 8s`, each as real
 //! processes. Every snapshot and every restore succeeds, the gc does delete (so the race was
 //! real), and the final pointer restores to the last tree.
 //!
@@ -22,6 +22,7 @@ use crate::support::{describe_tree, make_tree, run, stderr, warmcache_s3};
 const KEY: &str = "race/tree";
 const RUN_FOR: Duration = Duration::from_secs(20);
 const GIVE_UP: Duration = Duration::from_secs(120);
+const GRACE: &str = "8s";
 
 fn gc(server: &TestS3, root: &Path) -> Output {
     let mut cmd = warmcache_s3(server, root);
@@ -32,7 +33,7 @@ fn gc(server: &TestS3, root: &Path) -> Output {
         "--keep",
         "0",
         "--grace",
-        "5s",
+        GRACE,
         "--json",
     ]);
     run(&mut cmd)
