@@ -135,7 +135,7 @@ pub struct GcArgs {
     pub keep: Option<usize>,
     /// With --remote: an object is deleted only once it was written and then condemned at least
     /// this long ago (default 1h). Must exceed the longest snapshot or restore against the key.
-    #[arg(long, value_name = "DUR", value_parser = parse_time_limit, requires = "remote")]
+    #[arg(long, value_name = "DUR", value_parser = parse_grace, requires = "remote")]
     pub grace: Option<Duration>,
 }
 
@@ -319,6 +319,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub(super) fn parse_time_limit(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err("a time limit must be greater than zero; omit it for no limit".into()),
+        d => Ok(d),
+    }
+}
+
+/// The remote gc's grace period: at least a second (docs/DESIGN.md, "Remote gc"); shorter
+/// ones are warned about when the command runs.
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_secs(1) => Err(
+            "a grace under 1s protects nothing a snapshot or restore is doing; give at least the \
+             longest snapshot or restore (default 1h)"
+                .into(),
+        ),
         d => Ok(d),
     }
 }
