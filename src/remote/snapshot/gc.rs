@@ -605,9 +605,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 fn system_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| millis(d))
-        .unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH).map(millis).unwrap_or(0)
 }
 
 #[cfg(test)]
