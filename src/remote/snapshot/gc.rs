@@ -359,7 +359,7 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
     // chooses what to reuse, so it never picks up an object about to go. On a conflict with
     // another gc, merge into what it wrote and try again.
     let (mut current, mut version) = (state, state_version);
-    let mut written = false;
+    let mut written = None;
     for _ in 0..ATTEMPTS {
         // The time of a condemnation is taken just before it is published, never earlier: the
         // grace is counted from when snapshots can see it.
@@ -372,28 +372,27 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
         // object another gc has meanwhile found reachable again is spared.
         doomed.retain(|o| merged.condemned.get(&o.key) == Some(&o.condemned_at_ms));
         if merged == current && version.is_some() {
-            written = true;
+            written = Some((merged, version));
             break;
         }
         match write_state(url, remote, &merged, version.as_ref())? {
             CondPut::Done(v) => {
-                version = Some(v);
-                written = true;
+                written = Some((merged, Some(v)));
                 break;
             }
             CondPut::Conflict => (current, version) = read_state(url, remote)?,
         }
     }
-    if !written {
+    let Some(published) = written else {
         return Ok(None);
-    }
+    };
     for object in &doomed {
         remote.delete(&url.join(&object.key))?;
         report.freed_bytes += object.bytes;
         report.deleted.push(object.clone());
     }
     if !report.deleted.is_empty() {
-        forget_deleted(url, remote, &report.deleted, version)?;
+        forget_deleted(url, remote, &report.deleted, published)?;
     }
     Ok(Some(report))
 }
@@ -429,30 +428,26 @@ fn forget_deleted(
     url: &RemoteUrl,
     remote: &Remote,
     deleted: &[GcObject],
-    mut version: Option<ObjectVersion>,
+    published: (GcState, Option<ObjectVersion>),
 ) -> Result<()> {
-    let mut state = None;
+    let (mut current, mut version) = published;
     for _ in 0..ATTEMPTS {
-        let mut current = match state.take() {
-            Some(s) => s,
-            None => {
-                let (s, v) = read_state(url, remote)?;
-                version = v;
-                s
-            }
-        };
+        let mut next = current.clone();
         for object in deleted {
             // Only the condemnation of the object deleted: a newer one with the same key
             // (condemned after it was written) keeps its own.
-            if current.condemned.get(&object.key) == Some(&object.condemned_at_ms) {
-                current.condemned.remove(&object.key);
+            if next.condemned.get(&object.key) == Some(&object.condemned_at_ms) {
+                next.condemned.remove(&object.key);
             }
         }
-        current.version = GC_STATE_VERSION;
-        if let CondPut::Done(_) = write_state(url, remote, &current, version.as_ref())? {
+        if next == current {
             return Ok(());
         }
-        // Conflict: re-read and merge again.
+        if let CondPut::Done(_) = write_state(url, remote, &next, version.as_ref())? {
+            return Ok(());
+        }
+        // Another gc wrote it meanwhile: merge into what it wrote.
+        (current, version) = read_state(url, remote)?;
     }
     Ok(())
 }
