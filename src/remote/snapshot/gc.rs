@@ -608,6 +608,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn changes_merge_into_what_another_gc_wrote() {
+        let theirs = GcState {
+            version: GC_STATE_VERSION,
+            condemned: BTreeMap::from([
+                ("packs/a.tar.zst".to_owned(), 5),
+                ("packs/b.tar.zst".to_owned(), 6),
+                ("packs/c.tar.zst".to_owned(), 7),
+            ]),
+        };
+        let changes = Changes {
+            remove: BTreeSet::from(["packs/b.tar.zst".to_owned()]),
+            add: BTreeSet::from(["packs/a.tar.zst".to_owned(), "packs/d.tar.zst".to_owned()]),
+        };
+        let merged = changes.apply(&theirs, 100);
+        assert_eq!(
+            merged.condemned,
+            BTreeMap::from([
+                // Their earlier condemnation of the same object stands.
+                ("packs/a.tar.zst".to_owned(), 5),
+                // Untouched by this run.
+                ("packs/c.tar.zst".to_owned(), 7),
+                ("packs/d.tar.zst".to_owned(), 100),
+            ])
+        );
+    }
+
+    #[test]
     fn only_what_a_snapshot_writes_is_a_candidate() {
         let digest = "a".repeat(64);
         assert_eq!(
