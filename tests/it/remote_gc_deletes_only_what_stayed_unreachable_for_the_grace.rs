@@ -74,13 +74,27 @@ fn gc_state(server: &TestS3) -> Value {
     serde_json::from_slice(&std::fs::read(server.object_path(&format!("{KEY}/gc.json"))).unwrap()).unwrap()
 }
 
-/// The manifest and archive of snapshot `digest` (format 1, as `snapshot` writes today).
+/// The manifest of snapshot `digest` and what it names: its archive (format 1, as `snapshot`
+/// writes before packs) or its packs (format 2).
 fn snapshot_objects(server: &TestS3, digest: &str) -> BTreeSet<String> {
     let manifest = format!("snapshots/{digest}.json");
     let body: Value =
         serde_json::from_slice(&std::fs::read(server.object_path(&format!("{KEY}/{manifest}"))).unwrap())
             .unwrap();
-    BTreeSet::from([manifest, body["archive"].as_str().unwrap().to_owned()])
+    let mut out = BTreeSet::from([manifest]);
+    match body["version"].as_u64() {
+        Some(1) => {
+            out.insert(body["archive"].as_str().unwrap().to_owned());
+        }
+        _ => out.extend(
+            body["packs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| format!("packs/{}.tar.zst", p["token"].as_str().unwrap())),
+        ),
+    }
+    out
 }
 
 #[test]
