@@ -112,13 +112,15 @@ fn keeps_the_pointer_and_the_newest_and_deletes_the_rest_a_grace_after_condemnin
     }
     let last_tree = describe_tree(&tree);
     age_everything(&server);
-    let old: BTreeSet<String> = digests[..2]
-        .iter()
-        .flat_map(|d| snapshot_objects(&server, d))
-        .collect();
     let kept: BTreeSet<String> = digests[2..]
         .iter()
         .flat_map(|d| snapshot_objects(&server, d))
+        .collect();
+    // What only the two oldest snapshots need (with packs, newer snapshots may share some).
+    let old: BTreeSet<String> = digests[..2]
+        .iter()
+        .flat_map(|d| snapshot_objects(&server, d))
+        .filter(|k| !kept.contains(k))
         .collect();
     let before = stored(&server);
 
