@@ -319,6 +319,9 @@ pub(super) fn activate(cli: &Cli, out: &Output, args: &ActivateArgs) -> Result<(
 }
 
 pub(super) fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
+    if let Some(url) = &args.remote {
+        return super::remote_gc::run(out, url, args);
+    }
     let cache = super::context::open_for_gc(cli)?;
     let options = warmcache::cache::GcOptions {
         max_size: args.max_size,

@@ -8,6 +8,7 @@ mod commands;
 mod context;
 mod output;
 mod progress;
+mod remote_gc;
 mod revalidate;
 mod share;
 mod snapshot;
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use warmcache::EntryName;
 use warmcache::activate::LinkMode;
 
@@ -104,22 +105,38 @@ pub struct ActivateArgs {
     pub link: LinkMode,
 }
 
-/// `warmcache gc`.
+/// `warmcache gc`: the local cache, or with `--remote` a snapshot key in object storage (and
+/// then only that: the two take different flags).
 #[derive(Debug, Args)]
 pub struct GcArgs {
     /// Collect least recently used artifacts until the cache takes at most this much disk
-    /// (e.g. 10GiB, 500M; default: $WARMCACHE_MAX_SIZE if set).
+    /// (e.g. 10GiB, 500M; default: $WARMCACHE_MAX_SIZE if set). Local only.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "WARMCACHE_MAX_SIZE")]
     pub max_size: Option<u64>,
-    /// Collect artifacts not used for longer than this (e.g. 30d, 12h).
+    /// Local: collect artifacts not used for longer than this (e.g. 30d, 12h). With --remote:
+    /// also keep every snapshot created less than this long ago.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub max_age: Option<Duration>,
     /// Report what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Forget this entry first, so its artifact can be collected (repeatable).
+    /// Forget this entry first, so its artifact can be collected (repeatable). Local only.
     #[arg(long, value_name = "NAME", value_parser = NameParser)]
     pub evict: Vec<EntryName>,
+    /// Collect the snapshot key at this URL (e.g. s3://bucket/site-a/node_modules) instead of
+    /// the local cache: delete the snapshots, packs and archives that neither the pointer nor a
+    /// kept snapshot needs, in two runs at least --grace apart.
+    // Not `conflicts_with` --max-size: clap counts $WARMCACHE_MAX_SIZE as given, and a standing
+    // local budget in the environment must not stop a remote gc ([`remote_gc_conflict`]).
+    #[arg(long, value_name = "URL", conflicts_with = "evict")]
+    pub remote: Option<String>,
+    /// With --remote: snapshots kept besides the current one, newest first (default 1).
+    #[arg(long, value_name = "N", requires = "remote")]
+    pub keep: Option<usize>,
+    /// With --remote: an object is deleted only once it was written and then condemned at least
+    /// this long ago (default 1h). Must exceed the longest snapshot or restore against the key.
+    #[arg(long, value_name = "DUR", value_parser = parse_grace, requires = "remote")]
+    pub grace: Option<Duration>,
 }
 
 /// The recipe flags, shared by `ensure` and `pull`: they override the fields of `[entry.NAME]` in
@@ -306,6 +323,19 @@ pub(super) fn parse_time_limit(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The remote gc's grace period: at least a second (docs/DESIGN.md, "Remote gc"); shorter
+/// ones are warned about when the command runs.
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d < Duration::from_secs(1) => Err(
+            "a grace under 1s protects nothing a snapshot or restore is doing; give at least the \
+             longest snapshot or restore (default 1h)"
+                .into(),
+        ),
+        d => Ok(d),
+    }
+}
+
 /// Parses the command line, runs it and returns the process exit code. A usage error exits 2;
 /// with `--json` it is also reported as one JSON object on stdout, like every other error. Ending
 /// on SIGINT, SIGTERM or SIGHUP exits 128 + the signal's number (130, 143, 129).
@@ -313,8 +343,14 @@ pub fn run() -> ExitCode {
     // First, before any thread starts: SIGINT, SIGTERM and SIGHUP end running builders and
     // hooks with their process groups (docs/DESIGN.md, "Nothing outlives its command").
     let signals = warmcache::signals::install();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let cli = match Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)))
+    {
+        Ok((cli, matches)) => match remote_gc_conflict(&matches) {
+            Some(err) => return usage_error(err),
+            None => cli,
+        },
         Err(err) => return usage_error(err),
     };
     if cli.background_build && !matches!(cli.command, Command::Ensure(_)) {
@@ -355,6 +391,20 @@ fn finish(result: anyhow::Result<()>, out: &Output) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `gc --remote` with `--max-size` on the command line (from $WARMCACHE_MAX_SIZE it is the
+/// local budget, ignored by a remote gc).
+fn remote_gc_conflict(matches: &clap::ArgMatches) -> Option<clap::Error> {
+    let gc = matches.subcommand_matches("gc")?;
+    let from_command_line = |id: &str| gc.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    (gc.contains_id("remote") && from_command_line("remote") && from_command_line("max_size")).then(|| {
+        Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "the argument '--remote <URL>' cannot be used with '--max-size <SIZE>': a remote gc keeps \
+             snapshots by number (--keep) and age (--max-age), not by size",
+        )
+    })
 }
 
 /// Runs the command.

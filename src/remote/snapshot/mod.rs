@@ -22,14 +22,16 @@
 //! a complete, verified tree, and a snapshot never moves the pointer to anything incomplete.
 //!
 //! Modules: `create` makes a snapshot ([`snapshot`]); `restore` brings one back ([`restore()`])
-//! through the place-and-swap primitive ([`crate::place`]); [`format`](mod@format) is what the key
-//! holds; [`pack`] writes and reads packs; `stat` is the snapshot's local stat cache.
+//! through the place-and-swap primitive ([`crate::place`]); `gc` deletes what no pointer and no
+//! kept manifest reaches ([`collect`]); [`format`](mod@format) is what the key holds; [`pack`]
+//! writes and reads packs; `stat` is the snapshot's local stat cache.
 
 mod build;
 mod create;
 mod download_pipe;
 mod fetch;
 pub mod format;
+mod gc;
 pub mod pack;
 mod restore;
 mod seeds;
@@ -46,6 +48,7 @@ pub use format::{
     ARCHIVE_MANIFEST_VERSION, AnyManifest, ArchiveManifest, ChunkRef, GcState, POINTER_VERSION, PackRef,
     PackedManifest, Pointer, SNAPSHOT_MANIFEST_VERSION, SegmentEntry, SegmentRef,
 };
+pub use gc::{DEFAULT_GRACE, GcObject, RemoteGcOptions, RemoteGcReport, collect};
 pub use restore::restore;
 
 use crate::archive::ArchiveError;
