@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Issue 12, "never the reason a start is slow": every row of its table in one command.
+"""Issue 12, "never the reason a start is slow": every row of its table in one command; and
+issue 13's, "only the change moves" (`delta`).
 
     python3 bench/bench_speed.py [PART ...] [--runs N] [--quick] [--work DIR] [--no-build]
                                  [--trees node,pylib] [--servers moto,s3s]
+    python3 bench/bench_speed.py delta [--runs N] [--quick] [--servers s3s,moto]
 
-Parts (default: remote, hit, swr, gc; `import` only when named):
+Parts (default: remote, hit, swr, gc; `import` and `delta` only when named):
 
 - `remote`: snapshot and restore of a real `node_modules` (installed from `bench/package.json` and
   `bench/package-lock.json` with `npm ci --ignore-scripts`), and with `--trees node,pylib` also of
@@ -21,6 +23,15 @@ Parts (default: remote, hit, swr, gc; `import` only when named):
 - `swr`: the latency of `ensure` after an input change with a 2 s builder, waiting vs
   `--stale-while-revalidate` (skipped when the binary does not know the flag).
 - `gc`: the gc section of `bench/bench.py` (100,000 artifacts).
+- `delta` (issue 13's rows): on a private copy of the same `node_modules`, through
+  `examples/s3_server.rs` (and moto with `--servers moto,s3s`): a full snapshot, then one file
+  changed (`lodash/lodash.js`, 4 KiB appended), then one package added (`npm install --no-save` of
+  a pinned package), each snapshotted next to `tar -c | zstd -3 -T0 | aws s3 cp -`; each later
+  version restored onto the previous one, cold, and by the pipeline. Bytes come from `--json`
+  (`uploaded_bytes`, `downloaded_bytes`) and independently: the objects new under the key
+  (`aws s3api list-objects-v2`) and what the server process sent (`/proc/PID/io`); they are set
+  against `tar -c | zstd -3` of the files that changed. `--json` fields the harness does not know
+  (a newer build's) are reported as they come.
 
 Whole commands are timed `--runs` times (default 3; Python's lib/, the floors and the import rows
 use at most 3): warmcache and the alternative in the same run, one after the other, the order
@@ -519,6 +530,507 @@ def bench_remote(ctx, aws, moto_server, node, only_trees, only_servers):
 
 
 # ---------------------------------------------------------------------------------------------
+# delta: what a snapshot and a restore move when little changed (issue 13)
+
+# The one file changed (relative to node_modules): a real, mid-size JS file below the chunking
+# threshold, so that a delta snapshot re-sends it whole and its compressed size is the floor.
+DELTA_FILE = os.path.join("lodash", "lodash.js")
+DELTA_APPEND = 4096
+# The one package added, pinned; no dependencies, ten files.
+ADD_PACKAGE = "clsx@2.1.1"
+# `--json` fields this harness reads or knows; any other is shown as it comes (the delta writer
+# and restore add fields such as `pack`, `new_chunks`, `seeded_bytes`).
+KNOWN_JSON = {
+    "status", "url", "digest", "files", "bytes", "uploaded_bytes", "downloaded_bytes", "archive",
+    "remote", "elapsed_ms", "phases", "dir",
+}
+
+
+def tree_manifest(top, prev=None, hashed=True):
+    """{relative path: entry} of the files and symlinks under top: a file is ("f", size, digest,
+    stat key), a symlink ("l", target). A file whose size, mtime and inode are those of its entry
+    in `prev` keeps that entry's digest (as git does); `hashed=False` records sizes only."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, top)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                out[rel] = ("l", os.readlink(path))
+            elif name in filenames and os.path.isfile(path):
+                key = (st.st_size, st.st_mtime_ns, st.st_ino)
+                old = (prev or {}).get(rel)
+                if old and old[0] == "f" and old[3] == key:
+                    digest = old[2]
+                elif hashed:
+                    digest = file_digest(path)
+                else:
+                    digest = None
+                out[rel] = ("f", st.st_size, digest, key)
+    return out
+
+
+def file_digest(path):
+    h = hashlib.blake2b()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_changes(before, after):
+    """Files and symlinks new or different in `after`, and the paths gone from it."""
+    changed = [p for p, e in after.items() if p not in before or before[p][:3] != e[:3]]
+    removed = [p for p in before if p not in after]
+    return sorted(changed), sorted(removed)
+
+
+def packed_size(top, rels):
+    """(raw bytes, bytes of `tar -c | zstd -3`) of these paths under top: what the changed files
+    cost compressed, the floor of a delta."""
+    raw = sum(os.lstat(os.path.join(top, p)).st_size for p in rels if not os.path.islink(os.path.join(top, p)))
+    if not rels:
+        return 0, 0
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"tar -C '{top}' --null --no-recursion -T - -cf - | zstd -3 -q -c"],
+        input=b"\0".join(p.encode() for p in rels),
+        stdout=subprocess.PIPE,
+        check=True,
+    )
+    return raw, len(proc.stdout)
+
+
+def bucket_listing(aws, env, prefix):
+    """{key: (size, ETag)} of every object under prefix, from `aws s3api list-objects-v2`."""
+    proc = subprocess.run(
+        [aws, "s3api", "list-objects-v2", "--bucket", BUCKET, "--prefix", prefix, "--output", "json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    data = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return {o["Key"]: (o["Size"], o.get("ETag")) for o in data.get("Contents") or []}
+
+
+def bucket_growth(before, after):
+    """Bytes of the objects new or replaced between two listings: what reached the server."""
+    return sum(size for key, (size, etag) in after.items() if before.get(key) != (size, etag))
+
+
+def object_size(aws, env, key):
+    proc = subprocess.run(
+        [aws, "s3api", "head-object", "--bucket", BUCKET, "--key", key, "--query", "ContentLength"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(proc.stdout.strip())
+
+
+def server_sent(server):
+    """Bytes the server process has written so far (`wchar` of /proc/PID/io), or None. For
+    `examples/s3_server.rs` during a restore these are the responses it sent (tokio writes to its
+    sockets with write(2), and a GET writes no file); moto sends with send(2), which `wchar` does
+    not count, so it has no such count."""
+    if server.name != "s3s":
+        return None
+    try:
+        with open(f"/proc/{server.proc.pid}/io") as f:
+            for line in f:
+                if line.startswith("wchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def json_extras(data):
+    """The `--json` fields this harness does not know, as they come."""
+    return {k: v for k, v in (data or {}).items() if k not in KNOWN_JSON}
+
+
+def delta_project(node, project, quick):
+    """A private copy of the npm project (the tree is changed in place): the whole node_modules
+    with its lock files, or with --quick one whose node_modules holds only lodash."""
+    rm(project)
+    os.makedirs(project)
+    src = os.path.join(node, "node_modules")
+    if quick:
+        os.makedirs(os.path.join(project, "node_modules"))
+        subprocess.run(["cp", "-a", os.path.join(src, "lodash"), os.path.join(project, "node_modules")], check=True)
+        version = json.load(open(os.path.join(src, "lodash", "package.json")))["version"]
+        with open(os.path.join(project, "package.json"), "w") as f:
+            json.dump({"name": "warmcache-bench-quick", "version": "1.0.0", "private": True,
+                       "dependencies": {"lodash": version}}, f)
+    else:
+        subprocess.run(["cp", "-a", src, project], check=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(os.path.join(node, name), os.path.join(project, name))
+    return os.path.join(project, "node_modules")
+
+
+def change_one_file(tree, run):
+    """Appends DELTA_APPEND bytes of new code to DELTA_FILE (different in every run)."""
+    lines, k = [], 0
+    while sum(len(x) for x in lines) < DELTA_APPEND:
+        lines.append(f"function warmcacheBench{run}x{k}(a, b) {{ return a * {k + 7} + b - {run}; }}\n")
+        k += 1
+    text = "".join(lines)[:DELTA_APPEND - 1] + "\n"
+    with open(os.path.join(tree, DELTA_FILE), "a") as f:
+        f.write("\n" + text)
+
+
+def add_package(project):
+    """`npm install --no-save` of ADD_PACKAGE into the project (npm also rewrites
+    node_modules/.package-lock.json: part of the change, as on any machine)."""
+    proc = subprocess.run(
+        ["npm", "install", "--no-save", "--ignore-scripts", "--no-audit", "--no-fund", "--prefer-offline",
+         "--loglevel=error", ADD_PACKAGE],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"npm install {ADD_PACKAGE} failed in {project}:\n{proc.stderr[-2000:]}")
+
+
+def check_restored(dst, want, changed, what):
+    """The restored tree has the paths and sizes of `want`, and the changed files' contents."""
+    got = tree_manifest(dst, hashed=False)
+    if {p: e[:2] for p, e in got.items()} != {p: e[:2] for p, e in want.items()}:
+        missing = sorted(set(want) - set(got))[:5]
+        extra = sorted(set(got) - set(want))[:5]
+        raise SystemExit(f"{what}: `{dst}` does not hold the snapshot's tree (missing {missing}, extra {extra}, ...)")
+    bad = [p for p in changed if want[p][0] == "f" and file_digest(os.path.join(dst, p)) != want[p][2]]
+    if bad:
+        raise SystemExit(f"{what}: changed files restored with other contents: {bad[:5]}")
+
+
+def delta_run(ctx, server, aws, node, base, run):
+    """One run of the sequence on one server: full snapshot, cold restore (the previous version),
+    one file changed, one package added; each snapshot next to the pipeline, each restore onto
+    the previous version next to a cold restore and the pipeline. Returns {step: figures}."""
+    env = server.env
+    project = os.path.join(base, "project")
+    prev, cold, pipe_dst, root = (os.path.join(base, d) for d in ("prev", "cold", "pipe", "root"))
+    for d in (prev, cold, pipe_dst, root):
+        rm(d)
+    prefix = f"delta/{server.name}/{run}"
+    url = f"s3://{BUCKET}/{prefix}"
+    aws_q = f"'{aws}' s3 cp --only-show-errors"
+    tree = delta_project(node, project, ctx.quick)
+    bench.warm(tree)
+
+    def wc(*args):
+        # One machine: the same cache root for every command of the run, as a user's would be.
+        return [BIN, "--root", root, "--json", "-q", *args, "--strict"]
+
+    def snapshot_pair(step):
+        """warmcache's snapshot and the pipeline's, in alternating order."""
+        out = {}
+        order = ("ours", "alt") if run % 2 else ("alt", "ours")
+        for who in order:
+            bench.settle()
+            if who == "ours":
+                listed = bucket_listing(aws, env, f"{prefix}/wc/")
+                t, rss, data = timed(wc("snapshot", tree, "--remote", f"{url}/wc"), env=env, want_json=True)
+                if data.get("status") != "uploaded":
+                    raise SystemExit(f"delta {step} snapshot (run {run}, {server.name}) did not upload: {data}")
+                grown = bucket_growth(listed, bucket_listing(aws, env, f"{prefix}/wc/"))
+                out.update(wall=t, rss=rss, uploaded=data.get("uploaded_bytes") or 0, bucket=grown,
+                           extras=json_extras(data), phases=data.get("phases"))
+            else:
+                key = f"{prefix}/pipe/{step}.tar.zst"
+                t, rss, _ = timed(f"tar -C '{tree}' -cf - . | zstd -3 -T0 -q | {aws_q} - s3://{BUCKET}/{key}", env=env)
+                out.update(pipe_wall=t, pipe_rss=rss, pipe_bytes=object_size(aws, env, key))
+        return out
+
+    def restore(dst, what):
+        bench.settle()
+        sent = server_sent(server)
+        t, rss, data = timed(wc("restore", dst, "--remote", f"{url}/wc"), env=env, want_json=True)
+        after = server_sent(server)
+        if data.get("status") != "restored":
+            raise SystemExit(f"delta {what} (run {run}, {server.name}) did not restore: {data}")
+        return dict(wall=t, rss=rss, downloaded=data.get("downloaded_bytes") or 0,
+                    sent=None if sent is None or after is None else after - sent, extras=json_extras(data),
+                    phases=data.get("phases"))
+
+    def restores(step, want, changed):
+        """Onto the previous version (`prev`), cold into an empty directory, and the pipeline
+        into an empty directory, the order rotating run by run."""
+        out = {}
+        for d in (cold, pipe_dst):
+            rm(d)
+        jobs = ["onto", "cold", "pipe"]
+        jobs = jobs[run % 3:] + jobs[:run % 3]
+        for job in jobs:
+            if job == "onto":
+                out["onto"] = restore(prev, f"{step} restore onto the previous version")
+            elif job == "cold":
+                out["cold"] = restore(cold, f"{step} cold restore")
+            else:
+                bench.settle()
+                t, rss, _ = timed(
+                    f"mkdir -p '{pipe_dst}' && {aws_q} s3://{BUCKET}/{prefix}/pipe/{step}.tar.zst - | zstd -dc -q "
+                    f"| tar -C '{pipe_dst}' -xf - && sync -f '{pipe_dst}'",
+                    env=env,
+                )
+                out["pipe"] = dict(wall=t, rss=rss)
+        check_restored(prev, want, changed, f"delta {step} restore onto the previous version")
+        check_restored(cold, want, changed, f"delta {step} cold restore")
+        for d in (cold, pipe_dst):
+            rm(d)
+        return out
+
+    m0 = tree_manifest(tree)
+    full = snapshot_pair("full")
+    full["changed_files"] = sum(1 for e in m0.values() if e[0] == "f")
+    full["changed_raw"] = sum(e[1] for e in m0.values() if e[0] == "f")
+    full["changed_zstd"] = full["pipe_bytes"]
+    # The previous version on this machine, restored cold: the baseline of the restore rows.
+    full["restore"] = {"cold": restore(prev, "cold restore of the full snapshot")}
+    check_restored(prev, m0, [], "cold restore of the full snapshot")
+
+    change_one_file(tree, run)
+    m1 = tree_manifest(tree, prev=m0)
+    changed, removed = tree_changes(m0, m1)
+    if changed != [DELTA_FILE] or removed:
+        raise SystemExit(f"changing {DELTA_FILE} changed {changed[:5]}, removed {removed[:5]}")
+    one = snapshot_pair("change")
+    one["changed_files"] = len(changed)
+    one["changed_raw"], one["changed_zstd"] = packed_size(tree, changed)
+    one["restore"] = restores("change", m1, changed)
+
+    add_package(project)
+    m2 = tree_manifest(tree, prev=m1)
+    changed, removed = tree_changes(m1, m2)
+    name = ADD_PACKAGE.rsplit("@", 1)[0]
+    own = [p for p in changed if p.startswith(name + os.sep)]
+    if not own or removed:
+        raise SystemExit(f"npm install {ADD_PACKAGE} changed {changed[:5]}, removed {removed[:5]}")
+    pkg = snapshot_pair("add")
+    pkg["changed_files"] = len(changed)
+    pkg["changed_raw"], pkg["changed_zstd"] = packed_size(tree, changed)
+    pkg["package_files"] = len(own)
+    pkg["package_raw"], pkg["package_zstd"] = packed_size(tree, own)
+    pkg["other_changed"] = [p for p in changed if p not in own]
+    pkg["restore"] = restores("add", m2, changed)
+
+    subprocess.run([aws, "s3", "rm", "--quiet", "--recursive", f"{url}/"], env=env, check=True)
+    for d in (project, prev, cold, pipe_dst, root):
+        rm(d)
+    return {"full": full, "change": one, "add": pkg}
+
+
+def size_text(n):
+    if n is None:
+        return "n/a"
+    return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def phase_medians(calls):
+    """The median of each numeric `--json` `phases` field over the runs (whatever the build reports)."""
+    keys = []
+    for call in calls:
+        for k, v in (call.get("phases") or {}).items():
+            if isinstance(v, (int, float)) and k not in keys:
+                keys.append(k)
+    return {k: med([(c.get("phases") or {}).get(k) for c in calls]) for k in keys}
+
+
+def compact(d):
+    """Rounded numbers, no empty fields: the JSON summary stays one short line per server."""
+    out = {}
+    for k, v in d.items():
+        if v in (None, {}, []):
+            continue
+        if isinstance(v, float):
+            v = round(v) if abs(v) >= 100 or v.is_integer() else round(v, 3)
+        out[k] = compact(v) if isinstance(v, dict) else v
+    return out
+
+
+def spread_text(values):
+    values = [v for v in values if v is not None]
+    return f"{min(values):.3f}–{max(values):.3f}" if len(values) > 1 else ""
+
+
+def print_delta(label, files, size, runs, per_server):
+    """The tables and the JSON summary; `per_server` is [(server, [run results])]."""
+    print(f"\n### Delta snapshots and restores: {label} ({files:,} files, {size / 2**20:.0f} MiB)\n")
+    print(
+        f"One run: a full snapshot; a cold restore of it (the machine's previous version); "
+        f"`{DELTA_FILE}` with {DELTA_APPEND // 1024} KiB of code appended, then a snapshot; "
+        f"`npm install --no-save {ADD_PACKAGE}`, then a snapshot. warmcache keeps one cache root through "
+        "the run; each snapshot runs next to `tar -c | zstd -3 -T0 | aws s3 cp -` of the same tree, the "
+        "order alternating. Each later version is restored onto the previous one, cold into an empty "
+        "directory, and by `aws s3 cp - | zstd -dc | tar -x` + `sync -f` into an empty directory. "
+        f"{runs} runs, each on its own key; medians, ratios of the medians, spread = min–max of the "
+        "per-run ratios.\n"
+    )
+    print(
+        "*changed, `zstd -3`*: `tar -c | zstd -3` of the files new or different in the tree (found by "
+        "content hash), the floor of a delta; for the full snapshot, the whole tree (the pipeline's "
+        "object). *uploaded*: `snapshot --json` `uploaded_bytes`; *in bucket*: the bytes of objects new "
+        "or replaced under the snapshot's key (`aws s3api list-objects-v2` before and after). "
+        "*downloaded*: `restore --json` `downloaded_bytes`; *server sent*: what the server process "
+        "wrote meanwhile (`wchar` of `/proc/PID/io`; `examples/s3_server.rs` only).\n"
+    )
+    summary = {"tree": label, "files": files, "bytes": size, "runs": runs, "servers": {}}
+    print(
+        "| server | snapshot | changed files | changed, `zstd -3` | uploaded / in bucket | uploaded ÷ changed "
+        "(json / bucket) | warmcache | ÷ full snapshot (spread) | pipeline (bytes) | warmcache ÷ pipeline | goal |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    names = {"full": "full", "change": "one file changed", "add": f"one package added (`{ADD_PACKAGE}`)"}
+    for server, rows in per_server:
+        ssum = summary["servers"].setdefault(server.name, {})
+        full_walls = [r["full"]["wall"] for r in rows]
+        for step in ("full", "change", "add"):
+            rs = [r[step] for r in rows]
+            wall, pipe_wall = med([x["wall"] for x in rs]), med([x["pipe_wall"] for x in rs])
+            up, bucket = med([x["uploaded"] for x in rs]), med([x["bucket"] for x in rs])
+            zst = med([x["changed_zstd"] for x in rs])
+            r_json, r_bucket = up / zst, bucket / zst
+            r_time = wall / med(full_walls)
+            time_spread = spread_text([x["wall"] / f for x, f in zip(rs, full_walls)])
+            if step == "full":
+                goal = ""
+            elif step == "change":
+                goal = (f"uploaded ≤ 2× changed: {'met' if r_bucket <= 2 else 'NOT met'}; "
+                        f"time < 0.10 × full: {'met' if r_time < 0.10 else 'NOT met'}")
+            else:
+                goal = f"uploaded ≤ 2× changed: {'met' if r_bucket <= 2 else 'NOT met'}"
+            print(
+                f"| {server.label} | {names[step]} | {med([x['changed_files'] for x in rs]):,.0f} "
+                f"({size_text(med([x['changed_raw'] for x in rs]))}) | {size_text(zst)} | {size_text(up)} / "
+                f"{size_text(bucket)} | **{r_json:.2f}** / **{r_bucket:.2f}** | {s(wall)} | "
+                f"{'1' if step == 'full' else f'**{r_time:.3f}** ({time_spread})'} | {s(pipe_wall)} "
+                f"({size_text(med([x['pipe_bytes'] for x in rs]))}) | {wall / pipe_wall:.2f} | {goal} |"
+            )
+            ssum[step] = {
+                "snapshot_s": round(wall, 3), "pipeline_s": round(pipe_wall, 3),
+                "uploaded_bytes": up, "bucket_bytes": bucket, "changed_files": med([x["changed_files"] for x in rs]),
+                "changed_bytes": med([x["changed_raw"] for x in rs]), "changed_zstd_bytes": zst,
+                "uploaded_over_changed": round(r_json, 3), "bucket_over_changed": round(r_bucket, 3),
+                "time_over_full": round(r_time, 4), "pipeline_bytes": med([x["pipe_bytes"] for x in rs]),
+                "json_extras": rs[0]["extras"], "phases": phase_medians(rs),
+            }
+        add = rows[0]["add"]
+        ssum["add"]["package_files"] = add["package_files"]
+        ssum["add"]["package_zstd_bytes"] = med([r["add"]["package_zstd"] for r in rows])
+        ssum["add"]["other_changed"] = add["other_changed"]
+    print(
+        "\n| server | restore | downloaded / server sent | delta (changed, `zstd -3`) | downloaded ÷ delta "
+        "(json / server) | warmcache | ÷ cold restore (spread) | pipeline | warmcache ÷ pipeline | goal |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for server, rows in per_server:
+        ssum = summary["servers"][server.name]
+        base = [r["full"]["restore"]["cold"] for r in rows]
+        print(
+            f"| {server.label} | full snapshot, cold (the previous version) "
+            f"| {size_text(med([b['downloaded'] for b in base]))} / {size_text(med([b['sent'] for b in base]))} "
+            f"| | | {s(med([b['wall'] for b in base]))} | | | | |"
+        )
+        ssum["full"]["restore_cold_s"] = round(med([b["wall"] for b in base]), 3)
+        ssum["full"]["restore_cold_downloaded_bytes"] = med([b["downloaded"] for b in base])
+        ssum["full"]["restore_cold_server_sent_bytes"] = med([b["sent"] for b in base])
+        ssum["full"]["restore_cold_phases"] = phase_medians(base)
+        for step in ("change", "add"):
+            rs = [r[step] for r in rows]
+            zst = med([x["changed_zstd"] for x in rs])
+            for kind in ("onto", "cold"):
+                xs = [x["restore"][kind] for x in rs]
+                wall = med([x["wall"] for x in xs])
+                down, sent = med([x["downloaded"] for x in xs]), med([x["sent"] for x in xs])
+                cold_wall = med([x["restore"]["cold"]["wall"] for x in rs])
+                pipe_wall = med([x["restore"]["pipe"]["wall"] for x in rs])
+                judged = sent if sent is not None else down
+                goal = (f"downloaded ≤ 2× delta: {'met' if judged / zst <= 2 else 'NOT met'}"
+                        if kind == "onto" else "")
+                what = f"{names[step]}: onto the previous version" if kind == "onto" else f"{names[step]}: cold"
+                ratio_cold = (f"**{wall / cold_wall:.3f}** ("
+                              + spread_text([x["restore"]["onto"]["wall"] / x["restore"]["cold"]["wall"] for x in rs])
+                              + ")") if kind == "onto" else "1"
+                print(
+                    f"| {server.label} | {what} | {size_text(down)} / {size_text(sent)} | {size_text(zst)} "
+                    f"| **{down / zst:.2f}** / {'n/a' if sent is None else f'**{sent / zst:.2f}**'} | {s(wall)} "
+                    f"| {ratio_cold} | {s(pipe_wall)} | {wall / pipe_wall:.2f} | {goal} |"
+                )
+                ssum[step][f"restore_{kind}_s"] = round(wall, 3)
+                ssum[step][f"restore_{kind}_downloaded_bytes"] = down
+                ssum[step][f"restore_{kind}_server_sent_bytes"] = sent
+                ssum[step][f"restore_{kind}_json_extras"] = xs[0]["extras"]
+                ssum[step][f"restore_{kind}_phases"] = phase_medians(xs)
+            ssum[step]["restore_pipeline_s"] = round(med([x["restore"]["pipe"]["wall"] for x in rs]), 3)
+            ssum[step]["restore_onto_over_cold"] = round(ssum[step]["restore_onto_s"] / ssum[step]["restore_cold_s"], 4)
+    for server, rows in per_server:
+        other = rows[0]["add"]["other_changed"]
+        add = summary["servers"][server.name]["add"]
+        print(
+            f"\nThe package itself ({server.name}): {add['package_files']} files, "
+            f"{size_text(add['package_zstd_bytes'])} as `tar | zstd -3`; npm also changed "
+            f"{', '.join(f'`{p}`' for p in other) or 'nothing else'}."
+        )
+        break
+    extras = {
+        name: {step: v.get("json_extras") for step, v in steps.items() if v.get("json_extras")}
+        for name, steps in summary["servers"].items()
+    }
+    extras = {k: v for k, v in extras.items() if v}
+    print(
+        "\nOther `--json` fields of the snapshots (run 0): "
+        + (json.dumps(extras, sort_keys=True) if extras else "none (this build reports only `uploaded_bytes`)")
+        + "."
+    )
+    print("\nSummary (JSON):\n")
+    print("```json")
+    print(json.dumps(compact(summary), sort_keys=True))
+    print("```")
+
+
+def bench_delta(ctx, aws, moto_server, node, only_servers):
+    runs = min(ctx.runs, 3)
+    base = ctx.dir("speed-delta")
+    if ctx.quick:
+        label = "`node_modules` holding only `lodash` (--quick)"
+    else:
+        label = "`node_modules`"
+    # Shown figures are of the tree as the runs start (a copy of the installed one).
+    src = os.path.join(node, "node_modules", "lodash") if ctx.quick else os.path.join(node, "node_modules")
+    files, size = bench.tree_stats(src)
+    servers, per_server = [], []
+    started = time.perf_counter()
+    try:
+        if "moto" in only_servers:
+            servers.append(start_moto(moto_server, aws, base))
+        if "s3s" in only_servers:
+            servers.append(start_s3s(base))
+        for server in servers:
+            rows = []
+            for run in range(runs):
+                rows.append(delta_run(ctx, server, aws, node, os.path.join(base, "run"), run))
+            per_server.append((server, rows))
+        print_delta(label, files, size, runs, per_server)
+        print(f"\n{label} is a copy of `{shown(src)}`. ({time.perf_counter() - started:.0f} s)", flush=True)
+    finally:
+        for server in servers:
+            server.stop()
+        rm(os.path.join(base, "s3s-data"))
+        rm(os.path.join(base, "run"))
+
+
+# ---------------------------------------------------------------------------------------------
 # import: the node tree as a directory and as a zip
 
 
@@ -764,7 +1276,7 @@ def bench_swr(ctx):
 # ---------------------------------------------------------------------------------------------
 
 
-PARTS = ["remote", "import", "hit", "swr", "gc"]
+PARTS = ["remote", "import", "hit", "swr", "gc", "delta"]
 # The issue's rows; `import` (the issue's "keep" rows) only when named.
 DEFAULT_PARTS = ["remote", "hit", "swr", "gc"]
 
@@ -779,7 +1291,11 @@ def main():
         "--no-build", action="store_true", help="use the release binaries already built (cargo waits on other builds' locks)"
     )
     parser.add_argument("--trees", default="node", help="remote: which trees, of node and pylib (default node)")
-    parser.add_argument("--servers", default="moto,s3s", help="remote: which S3 servers (moto, s3s; default both)")
+    parser.add_argument(
+        "--servers",
+        default=None,
+        help="remote, delta: which S3 servers, of moto and s3s (default: both for remote, s3s for delta)",
+    )
     args = parser.parse_args()
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
@@ -813,7 +1329,9 @@ def main():
     for part in args.parts or DEFAULT_PARTS:
         t0 = time.perf_counter()
         if part == "remote":
-            bench_remote(ctx, aws, moto_server, node, args.trees.split(","), args.servers.split(","))
+            bench_remote(ctx, aws, moto_server, node, args.trees.split(","), (args.servers or "moto,s3s").split(","))
+        elif part == "delta":
+            bench_delta(ctx, aws, moto_server, node, (args.servers or "s3s").split(","))
         elif part == "import":
             bench_import(ctx, node)
         elif part == "hit":
