@@ -1,7 +1,8 @@
 //! `warmcache gc --remote` deletes nothing it cannot account for (docs/DESIGN.md, "Remote gc"):
 //! a manifest of a newer format stops it (exit 1, nothing changed: that format may need objects
 //! this version cannot see); a damaged manifest is kept, with every pack and archive under the
-//! key; an unreachable remote is an error (exit 1), not a warning; and local-only flags with
+//! key; a URL that is not a snapshot key, or a pointer naming a missing manifest, stops it with
+//! nothing written; an unreachable remote is an error (exit 1), not a warning; and local-only flags with
 //! `--remote`, or remote-only flags without it, are usage errors (exit 2) that change nothing.
 
 use std::path::Path;
@@ -166,4 +167,53 @@ fn local_flags_with_remote_and_remote_flags_without_it_are_usage_errors() {
     cmd.env("WARMCACHE_MAX_SIZE", "1G")
         .args(["gc", "--remote", &url, "--dry-run", "--json"]);
     json_ok(&run(&mut cmd));
+}
+
+#[test]
+fn a_url_that_is_not_a_snapshot_key_is_refused_and_nothing_is_written() {
+    let server = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    populated(&server, tmp.path());
+    let before = objects(&server);
+    // A parent prefix, a typo, and a key's own folders.
+    for url in [
+        server.url("team"),
+        server.url("team/tre"),
+        server.url(&format!("{KEY}/packs")),
+        server.url(&format!("{KEY}/snapshots")),
+    ] {
+        let out = gc(
+            &server,
+            &tmp.path().join("cache"),
+            &["--remote", &url, "--grace", "2s"],
+        );
+        let error = json_exit(&out, 1)["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("no snapshot key here"), "{url}: {error}");
+        assert!(error.contains("nothing was changed"), "{url}: {error}");
+        assert_eq!(objects(&server), before, "{url}: the remote changed");
+    }
+}
+
+#[test]
+fn a_pointer_to_a_missing_manifest_stops_the_gc_so_older_snapshots_survive() {
+    let server = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    populated(&server, tmp.path());
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(server.object_path(&format!("{KEY}/pointer.json"))).unwrap())
+            .unwrap();
+    let digest = pointer["digest"].as_str().unwrap();
+    std::fs::remove_file(server.object_path(&format!("{KEY}/snapshots/{digest}.json"))).unwrap();
+    let before = objects(&server);
+    let url = server.url(KEY);
+    for _ in 0..2 {
+        let out = gc(
+            &server,
+            &tmp.path().join("cache"),
+            &["--remote", &url, "--keep", "0", "--grace", "2s"],
+        );
+        let error = json_exit(&out, 1)["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("snapshot the tree again"), "{error}");
+        assert_eq!(objects(&server), before, "the remote changed");
+    }
 }

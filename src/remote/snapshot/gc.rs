@@ -179,6 +179,16 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
     report.total_bytes = listed.iter().map(|o| o.bytes).sum();
     let pointer = read_pointer(url, remote)?;
     report.pointer = pointer.clone();
+    if pointer.is_none() && !listed.iter().any(|o| o.kind == Kind::Manifest) {
+        // Not a snapshot key (a parent prefix, a typo, a key's own `packs/`): writing gc.json
+        // there would litter it, and whatever is there was not written by `snapshot`.
+        return Err(SnapshotError::BadObject {
+            target: url.to_string(),
+            reason: "no snapshot key here (no pointer.json and no snapshots/); give the URL that \
+                     `warmcache snapshot` writes to; nothing was changed"
+                .to_owned(),
+        });
+    }
 
     // Read every manifest, and the pointer's even if it was written after the listing.
     let mut digests: BTreeSet<String> = listed
@@ -196,11 +206,16 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
         let Some(bytes) = remote.get_bytes(&key)? else {
             // Deleted since it was listed (by another gc), or a pointer to a missing manifest.
             if pointer.as_deref() == Some(digest.as_str()) {
-                report.warnings.push(format!(
-                    "the pointer names snapshot {digest}, whose manifest {} is missing: that snapshot \
-                     cannot be restored; snapshot the tree again",
-                    remote.describe(&key)
-                ));
+                // The current snapshot is broken: the older ones are all a restore can fall back
+                // on, so none is collected until a snapshot repairs the key.
+                return Err(SnapshotError::BadObject {
+                    target: remote.describe(&key),
+                    reason: format!(
+                        "the pointer names snapshot {digest}, whose manifest is missing, so that \
+                         snapshot cannot be restored; nothing was collected: snapshot the tree again, \
+                         then run gc"
+                    ),
+                });
             }
             continue;
         };
