@@ -108,6 +108,27 @@ impl Layout {
         false
     }
 
+    /// Whether this root lies inside `dir` (which need not exist): by path, after resolving
+    /// symlinks, and on Unix by identity (`dir` is the root or one of its ancestors reached
+    /// another way). `restore` replaces DIR wholesale and `snapshot` uploads it, so neither may
+    /// take a directory holding the live cache (a home directory holding `~/.cache/warmcache`).
+    pub fn lies_within(&self, dir: &Path) -> bool {
+        let root = crate::fs::resolve_existing_prefix(self.root());
+        let dir_resolved = crate::fs::resolve_existing_prefix(dir);
+        if root.starts_with(&dir_resolved) {
+            return true;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let identity = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+            if let Some(id) = identity(dir) {
+                return root.ancestors().any(|a| identity(a) == Some(id));
+            }
+        }
+        false
+    }
+
     /// Whether an existing ancestor of `dest` (as given, made absolute, and as resolved) is a
     /// directory of the store, compared by device and inode. Only when some ancestor is on the
     /// root's device does this list the store's directories (a stat per artifact): an

@@ -182,6 +182,13 @@ impl Cache {
         Layout::new(&root).holds(path)
     }
 
+    /// Whether the cache root `root` lies inside `dir` ([`Layout::lies_within`]), without opening
+    /// or creating the cache.
+    pub fn root_within(root: &Path, dir: &Path) -> bool {
+        let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+        Layout::new(&root).lies_within(dir)
+    }
+
     /// Opens (creating if needed) the cache at `root` with default options.
     pub fn open(root: &Path) -> Result<Self, CacheError> {
         Self::open_with(root, CacheOptions::default())

@@ -79,13 +79,25 @@ fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, RemoteSettings, Option<D
 
 /// `warmcache snapshot DIR`.
 pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> {
+    let root = super::context::root(cli).ok();
+    if let Some(root) = &root
+        && warmcache::cache::Cache::root_within(root, &args.dir)
+    {
+        anyhow::bail!(
+            "cannot snapshot `{}`: it holds the cache root `{}`, which would go up with it while \
+             it changes; snapshot a directory without it, or move the cache (--root or \
+             WARMCACHE_ROOT)",
+            args.dir.display(),
+            root.display()
+        );
+    }
     let (url, settings, _) = remote_url(args.remote.as_deref())?;
     let options = SnapshotOptions {
         force: args.force,
         strict: args.strict,
         settings,
         // The stat cache lives under the cache root; without one, every file is read.
-        cache_root: super::context::root(cli).ok(),
+        cache_root: root,
         ..SnapshotOptions::default()
     };
     let bars = Bars::new(out, "snapshot");
@@ -159,8 +171,8 @@ pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> 
     Ok(())
 }
 
-/// Refuses to restore into the cache root (the root itself, its store, an artifact): restore
-/// replaces DIR wholesale, and the cache's artifacts never change. Checked before anything else,
+/// Refuses to restore into the cache root (the root itself, its store, an artifact) or into a
+/// directory holding it: restore replaces DIR wholesale, and the cache's artifacts never change. Checked before anything else,
 /// so nothing is contacted or changed; the cache is not opened (restore needs none). Returns the
 /// root, whose store a restore may read content from.
 fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<PathBuf> {
@@ -169,6 +181,15 @@ fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<PathBuf> {
         anyhow::bail!(
             "cannot restore into `{}`: it is inside the cache root `{}`, whose artifacts never \
              change; choose a directory outside the cache",
+            dir.display(),
+            root.display()
+        );
+    }
+    if warmcache::cache::Cache::root_within(&root, dir) {
+        anyhow::bail!(
+            "cannot restore into `{}`: it holds the cache root `{}`, which the restore would \
+             replace with the snapshot's copy; choose a directory without it, or move the cache \
+             (--root or WARMCACHE_ROOT)",
             dir.display(),
             root.display()
         );
