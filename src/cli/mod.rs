@@ -128,8 +128,8 @@ pub struct GcArgs {
     /// kept snapshot needs, in two runs at least --grace apart.
     // Not `conflicts_with` --max-size: clap counts $WARMCACHE_MAX_SIZE as given, and a standing
     // local budget in the environment must not stop a remote gc ([`remote_gc_conflict`]).
-    #[arg(long, value_name = "URL", conflicts_with = "evict")]
-    pub remote: Option<String>,
+    #[arg(long, value_name = "URL", conflicts_with = "evict", value_parser = share::parse_url)]
+    pub remote: Option<warmcache::remote::RemoteUrl>,
     /// With --remote: snapshots kept besides the current one, newest first (default 1).
     #[arg(long, value_name = "N", requires = "remote")]
     pub keep: Option<usize>,

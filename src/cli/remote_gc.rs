@@ -12,8 +12,7 @@ use warmcache::units::{format_duration, format_size};
 use super::{GcArgs, Output};
 
 /// `warmcache gc --remote URL [--keep N] [--max-age DUR] [--grace DUR] [--dry-run]`.
-pub(super) fn run(out: &Output, url: &str, args: &GcArgs) -> Result<()> {
-    let url = RemoteUrl::parse(url)?;
+pub(super) fn run(out: &Output, url: &RemoteUrl, args: &GcArgs) -> Result<()> {
     let config = super::context::configured_remote()?;
     let settings = super::context::remote_settings(config.as_ref());
     let grace = args.grace.unwrap_or(snapshot::DEFAULT_GRACE);
@@ -35,7 +34,7 @@ pub(super) fn run(out: &Output, url: &str, args: &GcArgs) -> Result<()> {
         dry_run: args.dry_run,
         settings,
     };
-    let report = snapshot::collect(&url, &options)?;
+    let report = snapshot::collect(url, &options)?;
     for warning in &report.warnings {
         out.warn(warning);
     }

@@ -66,7 +66,7 @@ pub struct PullArgs {
     pub min_free: Option<u64>,
 }
 
-fn parse_url(s: &str) -> Result<RemoteUrl, String> {
+pub(super) fn parse_url(s: &str) -> Result<RemoteUrl, String> {
     RemoteUrl::parse(s).map_err(|e| e.to_string())
 }
 

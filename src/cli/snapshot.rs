@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -28,8 +28,8 @@ pub struct SnapshotArgs {
     pub dir: PathBuf,
     /// Where the snapshot lives, e.g. s3://bucket/site-a/node_modules (default:
     /// $WARMCACHE_REMOTE, else `[remote] url` of the nearest warmcache.toml).
-    #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL")]
-    pub remote: Option<String>,
+    #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL", value_parser = super::share::parse_url)]
+    pub remote: Option<RemoteUrl>,
     /// Replace the remote snapshot even if it holds more files and bytes than DIR.
     #[arg(long)]
     pub force: bool,
@@ -46,8 +46,8 @@ pub struct RestoreArgs {
     pub dir: PathBuf,
     /// Where the snapshot lives (default: $WARMCACHE_REMOTE, else `[remote] url` of the nearest
     /// warmcache.toml).
-    #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL")]
-    pub remote: Option<String>,
+    #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL", value_parser = super::share::parse_url)]
+    pub remote: Option<RemoteUrl>,
     /// Give up after this long, leaving DIR untouched (default: `[remote] timeout`, else 5m).
     #[arg(long, value_name = "DUR", value_parser = super::parse_time_limit)]
     pub timeout: Option<Duration>,
@@ -63,18 +63,18 @@ pub struct RestoreArgs {
 
 /// The URL from the flag or environment, else from `warmcache.toml`, with the transfer settings
 /// and the configured timeout.
-fn remote_url(flag: Option<&str>) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>)> {
+fn remote_url(flag: Option<&RemoteUrl>) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>)> {
     let remote = super::context::configured_remote()?;
     let url = match (flag, &remote) {
-        (Some(url), _) => url.to_owned(),
-        (None, Some(remote)) => remote.url.clone(),
+        (Some(url), _) => url.clone(),
+        (None, Some(remote)) => RemoteUrl::parse(&remote.url).context("`[remote] url` in warmcache.toml")?,
         (None, None) => anyhow::bail!(
             "no remote given: pass --remote s3://bucket/prefix/KEY, set WARMCACHE_REMOTE, or add \
              `[remote] url = \"s3://...\"` to a warmcache.toml"
         ),
     };
     let settings = super::context::remote_settings(remote.as_ref());
-    Ok((RemoteUrl::parse(&url)?, settings, remote.and_then(|r| r.timeout)))
+    Ok((url, settings, remote.and_then(|r| r.timeout)))
 }
 
 /// `warmcache snapshot DIR`.
@@ -91,7 +91,7 @@ pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> 
             root.display()
         );
     }
-    let (url, settings, _) = remote_url(args.remote.as_deref())?;
+    let (url, settings, _) = remote_url(args.remote.as_ref())?;
     let options = SnapshotOptions {
         force: args.force,
         strict: args.strict,
@@ -200,7 +200,7 @@ fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<PathBuf> {
 /// `warmcache restore DIR`.
 pub fn run_restore(cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
     let root = refuse_inside_cache(cli, &args.dir)?;
-    let (url, settings, timeout) = remote_url(args.remote.as_deref())?;
+    let (url, settings, timeout) = remote_url(args.remote.as_ref())?;
     let options = RestoreOptions {
         timeout: args.timeout.or(timeout),
         strict: args.strict,

@@ -77,3 +77,33 @@ fn a_fifo_given_as_an_input_is_warned_about() {
         "{warning}"
     );
 }
+
+/// A malformed remote URL is a usage error (exit 2) for every command that takes one, from the
+/// flag or the environment, naming the URL; nothing is contacted or changed.
+#[test]
+fn a_malformed_remote_url_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("cache");
+    let dir = tmp.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let dir = dir.to_str().unwrap();
+    for args in [
+        vec!["snapshot", dir, "--remote", "ftp://bucket/key"],
+        vec!["restore", dir, "--remote", "ftp://bucket/key"],
+        vec!["gc", "--remote", "ftp://bucket/key"],
+        vec!["push", "tool", "--remote", "ftp://bucket/key"],
+    ] {
+        let out = run(warmcache(&root).args(&args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("ftp://bucket/key"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = run(warmcache(&root)
+        .args(["snapshot", dir])
+        .env("WARMCACHE_REMOTE", "s3://"));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!root.exists(), "the cache root was created");
+}
