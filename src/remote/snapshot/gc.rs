@@ -177,7 +177,8 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
     let mut listed = list(url, remote, PACKS)?;
     listed.extend(list(url, remote, SNAPSHOTS)?);
     report.total_bytes = listed.iter().map(|o| o.bytes).sum();
-    let pointer = read_pointer(url, remote)?;
+    let pointer_bytes = remote.get_bytes(&pointer_key(url))?;
+    let pointer = read_pointer(url, remote, pointer_bytes.as_deref())?;
     report.pointer = pointer.clone();
     if pointer.is_none() && !listed.iter().any(|o| o.kind == Kind::Manifest) {
         // Not a snapshot key (a parent prefix, a typo, a key's own `packs/`): writing gc.json
@@ -290,14 +291,7 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
     for digest in report.kept.keys() {
         reachable.insert(format!("{SNAPSHOTS}/{digest}.json"));
         if let Some(manifest) = manifests.get(digest) {
-            match manifest {
-                AnyManifest::Archive(m) => {
-                    reachable.insert(m.archive.clone());
-                }
-                AnyManifest::Packed(m) => {
-                    reachable.extend(m.packs.iter().map(|p| format!("{PACKS}/{}.tar.zst", p.token)));
-                }
-            }
+            reachable.extend(names(manifest));
         }
     }
     let keep_all_data = !unreadable.is_empty();
@@ -401,7 +395,37 @@ fn run_once(url: &RemoteUrl, remote: &Remote, options: &RemoteGcOptions) -> Resu
     let Some(published) = written else {
         return Ok(None);
     };
+    // A last look before each delete: S3 has no conditional delete, so what this run decided
+    // from its listing is checked against the remote as it is now. An object written again
+    // since the listing (a manifest written afresh for a tree snapshotted again, A→B→A) is a new
+    // object, not the one condemned; and whatever the pointer names now is spared, since a
+    // snapshot may have published it since the pointer was read.
+    // Listings give milliseconds and HEAD whole seconds (an HTTP date): compare seconds.
+    let seconds = |ms: i64| ms.div_euclid(1000);
+    let listed_at: BTreeMap<&str, i64> = listed
+        .iter()
+        .map(|o| (o.key.as_str(), seconds(o.modified_ms)))
+        .collect();
+    let mut current_pointer = pointer_bytes;
+    let mut spared = BTreeSet::new();
     for object in &doomed {
+        let written = remote
+            .head(&url.join(&object.key))?
+            .map(|meta| seconds(system_ms(meta.last_modified)));
+        if written.is_none() || written.as_ref() != listed_at.get(object.key.as_str()) {
+            continue;
+        }
+        let now_pointer = remote.get_bytes(&pointer_key(url))?;
+        if now_pointer != current_pointer {
+            spared = pointer_names(url, remote, now_pointer.as_deref())?;
+            current_pointer = now_pointer;
+        }
+        if spared.contains(&object.key) {
+            report
+                .warnings
+                .push(format!("{}: named by the pointer again; not deleted", object.key));
+            continue;
+        }
         remote.delete(&url.join(&object.key))?;
         report.freed_bytes += object.bytes;
         report.deleted.push(object.clone());
@@ -517,12 +541,12 @@ fn read_state(url: &RemoteUrl, remote: &Remote) -> Result<(GcState, Option<Objec
 
 /// The digest the pointer names, `None` without a pointer. A pointer that cannot be read stops
 /// the gc: without it the current snapshot is unknown.
-fn read_pointer(url: &RemoteUrl, remote: &Remote) -> Result<Option<String>> {
+fn read_pointer(url: &RemoteUrl, remote: &Remote, bytes: Option<&[u8]>) -> Result<Option<String>> {
     let key = pointer_key(url);
-    let Some(bytes) = remote.get_bytes(&key)? else {
+    let Some(bytes) = bytes else {
         return Ok(None);
     };
-    match parse_pointer(&bytes) {
+    match parse_pointer(bytes) {
         Ok(pointer) => Ok(Some(pointer.digest)),
         Err(e) => Err(SnapshotError::BadObject {
             target: remote.describe(&key),
@@ -535,6 +559,33 @@ fn read_pointer(url: &RemoteUrl, remote: &Remote) -> Result<Option<String>> {
             },
         }),
     }
+}
+
+/// The keys (relative to the snapshot key) a manifest names: its archive, or its packs.
+fn names(manifest: &AnyManifest) -> Vec<String> {
+    match manifest {
+        AnyManifest::Archive(m) => vec![m.archive.clone()],
+        AnyManifest::Packed(m) => m
+            .packs
+            .iter()
+            .map(|p| format!("{PACKS}/{}.tar.zst", p.token))
+            .collect(),
+    }
+}
+
+/// What the pointer (as `bytes`) reaches: its manifest's key and everything the manifest names.
+fn pointer_names(url: &RemoteUrl, remote: &Remote, bytes: Option<&[u8]>) -> Result<BTreeSet<String>> {
+    let mut names_now = BTreeSet::new();
+    let Some(digest) = read_pointer(url, remote, bytes)? else {
+        return Ok(names_now);
+    };
+    names_now.insert(format!("{SNAPSHOTS}/{digest}.json"));
+    if let Some(bytes) = remote.get_bytes(&manifest_key(url, &digest))?
+        && let Ok(manifest) = parse_manifest(&bytes, &digest)
+    {
+        names_now.extend(names(&manifest));
+    }
+    Ok(names_now)
 }
 
 /// The objects under `KEY/<dir>/` that a snapshot writes; anything else there is left alone.
