@@ -1,5 +1,6 @@
 //! Builds a format-2 snapshot's tree in the stage beside DIR (docs/DESIGN.md, "Restore"):
-//! directories first, then every file from a seed (copied and checked against its digest) or
+//! directories first, then every file from a seed (checked against its digest, then hard-linked
+//! when it is DIR's file at the same path, copied otherwise) or
 //! from the chunks of fetched pack frames (each chunk checked against its BLAKE3, a one-chunk
 //! file against the file's digest, a multi-chunk file against its digest once assembled), then
 //! the symlinks. Frames are decompressed and written by a small pool of threads while the

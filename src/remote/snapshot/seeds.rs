@@ -3,8 +3,8 @@
 //! stale tree holds most of the new one); the local store's artifacts are the second.
 //!
 //! Everything here is read-only and advisory: a file that cannot be read is simply not a seed,
-//! and a seed is checked again against its digest when it is copied, so a seed that changed in
-//! between only costs a download.
+//! and a seed is checked again against its digest when it is linked or copied, so a seed that
+//! changed in between only costs a download.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
