@@ -25,7 +25,7 @@ use super::format::{
     AnyManifest, ArchiveManifest, PackedManifest, manifest_key, parse_manifest, parse_pointer, pointer_key,
 };
 use super::seeds::Seeds;
-use super::stat::{self, SegmentCache};
+use super::stat::{self, SegmentCache, StatCache};
 use super::{
     Phase, RestoreOptions, RestorePhases, RestoreReport, RestoreStatus, Result, SnapshotError,
     SnapshotProgress,
@@ -297,7 +297,9 @@ impl<'a> Restore<'a> {
         progress.phase(Phase::Hashing, None);
         let position = |bytes| progress.position(bytes);
         let mut seeds = if exists {
-            Seeds::scan_dir(&self.dir, &tree.entries, &position)
+            let stats = self.stat_path.as_deref().map(StatCache::load).unwrap_or_default();
+            let known = |rel: &str, stat: &archive::FileStat| stats.digest(rel, stat);
+            Seeds::scan_dir(&self.dir, &tree.entries, &known, &position)
         } else {
             Seeds::default()
         };
