@@ -52,6 +52,8 @@ mod remote_transport;
 mod restore_advisory;
 mod restore_detects_altered_packs_and_manifests;
 mod restore_downloads_only_the_delta;
+mod restore_leaves_what_the_next_snapshot_needs;
+mod restore_links_unchanged_files_from_dir;
 mod restore_never_swaps_in_unverified_bytes;
 mod restore_of_the_old_format;
 mod restore_refuses_a_directory_inside_the_cache;

@@ -1,5 +1,6 @@
 //! Builds a format-2 snapshot's tree in the stage beside DIR (docs/DESIGN.md, "Restore"):
-//! directories first, then every file from a seed (copied and checked against its digest) or
+//! directories first, then every file from a seed (checked against its digest, then hard-linked
+//! when it is DIR's file at the same path, copied otherwise) or
 //! from the chunks of fetched pack frames (each chunk checked against its BLAKE3, a one-chunk
 //! file against the file's digest, a multi-chunk file against its digest once assembled), then
 //! the symlinks. Frames are decompressed and written by a small pool of threads while the
@@ -31,6 +32,8 @@ const QUEUE_PER_WORKER: usize = 2;
 pub(super) struct Built {
     /// Bytes of file content taken from seeds.
     pub seeded_bytes: u64,
+    /// Files hard-linked from DIR rather than copied (docs/DESIGN.md, "Restore").
+    pub files_linked: u64,
     /// Chunks decoded from fetched frames.
     pub fetched_chunks: u64,
     /// Compressed bytes downloaded from packs.
@@ -65,6 +68,7 @@ struct Shared<'a> {
     /// Files complete and verified.
     completed: AtomicU64,
     seeded: AtomicU64,
+    linked: AtomicU64,
     chunks: AtomicU64,
     failed: AtomicBool,
     /// The failure is about the bytes (undecodable, not matching a digest), not about this
@@ -77,6 +81,8 @@ struct Shared<'a> {
     /// The remote's name for each pack, for messages.
     pack_names: HashMap<String, String>,
     dir: &'a Path,
+    /// The modification time of every file this build writes ([`BuildContext::mtime`]).
+    mtime: std::time::SystemTime,
 }
 
 impl Shared<'_> {
@@ -132,6 +138,7 @@ impl Shared<'_> {
             let mut file = archive::create_file(&path, entry.exec).map_err(|e| self.local(e))?;
             file.write_all(data)
                 .map_err(|e| self.local(crate::fs::annotate(e, "write", &path)))?;
+            self.stamp(&file, &path)?;
             self.completed.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -143,6 +150,12 @@ impl Shared<'_> {
             .map_err(|e| self.local(crate::fs::annotate(e, "write", &path)))?;
         drop(file);
         if self.remaining[u.entry].fetch_sub(1, Ordering::AcqRel) == 1 {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| self.local(crate::fs::annotate(e, "open", &path)))?;
+            self.stamp(&file, &path)?;
+            drop(file);
             let digest = hash_path(&path).map_err(|e| self.local(e))?;
             if Some(digest.as_str()) != entry.digest.as_deref() {
                 let pack = &entry.chunks[0].pack;
@@ -157,6 +170,92 @@ impl Shared<'_> {
             self.completed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Sets the modification time of a file this build wrote, once its content is complete.
+    fn stamp(&self, file: &std::fs::File, path: &Path) -> Result<()> {
+        file.set_modified(self.mtime)
+            .map_err(|e| self.local(crate::fs::annotate(e, "set the modification time of", path)))
+    }
+
+    /// Hard-links the seed of a whole file when it is DIR's file at the entry's own path, with
+    /// the entry's executable bit (docs/DESIGN.md, "Restore": seeds are linked, not copied; at
+    /// its own path only, so no two files of the new tree ever share an inode): its digest is
+    /// checked first, and its stat after the link must still be the one it had before it was
+    /// read, so a file changed meanwhile is not taken. `Ok(false)`: not linkable here (another
+    /// file system, a link count at its limit, not permitted, not DIR's, changed): copy instead.
+    fn link_seed(&self, entry: usize, seed: &Seed) -> Result<bool> {
+        let e = &self.tree.entries[entry];
+        if seed.offset != 0 || seed.len != e.size || seed.path != self.dir.join(&e.path) {
+            return Ok(false);
+        }
+        let Ok(before) = std::fs::symlink_metadata(&seed.path) else {
+            return Ok(false);
+        };
+        if !before.is_file() || before.len() != e.size || crate::fs::is_executable(&before) != e.exec {
+            return Ok(false);
+        }
+        let Ok(digest) = hash_path(&seed.path) else {
+            return Ok(false);
+        };
+        if Some(digest.as_str()) != e.digest.as_deref() {
+            return Ok(false);
+        }
+        let path = self.path_of(entry);
+        if e.chunks.len() > 1 {
+            // A file of several chunks was created at its size for the chunks; the link takes
+            // its name.
+            std::fs::remove_file(&path)
+                .map_err(|err| self.local(crate::fs::annotate(err, "remove", &path)))?;
+        }
+        if let Err(err) = std::fs::hard_link(&seed.path, &path) {
+            return match err.raw_os_error() {
+                Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::EACCES | libc::ENOTSUP) => {
+                    self.restore_placeholder(entry)?;
+                    Ok(false)
+                }
+                _ => Err(self.local(crate::fs::annotate(err, "link", &path))),
+            };
+        }
+        let same = std::fs::symlink_metadata(&path).is_ok_and(|after| {
+            use std::os::unix::fs::MetadataExt;
+            (
+                after.ino(),
+                after.dev(),
+                after.len(),
+                after.mtime(),
+                after.mtime_nsec(),
+            ) == (
+                before.ino(),
+                before.dev(),
+                before.len(),
+                before.mtime(),
+                before.mtime_nsec(),
+            )
+        });
+        if !same {
+            std::fs::remove_file(&path)
+                .map_err(|err| self.local(crate::fs::annotate(err, "remove", &path)))?;
+            self.restore_placeholder(entry)?;
+            return Ok(false);
+        }
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.seeded.fetch_add(e.size, Ordering::Relaxed);
+        self.linked.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Puts back what a file of several chunks expects when a link was not made: the file at
+    /// its size (a one-chunk file is simply absent).
+    fn restore_placeholder(&self, entry: usize) -> Result<()> {
+        let e = &self.tree.entries[entry];
+        if e.chunks.len() <= 1 {
+            return Ok(());
+        }
+        let path = self.path_of(entry);
+        let file = archive::create_file(&path, e.exec).map_err(|err| self.local(err))?;
+        file.set_len(e.size)
+            .map_err(|err| self.local(crate::fs::annotate(err, "size", &path)))
     }
 
     /// Decompresses one frame and writes the chunks it is wanted for.
@@ -219,6 +318,9 @@ impl Shared<'_> {
     fn copy_seed(&self, job: &SeedJob) -> Result<bool> {
         match *job {
             SeedJob::File { entry, ref seed } => {
+                if self.link_seed(entry, seed)? {
+                    return Ok(true);
+                }
                 let e = &self.tree.entries[entry];
                 let path = self.path_of(entry);
                 let Ok(mut from) = std::fs::File::open(&seed.path) else {
@@ -264,6 +366,9 @@ impl Shared<'_> {
                     };
                     undone.map_err(|err| self.local(crate::fs::annotate(err, "reset", &path)))?;
                     return Ok(false);
+                }
+                if !several {
+                    self.stamp(&to, &path)?;
                 }
                 self.completed.fetch_add(1, Ordering::Relaxed);
                 self.seeded.fetch_add(e.size, Ordering::Relaxed);
@@ -336,6 +441,10 @@ pub(super) struct BuildContext<'a> {
     pub stage: &'a Path,
     pub min_free: Option<u64>,
     pub progress: &'a dyn crate::remote::Progress,
+    /// The modification time of the files the build writes (linked ones keep theirs): old
+    /// enough that the stat cache written after the restore trusts them, and that any later
+    /// write shows in the stat (docs/DESIGN.md, "Restore").
+    pub mtime: std::time::SystemTime,
 }
 
 /// Builds `tree` in the stage from `seeds` and the packs; the stage holds exactly the tree,
@@ -359,7 +468,9 @@ pub(super) fn build(cx: &BuildContext<'_>, tree: &Tree, seeds: &Seeds) -> Result
             EntryKind::Dir => archive::create_dir(&path).map_err(local)?,
             EntryKind::Symlink => {}
             EntryKind::File if entry.chunks.is_empty() => {
-                archive::create_file(&path, entry.exec).map_err(local)?;
+                let file = archive::create_file(&path, entry.exec).map_err(local)?;
+                file.set_modified(cx.mtime)
+                    .map_err(|e| local(crate::fs::annotate(e, "set the modification time of", &path)))?;
             }
             EntryKind::File => {
                 files += 1;
@@ -421,6 +532,7 @@ pub(super) fn build(cx: &BuildContext<'_>, tree: &Tree, seeds: &Seeds) -> Result
         remaining,
         completed: AtomicU64::new(0),
         seeded: AtomicU64::new(0),
+        linked: AtomicU64::new(0),
         chunks: AtomicU64::new(0),
         failed: AtomicBool::new(false),
         suspect: AtomicBool::new(false),
@@ -429,6 +541,7 @@ pub(super) fn build(cx: &BuildContext<'_>, tree: &Tree, seeds: &Seeds) -> Result
         decompress_ns: AtomicU64::new(0),
         pack_names,
         dir: cx.dir,
+        mtime: cx.mtime,
     };
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -545,6 +658,7 @@ pub(super) fn build(cx: &BuildContext<'_>, tree: &Tree, seeds: &Seeds) -> Result
     let per_worker = |ns: u64| Duration::from_nanos(ns / workers as u64);
     Ok(Built {
         seeded_bytes: shared.seeded.load(Ordering::Relaxed),
+        files_linked: shared.linked.load(Ordering::Relaxed),
         fetched_chunks: shared.chunks.load(Ordering::Relaxed),
         downloaded_bytes: downloaded,
         seed_copy,

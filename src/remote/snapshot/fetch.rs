@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::format::{PackedManifest, SegmentEntry, TreeCheck, pack_key};
 use super::pack::{SEGMENT_MAX_BYTES, decode_frame, parse_segment};
+use super::stat::SegmentCache;
 use super::{Result, SnapshotError};
 use crate::remote::{Remote, RemoteError, RemoteUrl};
 use crate::store::EntryKind;
@@ -26,10 +27,14 @@ pub(super) struct Tree {
     pub entries: Vec<SegmentEntry>,
     /// Compressed bytes fetched for the segments.
     pub fetched: u64,
+    /// Each segment's BLAKE3 (hex) and compressed payload, in manifest order, checked: what
+    /// the segment cache keeps for the next snapshot or restore ([`super::stat::SegmentCache`]).
+    pub segments: Vec<(String, Bytes)>,
 }
 
-/// Fetches and decodes every segment (ranges of one pack coalesced, in parallel), and checks
-/// them: each against its BLAKE3, its entry count, every entry's path (safe, its parent a
+/// Fetches and decodes every segment that the local segment cache (`local`: what the last
+/// snapshot or restore of this directory to this URL kept) does not hold (ranges of one pack
+/// coalesced, in parallel), and checks them all, cached or fetched alike: each against its BLAKE3, its entry count, every entry's path (safe, its parent a
 /// directory listed before it) and the whole against the manifest's digest ([`TreeCheck`]).
 /// Nothing is extracted before this succeeded.
 pub(super) fn read_tree(
@@ -37,13 +42,29 @@ pub(super) fn read_tree(
     url: &RemoteUrl,
     manifest: PackedManifest,
     target: &str,
+    local: &SegmentCache,
 ) -> Result<Tree> {
     let bad = |reason: String| SnapshotError::BadObject {
         target: target.to_owned(),
         reason,
     };
-    // One request per run of segments of the same pack that are close together.
-    let mut order: Vec<usize> = (0..manifest.segments.len()).collect();
+    // One request per run of segments of the same pack that are close together; segments kept
+    // locally are not fetched (a one-file delta then fetches one segment, not the manifest).
+    // A kept payload is used only once it decodes to lines of its BLAKE3, as a fetched one must;
+    // one that does not is fetched.
+    let kept: Vec<Option<(Bytes, Vec<u8>)>> = manifest
+        .segments
+        .iter()
+        .map(|segment| {
+            let payload = local.get(&segment.blake3)?;
+            let lines = decode_frame(payload, SEGMENT_MAX_BYTES).ok()?;
+            (blake3::hash(&lines).to_hex().as_str() == segment.blake3)
+                .then(|| (Bytes::copy_from_slice(payload), lines))
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..manifest.segments.len())
+        .filter(|&i| kept[i].is_none())
+        .collect();
     order.sort_by(|&a, &b| {
         let (x, y) = (&manifest.segments[a], &manifest.segments[b]);
         (&x.pack, x.range[0]).cmp(&(&y.pack, y.range[0]))
@@ -79,15 +100,24 @@ pub(super) fn read_tree(
     let mut check = TreeCheck::new(&manifest).map_err(bad)?;
     let mut dirs = std::collections::HashSet::new();
     let mut entries = Vec::new();
-    for (i, segment) in manifest.segments.iter().enumerate() {
-        let (request, offset) = at[i];
-        let len = segment.range[1] - segment.range[0];
-        let body = &bodies[request];
-        let frame = body
-            .get(offset as usize..(offset + len) as usize)
-            .ok_or_else(|| bad(format!("segment {i} lies outside its pack")))?;
-        let decoded = decode_frame(frame, SEGMENT_MAX_BYTES)
-            .map_err(|e| bad(format!("segment {i} of pack `{}`: {e}", segment.pack)))?;
+    let mut payloads = Vec::with_capacity(manifest.segments.len());
+    for ((i, segment), kept) in manifest.segments.iter().enumerate().zip(kept) {
+        let (frame, decoded) = match kept {
+            Some(kept) => kept,
+            None => {
+                let (request, offset) = at[i];
+                let len = segment.range[1] - segment.range[0];
+                let body = &bodies[request];
+                let range = offset as usize..(offset + len) as usize;
+                if body.get(range.clone()).is_none() {
+                    return Err(bad(format!("segment {i} lies outside its pack")));
+                }
+                let frame = body.slice(range);
+                let decoded = decode_frame(&frame, SEGMENT_MAX_BYTES)
+                    .map_err(|e| bad(format!("segment {i} of pack `{}`: {e}", segment.pack)))?;
+                (frame, decoded)
+            }
+        };
         if blake3::hash(&decoded).to_hex().as_str() != segment.blake3 {
             return Err(bad(format!(
                 "segment {i} of pack `{}` does not match its BLAKE3",
@@ -108,12 +138,14 @@ pub(super) fn read_tree(
                 segment.entries
             )));
         }
+        payloads.push((segment.blake3.clone(), frame));
     }
     check.finish().map_err(bad)?;
     Ok(Tree {
         manifest,
         entries,
         fetched,
+        segments: payloads,
     })
 }
 

@@ -25,11 +25,13 @@ use super::format::{
     AnyManifest, ArchiveManifest, PackedManifest, manifest_key, parse_manifest, parse_pointer, pointer_key,
 };
 use super::seeds::Seeds;
+use super::stat::{self, SegmentCache, StatCache};
 use super::{
     Phase, RestoreOptions, RestorePhases, RestoreReport, RestoreStatus, Result, SnapshotError,
     SnapshotProgress,
 };
 use crate::archive::{self, Format, Limits, Trust};
+use crate::build::fingerprint::RACY_WINDOW;
 use crate::place::{Stage, StagedKind};
 use crate::remote::{Remote, RemoteError, RemoteUrl};
 
@@ -149,6 +151,12 @@ struct Restore<'a> {
     dir: PathBuf,
     url: &'a RemoteUrl,
     started: Instant,
+    /// When the restore started, in nanoseconds since the epoch: the recording time of the stat
+    /// cache it leaves (every file's state is taken after it).
+    started_ns: i64,
+    /// The stat cache of DIR and URL, beside which the segment cache is
+    /// ([`crate::layout::Layout::snapshot_stat`]; `None`: no cache root).
+    stat_path: Option<PathBuf>,
     clock: Clock,
     remote: Remote,
     stage: Stage,
@@ -157,6 +165,7 @@ struct Restore<'a> {
 impl<'a> Restore<'a> {
     fn new(dir: PathBuf, url: &'a RemoteUrl, options: &RestoreOptions) -> Result<Self> {
         let started = Instant::now();
+        let started_ns = stat::now_ns();
         let timeout = options.timeout.unwrap_or(options.settings.overall_timeout);
         let deadline = started + timeout;
         let stage = Stage::beside(&dir)?;
@@ -177,10 +186,23 @@ impl<'a> Restore<'a> {
             timeout,
             deadline,
         };
+        // The same file `snapshot` keeps for DIR and URL: DIR by its canonical path (or its
+        // parent's, when DIR does not exist yet), as `snapshot` names it.
+        let stat_path = options.store_root.as_ref().map(|root| {
+            let canonical = std::fs::canonicalize(&dir).unwrap_or_else(|_| {
+                match (dir.parent().map(std::fs::canonicalize), dir.file_name()) {
+                    (Some(Ok(parent)), Some(name)) => parent.join(name),
+                    _ => dir.clone(),
+                }
+            });
+            crate::layout::Layout::new(root).snapshot_stat(&canonical, &url.to_string())
+        });
         Ok(Self {
             dir,
             url,
             started,
+            started_ns,
+            stat_path,
             clock,
             remote,
             stage,
@@ -216,8 +238,17 @@ impl<'a> Restore<'a> {
                 AnyManifest::Packed(manifest) => manifest,
             };
             match self.run_packed(manifest, &target, exists, options, progress, report) {
-                Ok(true) => return Ok(RestoreStatus::Unchanged),
-                Ok(false) => return self.finish(report),
+                Ok((true, tree)) => {
+                    remember(&self.dir, self.stat_path.as_deref(), self.started_ns, &tree);
+                    return Ok(RestoreStatus::Unchanged);
+                }
+                Ok((false, tree)) => {
+                    let (dir, stat_path, started_ns) =
+                        (self.dir.clone(), self.stat_path.clone(), self.started_ns);
+                    let status = self.finish(report)?;
+                    remember(&dir, stat_path.as_deref(), started_ns, &tree);
+                    return Ok(status);
+                }
                 Err(e) if again && build::is_missing_pack(&e) => {
                     tracing::info!("{e}; reading the pointer again (the remote gc may have collected it)");
                     again = false;
@@ -239,8 +270,8 @@ impl<'a> Restore<'a> {
     }
 
     /// A format-2 snapshot: segments checked against the digest, seeds from DIR and the local
-    /// store, then the rest fetched and the tree built in the stage. `Ok(true)` when DIR already
-    /// holds the tree (nothing fetched but the segments, nothing changed).
+    /// store, then the rest fetched and the tree built in the stage. `true` when DIR already
+    /// holds the tree (nothing fetched but the segments, nothing changed); and the tree.
     fn run_packed(
         &self,
         manifest: PackedManifest,
@@ -249,9 +280,15 @@ impl<'a> Restore<'a> {
         options: &RestoreOptions,
         progress: &Arc<dyn SnapshotProgress>,
         report: &mut RestoreReport,
-    ) -> Result<bool> {
+    ) -> Result<(bool, fetch::Tree)> {
         self.clock.check("reading the snapshot's segments")?;
-        let tree = fetch::read_tree(&self.remote, self.url, manifest, target)?;
+        let kept = self
+            .stat_path
+            .as_deref()
+            .map(SegmentCache::load)
+            .unwrap_or_default();
+        let tree = fetch::read_tree(&self.remote, self.url, manifest, target, &kept)?;
+        drop(kept);
         report.downloaded_bytes = tree.fetched;
         report.phases.lookup_ms = ms(self.started.elapsed());
 
@@ -260,13 +297,15 @@ impl<'a> Restore<'a> {
         progress.phase(Phase::Hashing, None);
         let position = |bytes| progress.position(bytes);
         let mut seeds = if exists {
-            Seeds::scan_dir(&self.dir, &tree.entries, &position)
+            let stats = self.stat_path.as_deref().map(StatCache::load).unwrap_or_default();
+            let known = |rel: &str, stat: &archive::FileStat| stats.digest(rel, stat);
+            Seeds::scan_dir(&self.dir, &tree.entries, &known, &position)
         } else {
             Seeds::default()
         };
         if seeds.unchanged {
             report.phases.seed_ms = ms(seeding.elapsed());
-            return Ok(true);
+            return Ok((true, tree));
         }
         if let Some(root) = &options.store_root {
             let wanted = tree
@@ -293,6 +332,7 @@ impl<'a> Restore<'a> {
             stage: self.stage.path(),
             min_free: options.min_free,
             progress: &counted,
+            mtime: restored_mtime(tree.manifest.created_at_ms, self.started_ns),
         };
         let built = build::build(&cx, &tree, &seeds)?;
         report.downloaded_bytes += built.downloaded_bytes;
@@ -306,7 +346,8 @@ impl<'a> Restore<'a> {
             ms(built.decompress).min(report.phases.extract_ms - report.phases.download_wait_ms);
         report.phases.write_ms =
             report.phases.extract_ms - report.phases.download_wait_ms - report.phases.decompress_ms;
-        Ok(false)
+        tracing::debug!("{} files linked from {}", built.files_linked, self.dir.display());
+        Ok((false, tree))
     }
 
     /// Makes the staged tree durable and swaps it in.
@@ -756,6 +797,60 @@ fn tar_overhead(manifest: &ArchiveManifest) -> u64 {
         .saturating_add(2)
         .saturating_mul(1024)
         .saturating_add(1 << 20)
+}
+
+/// The modification time of the files a restore writes: the snapshot's creation time, but at
+/// least twice [`RACY_WINDOW`] before the restore started. Then the stat cache the restore
+/// leaves (recorded at its start) trusts them, and a later write, which sets the time to the
+/// present, always shows in their stat (docs/DESIGN.md, "Restore").
+fn restored_mtime(created_at_ms: i64, started_ns: i64) -> std::time::SystemTime {
+    let window = 2 * RACY_WINDOW.as_nanos() as i64;
+    let ns = created_at_ms
+        .saturating_mul(1_000_000)
+        .min(started_ns.saturating_sub(window))
+        .max(0);
+    std::time::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+}
+
+/// Leaves the stat cache and the segment cache of DIR and URL as a snapshot of the restored
+/// tree would (docs/DESIGN.md, "Restore"): each file's stat, taken now (after the swap: the
+/// removal of the old tree changes the ctime of the files linked from it), with the digest the
+/// restore verified, recorded at the restore's start, so a file written since is racy and read
+/// again; and the snapshot's segments. Best effort, like the snapshot's: a failure only costs
+/// the next snapshot reading the files.
+fn remember(dir: &Path, stat_path: Option<&Path>, recorded_at_ns: i64, tree: &fetch::Tree) {
+    let Some(stat_path) = stat_path else { return };
+    let mut writer = stat::LocalWriter::new(Some(stat_path));
+    for entry in tree
+        .entries
+        .iter()
+        .filter(|e| e.kind == crate::store::EntryKind::File)
+    {
+        let Some(digest) = entry
+            .digest
+            .as_deref()
+            .and_then(|d| blake3::Hash::from_hex(d).ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(dir.join(&entry.path)) else {
+            continue;
+        };
+        if meta.is_file() {
+            let stat = archive::FileStat::of(&meta);
+            writer.push(
+                &entry.path,
+                &stat::StatEntry {
+                    stat,
+                    digest: *digest.as_bytes(),
+                },
+            );
+        }
+    }
+    for (blake3, payload) in &tree.segments {
+        writer.segment(blake3, payload);
+    }
+    writer.finish(recorded_at_ns);
 }
 
 /// Forwards download progress as a running total.

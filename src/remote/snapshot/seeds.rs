@@ -3,8 +3,8 @@
 //! stale tree holds most of the new one); the local store's artifacts are the second.
 //!
 //! Everything here is read-only and advisory: a file that cannot be read is simply not a seed,
-//! and a seed is checked again against its digest when it is copied, so a seed that changed in
-//! between only costs a download.
+//! and a seed is checked again against its digest when it is linked or copied, so a seed that
+//! changed in between only costs a download.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::format::{CHUNK_THRESHOLD, SegmentEntry};
+use crate::archive::FileStat;
 use crate::store::EntryKind;
 
 /// Where a run of bytes with a known digest is on this machine.
@@ -50,7 +51,16 @@ impl Seeds {
     /// (a file moved to another path). Large files are also cut into chunks exactly as a
     /// snapshot cuts them, so a file that changed in part still gives its unchanged chunks. Sets
     /// [`Self::unchanged`] when DIR holds exactly the entries (no download, no swap).
-    pub fn scan_dir(dir: &Path, entries: &[SegmentEntry], progress: &(dyn Fn(u64) + Sync)) -> Self {
+    ///
+    /// `known` gives the digest of a file without reading it (the stat cache the last snapshot
+    /// or restore of DIR to this URL left, trusted by its own rules): a small file it vouches
+    /// for at an entry's path is not read here (it is checked again if it is linked or copied).
+    pub fn scan_dir(
+        dir: &Path,
+        entries: &[SegmentEntry],
+        known: &(dyn Fn(&str, &FileStat) -> Option<String> + Sync),
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Self {
         let by_path: HashMap<&str, &SegmentEntry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
         let sizes: HashSet<u64> = entries
             .iter()
@@ -61,7 +71,7 @@ impl Seeds {
         let mut extra = false;
         // Files to hash: path, size, and the entry at that path when it is a file of that size
         // and executable bit (then the same digest makes the file one of the tree's).
-        let mut candidates: Vec<(PathBuf, u64, Option<&SegmentEntry>)> = Vec::new();
+        let mut candidates: Vec<(PathBuf, u64, Option<&SegmentEntry>, Option<String>)> = Vec::new();
         let mut stack = vec![(dir.to_path_buf(), String::new())];
         while let Some((path, rel)) = stack.pop() {
             let Ok(listing) = std::fs::read_dir(&path) else {
@@ -119,8 +129,12 @@ impl Seeds {
                     if at_path.is_none() {
                         extra = true;
                     }
+                    // Large files are read anyway: their chunks may serve other entries.
+                    let vouched = at_path
+                        .filter(|_| len < CHUNK_THRESHOLD)
+                        .and_then(|_| known(&child_rel, &FileStat::of(&meta)));
                     if at_path.is_some() || sizes.contains(&len) {
-                        candidates.push((child, len, at_path));
+                        candidates.push((child, len, at_path, vouched));
                     }
                 } else {
                     extra = true;
@@ -128,7 +142,10 @@ impl Seeds {
             }
         }
         let hashed = AtomicU64::new(0);
-        let hashes = crate::parallel::map(&candidates, |(path, len, _)| {
+        let hashes = crate::parallel::map(&candidates, |(path, len, _, vouched)| {
+            if let Some(digest) = vouched {
+                return Ok(Some((digest.clone(), Vec::new())));
+            }
             let found = hash_file(path, *len);
             progress(hashed.fetch_add(*len, Ordering::Relaxed) + len);
             Ok::<_, std::convert::Infallible>(found)
@@ -138,7 +155,7 @@ impl Seeds {
             Err(never) => match never {},
         };
         let mut seeds = Seeds::default();
-        for ((path, len, at_path), found) in candidates.into_iter().zip(hashes) {
+        for ((path, len, at_path, _), found) in candidates.into_iter().zip(hashes) {
             let Some((digest, chunks)) = found else {
                 extra = true;
                 continue;
