@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::format::{
-    AnyManifest, CHUNK_THRESHOLD, ChunkRef, GC_STATE_VERSION, GcState, POINTER_VERSION, PackRef,
+    AnyManifest, CHUNK_THRESHOLD, ChunkRef, GC_STATE_VERSION, GcState, PACKS, POINTER_VERSION, PackRef,
     PackedManifest, Pointer, SNAPSHOT_MANIFEST_VERSION, SNAPSHOTS, SegmentEntry, SegmentRef, TreeCheck,
     Unreadable, describe_pointer, ends_segment, gc_state_key, host_name, manifest_key, pack_key,
     parse_manifest, parse_pointer, pointer_key, unique_token,
@@ -314,28 +314,70 @@ impl Published {
 }
 
 /// The manifest of this tree's snapshot when the remote already has it (A→B→A, or another
-/// machine), in either format, with every object it names present at its size.
+/// machine), in either format, with every object it names present at its size, and neither it
+/// nor any of them condemned by the remote gc. A condemned object past its grace may be
+/// deleted at any moment by a gc run that read the pointer before this snapshot moves it, so
+/// such a manifest is not published again as it is: the snapshot uploads what the tree needs
+/// and writes the manifest afresh over it, which the gc then treats as a new object
+/// (docs/DESIGN.md, "Remote gc").
 fn existing_manifest(url: &RemoteUrl, remote: &Remote, digest: &str) -> Result<Option<Published>> {
-    let Some(bytes) = remote.get_bytes(&manifest_key(url, digest))? else {
+    let key = manifest_key(url, digest);
+    let Some(bytes) = remote.get_bytes(&key)? else {
         return Ok(None);
     };
     let Ok(manifest) = parse_manifest(&bytes, digest) else {
         return Ok(None);
     };
     let objects: Vec<(String, u64)> = match &manifest {
-        AnyManifest::Archive(m) => vec![(url.join(&m.archive), m.archive_bytes)],
+        AnyManifest::Archive(m) => vec![(m.archive.clone(), m.archive_bytes)],
         AnyManifest::Packed(m) => m
             .packs
             .iter()
-            .map(|p| (pack_key(url, &p.token), p.bytes))
+            .map(|p| (format!("{PACKS}/{}.tar.zst", p.token), p.bytes))
             .collect(),
     };
-    for (key, size) in objects {
-        if remote.head(&key)?.is_none_or(|meta| meta.size != size) {
+    // Read before the objects are looked at: whatever a gc condemns after this read is
+    // deleted more than a grace later, when the pointer already names this manifest.
+    let condemned = match read_condemned(url, remote)? {
+        Ok(condemned) => condemned,
+        Err(reason) => {
+            tracing::debug!("not reusing {}: {reason}", remote.describe(&key));
+            return Ok(None);
+        }
+    };
+    let relative = format!("{SNAPSHOTS}/{digest}.json");
+    if let Some(object) = std::iter::once(&relative)
+        .chain(objects.iter().map(|(k, _)| k))
+        .find(|k| condemned.contains(k.as_str()))
+    {
+        tracing::info!(
+            "{}: the remote gc condemned {object}; writing this snapshot afresh",
+            remote.describe(&key)
+        );
+        return Ok(None);
+    }
+    for (relative, size) in objects {
+        if remote
+            .head(&url.join(&relative))?
+            .is_none_or(|meta| meta.size != size)
+        {
             return Ok(None);
         }
     }
     Ok(Some(Published::of(&manifest)))
+}
+
+/// The keys (relative to the snapshot key) the remote gc condemned (`KEY/gc.json`); `Err` with
+/// the reason when `gc.json` cannot be read, in which case nothing may be assumed safe to reuse.
+fn read_condemned(url: &RemoteUrl, remote: &Remote) -> Result<std::result::Result<HashSet<String>, String>> {
+    Ok(match remote.get_bytes(&gc_state_key(url))? {
+        None => Ok(HashSet::new()),
+        Some(bytes) => match serde_json::from_slice::<GcState>(&bytes) {
+            Ok(state) if state.version == GC_STATE_VERSION => Ok(state.condemned.into_keys().collect()),
+            Ok(state) => Err(format!("gc.json has format version {}", state.version)),
+            Err(e) => Err(format!("unreadable gc.json: {e}")),
+        },
+    })
 }
 
 /// The pointer and the version read, or `None`s when there is none. An unreadable pointer is
@@ -425,9 +467,18 @@ fn publish(
     our_pack: Option<&str>,
 ) -> Result<Published> {
     let manifest_key = manifest_key(url, &manifest.digest);
-    let expect = remote.get_versioned(&manifest_key)?.map(|(_, version)| version);
     let bytes = Bytes::from(serde_json::to_vec_pretty(manifest).unwrap_or_default());
-    match remote.put_if(&manifest_key, bytes, expect.as_ref())? {
+    let mut expect = remote.get_versioned(&manifest_key)?.map(|(_, version)| version);
+    let mut outcome = remote.put_if(&manifest_key, bytes.clone(), expect.as_ref())?;
+    if matches!(outcome, CondPut::Conflict) && expect.is_some() {
+        // The manifest replaced (an unreadable or condemned one) may have been deleted by the
+        // remote gc meanwhile: then create it.
+        expect = remote.get_versioned(&manifest_key)?.map(|(_, version)| version);
+        if expect.is_none() {
+            outcome = remote.put_if(&manifest_key, bytes, None)?;
+        }
+    }
+    match outcome {
         CondPut::Done(_) => Ok(Published::of(&AnyManifest::Packed(manifest.clone()))),
         CondPut::Conflict => {
             if let Some(token) = our_pack
@@ -536,18 +587,13 @@ fn load_base(
         Ok(AnyManifest::Archive(_)) => return Ok(None),
         Err(reason) => return unusable(reason),
     };
-    let condemned: HashSet<String> = match remote.get_bytes(&gc_state_key(url))? {
-        None => HashSet::new(),
-        Some(bytes) => match serde_json::from_slice::<GcState>(&bytes) {
-            Ok(state) if state.version == GC_STATE_VERSION => state
-                .condemned
-                .keys()
-                .filter_map(|k| k.strip_prefix("packs/")?.strip_suffix(".tar.zst"))
-                .map(str::to_owned)
-                .collect(),
-            Ok(state) => return unusable(format!("gc.json has format version {}", state.version)),
-            Err(e) => return unusable(format!("unreadable gc.json: {e}")),
-        },
+    let condemned: HashSet<String> = match read_condemned(url, remote)? {
+        Ok(keys) => keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("packs/")?.strip_suffix(".tar.zst"))
+            .map(str::to_owned)
+            .collect(),
+        Err(reason) => return unusable(reason),
     };
     for pack in &manifest.packs {
         let key = pack_key(url, &pack.token);
