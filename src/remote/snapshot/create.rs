@@ -20,7 +20,7 @@ use super::{
     Phase, Result, SnapshotError, SnapshotOptions, SnapshotPhases, SnapshotProgress, SnapshotReport,
     SnapshotStatus, is_colder,
 };
-use crate::archive::{self, ArchiveError, FileStat, Known, TreeItem, TreeTotals};
+use crate::archive::{self, ArchiveError, FileStat, Known, TreeItem, TreeListing, TreeTotals};
 use crate::ids::ArtifactId;
 use crate::layout::Layout;
 use crate::remote::{CondPut, ObjectVersion, PutOutcome, Remote, RemoteError, RemoteUrl, RemoteWriter};
@@ -44,7 +44,8 @@ const LIST_LIMIT: usize = 1000;
 /// tree (nothing is uploaded) or the warmth guard refuses (see [`is_colder`]; `force` skips it).
 ///
 /// One walk first (`lstat` only) checks the tree rule and counts files and bytes, before
-/// anything remote changes. When the remote may already hold this very tree (the current
+/// anything remote changes; it is the only walk: the listing it keeps (paths and `lstat`s) is
+/// what the hashing and the reading pass go through. When the remote may already hold this very tree (the current
 /// snapshot, or another under the key, has the same counts), the tree is hashed to decide
 /// (files the stat cache vouches for are not read). Otherwise the tree is read exactly once: a
 /// reading thread cuts files into chunks and hashes them, and only what the current snapshot
@@ -70,7 +71,10 @@ pub fn snapshot(
     // so anything another machine publishes while we hash and upload is detected.
     let (before, before_version) = timed(&mut phases.remote_ms, || read_pointer(&remote, url))?;
     progress.phase(Phase::Hashing, None);
-    let totals = timed(&mut phases.walk_ms, || archive::scan_tree(dir)).map_err(|e| local(dir, e))?;
+    // The one walk of the tree: what follows reads the files it listed (docs/DESIGN.md,
+    // "Snapshots").
+    let listing = timed(&mut phases.walk_ms, || archive::list_tree(dir)).map_err(|e| local(dir, e))?;
+    let totals = listing.totals;
     let mut report = SnapshotReport {
         status: SnapshotStatus::Uploaded,
         url: url.to_string(),
@@ -105,7 +109,7 @@ pub fn snapshot(
         && is_colder(totals.files, totals.bytes, current)
     {
         let digest =
-            timed(&mut phases.hash_ms, || archive::digest_tree(dir, totals)).map_err(|e| local(dir, e))?;
+            timed(&mut phases.hash_ms, || archive::digest_tree(dir, &listing)).map_err(|e| local(dir, e))?;
         report.digest = digest.map(|d| d.to_string()).unwrap_or_default();
         if options.strict {
             return Err(SnapshotError::Refused {
@@ -133,7 +137,7 @@ pub fn snapshot(
     let known = if maybe_known {
         let vouched = |rel: &str, stat: &FileStat| stats.digest(rel, stat);
         let digest = timed(&mut phases.hash_ms, || {
-            archive::digest_tree_with(dir, totals, &vouched)
+            archive::digest_tree_with(dir, &listing, &vouched)
         })
         .map_err(|e| local(dir, e))?;
         let Some(digest) = digest else {
@@ -185,7 +189,7 @@ pub fn snapshot(
                 stats,
                 stat_path: stat_path.as_deref(),
             };
-            job.run(base, &mut report, &mut phases)?
+            job.run(base, listing, &mut report, &mut phases)?
         }
     };
     report.digest = published.digest.clone();
@@ -739,6 +743,7 @@ impl Upload<'_> {
     fn run(
         &self,
         base: Option<Arc<Base>>,
+        listing: TreeListing,
         report: &mut SnapshotReport,
         phases: &mut SnapshotPhases,
     ) -> Result<Published> {
@@ -784,7 +789,7 @@ impl Upload<'_> {
             None => Box::new(|_: &str, _: &FileStat| None),
         };
         let recorded_at = stat::now_ns();
-        let mut tree = archive::read_chunked(dir, CHUNK_THRESHOLD, skip, cut);
+        let mut tree = archive::read_chunked(dir, listing, CHUNK_THRESHOLD, skip, cut);
         let mut pass = Pass::new(
             PackWriter::new(&mut sink, &token, self.options.level),
             base.as_deref(),
