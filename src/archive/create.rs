@@ -1,11 +1,14 @@
 //! Streaming creation of a standard tar.zst from a directory tree (readable by `zstd -d | tar -x`),
-//! and the passes a snapshot makes over a tree: [`scan_tree`] (walk only), [`digest_tree`] (read
-//! and hash) and [`archive_tree`] (read once, hash, archive and compress, overlapped).
+//! and the passes a snapshot makes over a tree: [`scan_tree`] and [`list_tree`] (walk only; the
+//! latter keeps the listing, so the passes after it do not walk again), [`digest_tree`] (read
+//! and hash), [`read_chunked`] (read once, chunked) and [`archive_tree`] (read once, hash,
+//! archive and compress, overlapped).
 //!
 //! Every pass visits entries in manifest order (paths sorted by their bytes, see
 //! [`crate::store::Manifest`]), which is also the order of the archive's entries, so a tree's
 //! content digest is computed while it streams, with memory bounded by the directory listings on
-//! the current path rather than by the size of the tree (docs/DESIGN.md, "Snapshots").
+//! the current path (or, after [`list_tree`], its listing) rather than by the size of the files
+//! (docs/DESIGN.md, "Snapshots").
 
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
@@ -168,7 +171,7 @@ pub fn scan_tree(dir: &Path) -> Result<TreeTotals, ArchiveError> {
             Kind::Symlink(_) => totals.symlinks += 1,
             Kind::File => {
                 totals.files += 1;
-                totals.bytes += visit.meta.len();
+                totals.bytes += visit.stat.size;
             }
         }
         Ok(())
@@ -176,20 +179,115 @@ pub fn scan_tree(dir: &Path) -> Result<TreeTotals, ArchiveError> {
     Ok(totals)
 }
 
-/// The content digest of `dir` ([`crate::store::Manifest::id`]), reading every file once on all
-/// cores, a batch of files at a time. `None` when the tree does not match `totals` (it changed
-/// since [`scan_tree`]).
-pub fn digest_tree(dir: &Path, totals: TreeTotals) -> Result<Option<ArtifactId>, ArchiveError> {
-    digest_tree_with(dir, totals, &|_: &str, _: &FileStat| None)
+/// Like [`scan_tree`], also keeping every entry (its path, kind, symlink target and `lstat`), so
+/// that the passes that follow ([`digest_tree`], [`read_chunked`]) read the tree without walking
+/// it again: about 150 bytes per entry (a 43,000-file tree: about 6 MiB), where a second walk of
+/// a large tree costs as much as the rest of a snapshot that reads few files.
+pub fn list_tree(dir: &Path) -> Result<TreeListing, ArchiveError> {
+    let mut listing = TreeListing::default();
+    walk(dir, &mut |visit| {
+        let totals = &mut listing.totals;
+        let target = match visit.kind {
+            Kind::Dir => {
+                totals.dirs += 1;
+                None
+            }
+            Kind::Symlink(target) => {
+                totals.symlinks += 1;
+                Some(Box::from(target))
+            }
+            Kind::File => {
+                totals.files += 1;
+                totals.bytes += visit.stat.size;
+                None
+            }
+        };
+        listing.entries.push(Listed {
+            rel: Box::from(visit.rel),
+            target,
+            dir: matches!(visit.kind, Kind::Dir),
+            stat: visit.stat,
+            mtime: visit.mtime,
+        });
+        Ok(())
+    })?;
+    // Kept last entry first, so a pass that takes the listing pops its entries as it goes.
+    listing.entries.reverse();
+    listing.entries.shrink_to_fit();
+    Ok(listing)
+}
+
+/// What [`list_tree`] found: the counts, and every entry in manifest order.
+#[derive(Debug, Default)]
+pub struct TreeListing {
+    /// The counts a tree's manifest starts with.
+    pub totals: TreeTotals,
+    /// The entries, last first.
+    entries: Vec<Listed>,
+}
+
+/// One entry of a [`TreeListing`].
+#[derive(Debug)]
+struct Listed {
+    rel: Box<str>,
+    /// A symlink's target.
+    target: Option<Box<str>>,
+    dir: bool,
+    stat: FileStat,
+    mtime: u64,
+}
+
+impl Listed {
+    fn visit(&self, root: &Path, visit: &mut Visitor<'_>) -> Result<(), ArchiveError> {
+        let kind = match (&self.target, self.dir) {
+            (Some(target), _) => Kind::Symlink(target),
+            (None, true) => Kind::Dir,
+            (None, false) => Kind::File,
+        };
+        visit(Visit {
+            path: &root.join(&*self.rel),
+            rel: &self.rel,
+            kind,
+            stat: self.stat,
+            mtime: self.mtime,
+        })
+    }
+}
+
+impl TreeListing {
+    /// Visits the listed entries in manifest order, as [`walk`] would have, consuming them (each
+    /// entry's path is freed once visited).
+    fn replay(mut self, root: &Path, visit: &mut Visitor<'_>) -> Result<(), ArchiveError> {
+        while let Some(entry) = self.entries.pop() {
+            entry.visit(root, visit)?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Self::replay`], keeping the listing.
+    fn replay_ref(&self, root: &Path, visit: &mut Visitor<'_>) -> Result<(), ArchiveError> {
+        for entry in self.entries.iter().rev() {
+            entry.visit(root, visit)?;
+        }
+        Ok(())
+    }
+}
+
+/// The content digest of `dir` ([`crate::store::Manifest::id`]) as [`list_tree`] listed it,
+/// reading every file once on all cores, a batch of files at a time. A file is read as long as
+/// its opened handle says, so a file that changed since the listing is hashed as it is now.
+pub fn digest_tree(dir: &Path, listing: &TreeListing) -> Result<Option<ArtifactId>, ArchiveError> {
+    digest_tree_with(dir, listing, &|_: &str, _: &FileStat| None)
 }
 
 /// Like [`digest_tree`], taking a file's digest from `known` instead of reading the file when
 /// it has one for the file's path and `lstat` (a stat cache; see [`FileStat`]).
 pub fn digest_tree_with(
     dir: &Path,
-    totals: TreeTotals,
+    listing: &TreeListing,
     known: &(dyn Fn(&str, &FileStat) -> Option<String> + Sync + '_),
 ) -> Result<Option<ArtifactId>, ArchiveError> {
+    let totals = listing.totals;
     let mut hasher =
         ManifestHasher::new(totals.files, totals.bytes).map_err(|source| ArchiveError::Create {
             path: dir.to_path_buf(),
@@ -199,7 +297,7 @@ pub fn digest_tree_with(
     let mut batch: Vec<(ManifestEntry, Option<PathBuf>)> = Vec::new();
     let mut files_in_batch = 0;
     let (mut dirs, mut symlinks) = (0, 0);
-    walk(dir, &mut |visit| {
+    listing.replay_ref(dir, &mut |visit| {
         let (entry, path) = match visit.kind {
             Kind::Dir => {
                 dirs += 1;
@@ -213,7 +311,7 @@ pub fn digest_tree_with(
                 )
             }
             Kind::File => {
-                let stat = FileStat::of(visit.meta);
+                let stat = visit.stat;
                 match known(visit.rel, &stat) {
                     Some(digest) => (
                         entry(
@@ -326,8 +424,10 @@ struct Visit<'a> {
     /// Its path relative to the root, as a manifest records it.
     rel: &'a str,
     kind: Kind<'a>,
-    /// Its `lstat`.
-    meta: &'a Metadata,
+    /// Its `lstat`, as a stat cache compares it.
+    stat: FileStat,
+    /// Its modification time (seconds), as a tar header records it.
+    mtime: u64,
 }
 
 type Visitor<'v> = dyn FnMut(Visit<'_>) -> Result<(), ArchiveError> + 'v;
@@ -389,7 +489,8 @@ fn walk_dir(root: &Path, rel: &mut PathBuf, visit: &mut Visitor<'_>) -> Result<(
                 path: &path,
                 rel: &rel_str,
                 kind,
-                meta: &meta,
+                stat: FileStat::of(&meta),
+                mtime: mtime(&meta),
             })?;
         }
         rel.pop();
@@ -443,12 +544,12 @@ fn read_tree(dir: &Path, tx: SyncSender<Msg>) -> Duration {
         walk(dir, &mut |visit| match visit.kind {
             Kind::Dir => send(Msg::Dir {
                 rel: visit.rel.to_owned(),
-                mtime: mtime(visit.meta),
+                mtime: visit.mtime,
             }),
             Kind::Symlink(target) => send(Msg::Symlink {
                 rel: visit.rel.to_owned(),
                 target: target.to_owned(),
-                mtime: mtime(visit.meta),
+                mtime: visit.mtime,
             }),
             Kind::File => read_file(visit.path, visit.rel, &mut send),
         })
@@ -824,7 +925,13 @@ pub struct ChunkedTree {
 /// `threshold` bytes comes as content-defined chunks (`chunker`), a smaller one as one chunk; a
 /// file `known` gives the digest of is not read. Each file is read exactly as long as its
 /// opened handle says, and refused if it changed while it was read (`unchanged_since`).
-pub fn read_chunked(dir: &Path, threshold: u64, known: Box<Known>, chunker: Chunker) -> ChunkedTree {
+pub fn read_chunked(
+    dir: &Path,
+    listing: TreeListing,
+    threshold: u64,
+    known: Box<Known>,
+    chunker: Chunker,
+) -> ChunkedTree {
     let (tx, rx) = sync_channel(CHUNKED_READ_AHEAD);
     let dir = dir.to_path_buf();
     let reader = std::thread::spawn(move || {
@@ -852,23 +959,23 @@ pub fn read_chunked(dir: &Path, threshold: u64, known: Box<Known>, chunker: Chun
                 blocked += t.elapsed();
                 sent.map_err(|_| abandoned())
             };
-            walk(&dir, &mut |visit| match visit.kind {
+            listing.replay(&dir, &mut |visit| match visit.kind {
                 Kind::Dir => send(TreeItem::Dir {
                     rel: visit.rel.to_owned(),
-                    mtime: mtime(visit.meta),
+                    mtime: visit.mtime,
                 }),
                 Kind::Symlink(target) => send(TreeItem::Symlink {
                     rel: visit.rel.to_owned(),
                     target: target.to_owned(),
-                    mtime: mtime(visit.meta),
+                    mtime: visit.mtime,
                 }),
                 Kind::File => {
-                    let stat = FileStat::of(visit.meta);
+                    let stat = visit.stat;
                     if let Some(digest) = known(visit.rel, &stat) {
                         return send(TreeItem::File {
                             rel: visit.rel.to_owned(),
                             size: stat.size,
-                            mtime: mtime(visit.meta),
+                            mtime: visit.mtime,
                             stat,
                             known: Some(digest),
                         });

@@ -26,8 +26,8 @@ use std::path::Path;
 
 pub use crate::store::rule::Trust;
 pub use create::{
-    ArchivedTree, ChunkedTree, CreateReport, FileStat, Known, TreeItem, TreeTotals, archive_tree,
-    create_tar_zst, digest_tree, digest_tree_with, read_chunked, scan_tree,
+    ArchivedTree, ChunkedTree, CreateReport, FileStat, Known, TreeItem, TreeListing, TreeTotals,
+    archive_tree, create_tar_zst, digest_tree, digest_tree_with, list_tree, read_chunked, scan_tree,
 };
 pub use detect::{describe_content, detect, format_from_name, is_empty_tar};
 pub use error::{ArchiveError, LimitExceeded, UnsafeEntry};

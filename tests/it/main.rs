@@ -62,6 +62,7 @@ mod signals_end_builders_and_hooks;
 mod snapshot_advisory;
 mod snapshot_compacts_scattered_packs;
 mod snapshot_concurrent;
+mod snapshot_never_republishes_a_condemned_manifest;
 mod snapshot_never_reuses_condemned_packs;
 mod snapshot_of_a_changing_tree;
 mod snapshot_packs_are_standard_tar_zst;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::format::{
-    AnyManifest, CHUNK_THRESHOLD, ChunkRef, GC_STATE_VERSION, GcState, POINTER_VERSION, PackRef,
+    AnyManifest, CHUNK_THRESHOLD, ChunkRef, GC_STATE_VERSION, GcState, PACKS, POINTER_VERSION, PackRef,
     PackedManifest, Pointer, SNAPSHOT_MANIFEST_VERSION, SNAPSHOTS, SegmentEntry, SegmentRef, TreeCheck,
     Unreadable, describe_pointer, ends_segment, gc_state_key, host_name, manifest_key, pack_key,
     parse_manifest, parse_pointer, pointer_key, unique_token,
@@ -20,7 +20,7 @@ use super::{
     Phase, Result, SnapshotError, SnapshotOptions, SnapshotPhases, SnapshotProgress, SnapshotReport,
     SnapshotStatus, is_colder,
 };
-use crate::archive::{self, ArchiveError, FileStat, Known, TreeItem, TreeTotals};
+use crate::archive::{self, ArchiveError, FileStat, Known, TreeItem, TreeListing, TreeTotals};
 use crate::ids::ArtifactId;
 use crate::layout::Layout;
 use crate::remote::{CondPut, ObjectVersion, PutOutcome, Remote, RemoteError, RemoteUrl, RemoteWriter};
@@ -30,10 +30,12 @@ use crate::store::{EntryKind, ManifestHasher, StoreError};
 /// its per-write bookkeeping once per chunk rather than once per small write of the encoder.
 const UPLOAD_CHUNK: usize = 1 << 20;
 /// Memory the upload may hold in parts (filling and in flight): with the default 8 MiB parts,
-/// two in flight and one filling. Together with the reader's read-ahead and zstd's buffers this
-/// keeps a snapshot under 64 MiB whatever the tree's size (docs/DESIGN.md, "Snapshots"); on a
-/// fast link two parts in flight keep the upload ahead of the compressor.
-const UPLOAD_BUDGET: usize = 24 << 20;
+/// one in flight and one filling. Together with the reader's read-ahead, the frames being
+/// compressed and the listing this keeps a snapshot under 64 MiB (docs/DESIGN.md, "Snapshots").
+/// Measured on a 610 MB `node_modules` tree against a local S3 server, the upload is not what
+/// a snapshot waits for (the reading thread is): a second part in flight cost 8 MiB and
+/// bought no speed.
+const UPLOAD_BUDGET: usize = 16 << 20;
 /// Snapshot manifests under the key examined when looking for an earlier snapshot of the same
 /// tree (newest first). A key holding more may upload a tree it already has, never a wrong one.
 const MANIFESTS_EXAMINED: usize = 16;
@@ -44,7 +46,8 @@ const LIST_LIMIT: usize = 1000;
 /// tree (nothing is uploaded) or the warmth guard refuses (see [`is_colder`]; `force` skips it).
 ///
 /// One walk first (`lstat` only) checks the tree rule and counts files and bytes, before
-/// anything remote changes. When the remote may already hold this very tree (the current
+/// anything remote changes; it is the only walk: the listing it keeps (paths and `lstat`s) is
+/// what the hashing and the reading pass go through. When the remote may already hold this very tree (the current
 /// snapshot, or another under the key, has the same counts), the tree is hashed to decide
 /// (files the stat cache vouches for are not read). Otherwise the tree is read exactly once: a
 /// reading thread cuts files into chunks and hashes them, and only what the current snapshot
@@ -70,7 +73,10 @@ pub fn snapshot(
     // so anything another machine publishes while we hash and upload is detected.
     let (before, before_version) = timed(&mut phases.remote_ms, || read_pointer(&remote, url))?;
     progress.phase(Phase::Hashing, None);
-    let totals = timed(&mut phases.walk_ms, || archive::scan_tree(dir)).map_err(|e| local(dir, e))?;
+    // The one walk of the tree: what follows reads the files it listed (docs/DESIGN.md,
+    // "Snapshots").
+    let listing = timed(&mut phases.walk_ms, || archive::list_tree(dir)).map_err(|e| local(dir, e))?;
+    let totals = listing.totals;
     let mut report = SnapshotReport {
         status: SnapshotStatus::Uploaded,
         url: url.to_string(),
@@ -105,7 +111,7 @@ pub fn snapshot(
         && is_colder(totals.files, totals.bytes, current)
     {
         let digest =
-            timed(&mut phases.hash_ms, || archive::digest_tree(dir, totals)).map_err(|e| local(dir, e))?;
+            timed(&mut phases.hash_ms, || archive::digest_tree(dir, &listing)).map_err(|e| local(dir, e))?;
         report.digest = digest.map(|d| d.to_string()).unwrap_or_default();
         if options.strict {
             return Err(SnapshotError::Refused {
@@ -133,7 +139,7 @@ pub fn snapshot(
     let known = if maybe_known {
         let vouched = |rel: &str, stat: &FileStat| stats.digest(rel, stat);
         let digest = timed(&mut phases.hash_ms, || {
-            archive::digest_tree_with(dir, totals, &vouched)
+            archive::digest_tree_with(dir, &listing, &vouched)
         })
         .map_err(|e| local(dir, e))?;
         let Some(digest) = digest else {
@@ -185,7 +191,7 @@ pub fn snapshot(
                 stats,
                 stat_path: stat_path.as_deref(),
             };
-            job.run(base, &mut report, &mut phases)?
+            job.run(base, listing, &mut report, &mut phases)?
         }
     };
     report.digest = published.digest.clone();
@@ -314,28 +320,70 @@ impl Published {
 }
 
 /// The manifest of this tree's snapshot when the remote already has it (A→B→A, or another
-/// machine), in either format, with every object it names present at its size.
+/// machine), in either format, with every object it names present at its size, and neither it
+/// nor any of them condemned by the remote gc. A condemned object past its grace may be
+/// deleted at any moment by a gc run that read the pointer before this snapshot moves it, so
+/// such a manifest is not published again as it is: the snapshot uploads what the tree needs
+/// and writes the manifest afresh over it, which the gc then treats as a new object
+/// (docs/DESIGN.md, "Remote gc").
 fn existing_manifest(url: &RemoteUrl, remote: &Remote, digest: &str) -> Result<Option<Published>> {
-    let Some(bytes) = remote.get_bytes(&manifest_key(url, digest))? else {
+    let key = manifest_key(url, digest);
+    let Some(bytes) = remote.get_bytes(&key)? else {
         return Ok(None);
     };
     let Ok(manifest) = parse_manifest(&bytes, digest) else {
         return Ok(None);
     };
     let objects: Vec<(String, u64)> = match &manifest {
-        AnyManifest::Archive(m) => vec![(url.join(&m.archive), m.archive_bytes)],
+        AnyManifest::Archive(m) => vec![(m.archive.clone(), m.archive_bytes)],
         AnyManifest::Packed(m) => m
             .packs
             .iter()
-            .map(|p| (pack_key(url, &p.token), p.bytes))
+            .map(|p| (format!("{PACKS}/{}.tar.zst", p.token), p.bytes))
             .collect(),
     };
-    for (key, size) in objects {
-        if remote.head(&key)?.is_none_or(|meta| meta.size != size) {
+    // Read before the objects are looked at: whatever a gc condemns after this read is
+    // deleted more than a grace later, when the pointer already names this manifest.
+    let condemned = match read_condemned(url, remote)? {
+        Ok(condemned) => condemned,
+        Err(reason) => {
+            tracing::debug!("not reusing {}: {reason}", remote.describe(&key));
+            return Ok(None);
+        }
+    };
+    let relative = format!("{SNAPSHOTS}/{digest}.json");
+    if let Some(object) = std::iter::once(&relative)
+        .chain(objects.iter().map(|(k, _)| k))
+        .find(|k| condemned.contains(k.as_str()))
+    {
+        tracing::info!(
+            "{}: the remote gc condemned {object}; writing this snapshot afresh",
+            remote.describe(&key)
+        );
+        return Ok(None);
+    }
+    for (relative, size) in objects {
+        if remote
+            .head(&url.join(&relative))?
+            .is_none_or(|meta| meta.size != size)
+        {
             return Ok(None);
         }
     }
     Ok(Some(Published::of(&manifest)))
+}
+
+/// The keys (relative to the snapshot key) the remote gc condemned (`KEY/gc.json`); `Err` with
+/// the reason when `gc.json` cannot be read, in which case nothing may be assumed safe to reuse.
+fn read_condemned(url: &RemoteUrl, remote: &Remote) -> Result<std::result::Result<HashSet<String>, String>> {
+    Ok(match remote.get_bytes(&gc_state_key(url))? {
+        None => Ok(HashSet::new()),
+        Some(bytes) => match serde_json::from_slice::<GcState>(&bytes) {
+            Ok(state) if state.version == GC_STATE_VERSION => Ok(state.condemned.into_keys().collect()),
+            Ok(state) => Err(format!("gc.json has format version {}", state.version)),
+            Err(e) => Err(format!("unreadable gc.json: {e}")),
+        },
+    })
 }
 
 /// The pointer and the version read, or `None`s when there is none. An unreadable pointer is
@@ -425,9 +473,18 @@ fn publish(
     our_pack: Option<&str>,
 ) -> Result<Published> {
     let manifest_key = manifest_key(url, &manifest.digest);
-    let expect = remote.get_versioned(&manifest_key)?.map(|(_, version)| version);
     let bytes = Bytes::from(serde_json::to_vec_pretty(manifest).unwrap_or_default());
-    match remote.put_if(&manifest_key, bytes, expect.as_ref())? {
+    let mut expect = remote.get_versioned(&manifest_key)?.map(|(_, version)| version);
+    let mut outcome = remote.put_if(&manifest_key, bytes.clone(), expect.as_ref())?;
+    if matches!(outcome, CondPut::Conflict) && expect.is_some() {
+        // The manifest replaced (an unreadable or condemned one) may have been deleted by the
+        // remote gc meanwhile: then create it.
+        expect = remote.get_versioned(&manifest_key)?.map(|(_, version)| version);
+        if expect.is_none() {
+            outcome = remote.put_if(&manifest_key, bytes, None)?;
+        }
+    }
+    match outcome {
         CondPut::Done(_) => Ok(Published::of(&AnyManifest::Packed(manifest.clone()))),
         CondPut::Conflict => {
             if let Some(token) = our_pack
@@ -536,18 +593,13 @@ fn load_base(
         Ok(AnyManifest::Archive(_)) => return Ok(None),
         Err(reason) => return unusable(reason),
     };
-    let condemned: HashSet<String> = match remote.get_bytes(&gc_state_key(url))? {
-        None => HashSet::new(),
-        Some(bytes) => match serde_json::from_slice::<GcState>(&bytes) {
-            Ok(state) if state.version == GC_STATE_VERSION => state
-                .condemned
-                .keys()
-                .filter_map(|k| k.strip_prefix("packs/")?.strip_suffix(".tar.zst"))
-                .map(str::to_owned)
-                .collect(),
-            Ok(state) => return unusable(format!("gc.json has format version {}", state.version)),
-            Err(e) => return unusable(format!("unreadable gc.json: {e}")),
-        },
+    let condemned: HashSet<String> = match read_condemned(url, remote)? {
+        Ok(keys) => keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("packs/")?.strip_suffix(".tar.zst"))
+            .map(str::to_owned)
+            .collect(),
+        Err(reason) => return unusable(reason),
     };
     for pack in &manifest.packs {
         let key = pack_key(url, &pack.token);
@@ -693,6 +745,7 @@ impl Upload<'_> {
     fn run(
         &self,
         base: Option<Arc<Base>>,
+        listing: TreeListing,
         report: &mut SnapshotReport,
         phases: &mut SnapshotPhases,
     ) -> Result<Published> {
@@ -738,7 +791,7 @@ impl Upload<'_> {
             None => Box::new(|_: &str, _: &FileStat| None),
         };
         let recorded_at = stat::now_ns();
-        let mut tree = archive::read_chunked(dir, CHUNK_THRESHOLD, skip, cut);
+        let mut tree = archive::read_chunked(dir, listing, CHUNK_THRESHOLD, skip, cut);
         let mut pass = Pass::new(
             PackWriter::new(&mut sink, &token, self.options.level),
             base.as_deref(),

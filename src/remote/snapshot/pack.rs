@@ -700,7 +700,7 @@ mod tests {
         let files = vec![
             ("d/small", b"hello".to_vec()),
             ("d/empty", Vec::new()),
-            ("d/big", content(7, 3 << 20)),
+            ("d/big", content(7, 6 << 20)),
             (
                 "d/a-path-long-enough-to-need-a-gnu-long-name-entry/0123456789/0123456789/0123456789/0123456789/f",
                 content(9, 300_000),
