@@ -67,6 +67,7 @@ mod snapshot_never_reuses_condemned_packs;
 mod snapshot_of_a_changing_tree;
 mod snapshot_packs_are_standard_tar_zst;
 mod snapshot_round_trip;
+mod snapshot_survives_a_damaged_stat_cache;
 mod snapshot_unchanged_and_warmth_guard;
 mod snapshot_uploads_only_the_change;
 mod staging_of_killed_process_swept_at_once;

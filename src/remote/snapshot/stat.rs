@@ -10,9 +10,12 @@
 //! "wcsnap\0"  u32 version  u64 recorded_at_ns  u64 count
 //! count × { u64 path_len, path, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev,
 //!           u8 executable, [u8; 32] BLAKE3 }
+//! [u8; 32] BLAKE3 of everything before it
 //! ```
 //!
-//! Anything malformed makes the whole cache be ignored, which only costs reading the files.
+//! Anything malformed makes the whole cache be ignored, which only costs reading the files. The
+//! trailing digest matters: a digest damaged on disk would otherwise be trusted for a file, and
+//! every later snapshot would fail as if the directory kept changing.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -22,7 +25,7 @@ use crate::archive::FileStat;
 use crate::build::fingerprint::RACY_WINDOW;
 
 const MAGIC: &[u8; 7] = b"wcsnap\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// The smallest entry: an empty path and the fixed fields.
 const MIN_ENTRY: usize = 8 + 8 * 5 + 1 + 32;
 
@@ -61,6 +64,10 @@ impl StatCache {
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
+        let (bytes, trailer) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+        if blake3::hash(bytes).as_bytes() != trailer {
+            return None;
+        }
         let mut r = Reader { bytes, at: 0 };
         if r.take(MAGIC.len())? != MAGIC || r.u32()? != VERSION {
             return None;
@@ -190,6 +197,10 @@ impl LocalWriter {
             stats.seek(SeekFrom::Start(HEADER))?;
             stats.write_all(&(recorded_at_ns as u64).to_le_bytes())?;
             stats.write_all(&count.to_le_bytes())?;
+            stats.flush()?;
+            let digest = blake3::hash(&std::fs::read(stats.path())?);
+            stats.seek(SeekFrom::End(0))?;
+            stats.write_all(digest.as_bytes())?;
             let segments = files.segments.into_inner().map_err(|e| e.into_error())?;
             segments.persist(SegmentCache::path(&path)).map_err(|e| e.error)?;
             stats.persist(&path).map_err(|e| e.error)?;
@@ -329,5 +340,14 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(StatCache::decode(&longer).is_none());
+        // Any flipped bit (a damaged digest above all) makes the whole cache be ignored.
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            assert!(
+                StatCache::decode(&damaged).is_none(),
+                "byte {at} flipped was trusted"
+            );
+        }
     }
 }
