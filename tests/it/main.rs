@@ -58,6 +58,7 @@ mod restore_never_swaps_in_unverified_bytes;
 mod restore_of_the_old_format;
 mod restore_refuses_a_directory_inside_the_cache;
 mod restore_reports_where_its_time_went;
+mod restore_tells_a_new_key_from_a_missing_bucket;
 mod signals_end_builders_and_hooks;
 mod snapshot_advisory;
 mod snapshot_compacts_scattered_packs;

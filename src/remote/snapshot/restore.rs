@@ -450,6 +450,12 @@ impl<'a> Restore<'a> {
             .get_bytes(&pointer_key)
             .map_err(|e| self.clock.remote_err(e))?
         else {
+            // S3 answers a GET in a bucket that does not exist with a 404, as for a missing
+            // object: one listing tells a new key (an empty listing) from a wrong bucket (an
+            // error naming it), so a typo is reported instead of looking like a first run.
+            self.remote
+                .list(&self.url.join(""), 1)
+                .map_err(|e| self.clock.remote_err(e))?;
             if strict {
                 return Err(SnapshotError::NoSnapshot {
                     target: self.remote.describe(&pointer_key),
