@@ -30,7 +30,9 @@ pub struct SnapshotArgs {
     /// $WARMCACHE_REMOTE, else `[remote] url` of the nearest warmcache.toml).
     #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL", value_parser = super::share::parse_url)]
     pub remote: Option<RemoteUrl>,
-    /// Replace the remote snapshot even if it holds more files and bytes than DIR.
+    /// Replace the remote snapshot whatever it holds: even if it holds more files and bytes
+    /// than DIR, and with a full pack that shares nothing with earlier snapshots (replaces a
+    /// damaged one), even if DIR is unchanged.
     #[arg(long)]
     pub force: bool,
     /// Exit 1 when the snapshot could not be made current (remote errors, refusal, conflict)
@@ -220,6 +222,13 @@ pub fn run_restore(cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
             out.warn(&format!(
                 "`{dir}` not restored, running cold (it was left untouched): {e}"
             ));
+            if e.is_damage() {
+                out.warn(&format!(
+                    "the snapshot at {url} is damaged; replace it from a good copy of the tree with \
+                     `warmcache snapshot DIR --remote {url} --force` (a full pack that shares \
+                     nothing with the damaged one)"
+                ));
+            }
             out.result(
                 &json!({ "status": "degraded", "dir": args.dir, "url": url.to_string(), "error": e.to_string() }),
                 || format!("not restored (left untouched): {dir}"),

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod a_damaged_snapshot_is_replaced_with_force;
 mod a_hit_only_reads;
 mod activate_hook_failure;
 mod activate_never_shares_the_store;

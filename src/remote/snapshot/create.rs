@@ -158,6 +158,7 @@ pub fn snapshot(
         // removed it); otherwise upload again to repair it.
         if let Some(current) = &before
             && current.digest == report.digest
+            && !options.force
             && timed(&mut phases.remote_ms, || {
                 remote.head(&manifest_key(url, &current.digest))
             })?
@@ -166,7 +167,10 @@ pub fn snapshot(
             return finish(report, phases, SnapshotStatus::Unchanged);
         }
     }
+    // `--force` replaces whatever the remote holds (a damaged pack, say) with a full pack that
+    // shares nothing with earlier snapshots.
     let existing = match &known {
+        Some(_) if options.force => None,
         Some(digest) => timed(&mut phases.remote_ms, || {
             existing_manifest(url, &remote, digest.as_str())
         })?,
@@ -176,9 +180,12 @@ pub fn snapshot(
         Some(m) => m,
         None => {
             let segments = stat_path.as_deref().map(SegmentCache::load).unwrap_or_default();
-            let base = timed(&mut phases.remote_ms, || {
-                load_base(url, &remote, before.as_ref(), &segments)
-            })?;
+            let base = match options.force {
+                true => None,
+                false => timed(&mut phases.remote_ms, || {
+                    load_base(url, &remote, before.as_ref(), &segments)
+                })?,
+            };
             drop(segments);
             let job = Upload {
                 dir,
@@ -871,7 +878,10 @@ impl Upload<'_> {
         // of it was not among those examined): then theirs is as good, and ours is abandoned
         // before it ever becomes visible.
         let t = Instant::now();
-        let existing = existing_manifest(url, remote, &digest)?;
+        let existing = match self.options.force {
+            true => None,
+            false => existing_manifest(url, remote, &digest)?,
+        };
         phases.remote_ms += t.elapsed().as_millis() as u64;
         if let Some(m) = existing {
             drop(sink);

@@ -70,7 +70,9 @@ pub fn is_colder(files: u64, bytes: u64, remote: &Pointer) -> bool {
 /// How [`snapshot`] runs.
 #[derive(Debug, Clone)]
 pub struct SnapshotOptions {
-    /// Replace the remote snapshot even when the warmth guard says the local tree is colder.
+    /// Replace the remote snapshot whatever it holds: even when the warmth guard says the local
+    /// tree is colder, and with a full pack that shares nothing with earlier snapshots (the way
+    /// to replace a damaged pack), even when the tree is unchanged.
     pub force: bool,
     /// Return refusals and conflicts as errors instead of reports.
     pub strict: bool,
@@ -417,6 +419,17 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
+    /// Whether the remote's data is damaged or altered (as opposed to unreachable or slow), so
+    /// that only replacing the snapshot (`snapshot --force` from a good tree) repairs the key.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Self::BadObject { .. }
+                | Self::Extract { .. }
+                | Self::Remote(RemoteError::DigestMismatch { .. } | RemoteError::SizeMismatch { .. })
+        )
+    }
+
     /// Whether this is a problem with the local directory (always reported as an error) rather
     /// than with the remote or its data (advisory: a warning unless `--strict`).
     pub fn is_local(&self) -> bool {
