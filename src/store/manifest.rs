@@ -77,6 +77,20 @@ pub struct ManifestEntry {
     pub target: Option<String>,
 }
 
+impl ManifestEntry {
+    /// A regular file with its content digest (hex).
+    pub fn file(path: String, exec: bool, size: u64, digest: String) -> Self {
+        Self {
+            path,
+            kind: EntryKind::File,
+            exec,
+            size,
+            digest: Some(digest),
+            target: None,
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -30,17 +30,6 @@ pub(crate) fn describe(meta: &Metadata) -> &'static str {
     }
 }
 
-fn file_entry(path: String, exec: bool, size: u64, digest: String) -> ManifestEntry {
-    ManifestEntry {
-        path,
-        kind: EntryKind::File,
-        exec,
-        size,
-        digest: Some(digest),
-        target: None,
-    }
-}
-
 /// Hashes a whole file (BLAKE3, hex) from an open handle.
 pub fn hash_file(mut file: &File, path: &Path) -> io::Result<(u64, String)> {
     let mut hasher = blake3::Hasher::new();
@@ -115,13 +104,13 @@ pub(crate) fn copy_one_file(
     progress: &Progress,
 ) -> Result<ManifestEntry, StoreError> {
     let (exec, size, digest) = copy_and_hash(src, dst, progress)?;
-    Ok(file_entry(String::new(), exec, size, digest))
+    Ok(ManifestEntry::file(String::new(), exec, size, digest))
 }
 
 /// Hashes a single staged file.
 pub(crate) fn hash_one_file(path: &Path, progress: &Progress) -> Result<ManifestEntry, StoreError> {
     let (exec, size, digest) = hash_in_place(path, progress)?;
-    Ok(file_entry(String::new(), exec, size, digest))
+    Ok(ManifestEntry::file(String::new(), exec, size, digest))
 }
 
 /// Copies the tree at `src` to the new directory `dst` (files on several threads), returning
@@ -222,7 +211,7 @@ fn process_tree(src: &Path, pass: Pass<'_>, progress: &Progress) -> Result<Vec<M
         }
     })?;
     for ((rel_str, _), (exec, size, digest)) in files.into_iter().zip(hashed) {
-        entries.push(file_entry(rel_str, exec, size, digest));
+        entries.push(ManifestEntry::file(rel_str, exec, size, digest));
     }
     Ok(entries)
 }

@@ -24,7 +24,8 @@ use crate::archive::{self, ArchiveError, FileStat, Known, TreeItem, TreeListing,
 use crate::ids::ArtifactId;
 use crate::layout::Layout;
 use crate::remote::{CondPut, ObjectVersion, PutOutcome, Remote, RemoteError, RemoteUrl, RemoteWriter};
-use crate::store::{EntryKind, ManifestHasher, StoreError};
+
+use crate::store::{EntryKind, ManifestEntry, ManifestHasher, StoreError};
 
 /// Compressed bytes are handed to the uploader in chunks of this size, so the upload path does
 /// its per-write bookkeeping once per chunk rather than once per small write of the encoder.
@@ -1113,7 +1114,7 @@ impl<'b, W: Write> Pass<'b, W> {
                 if let Some(d) = b3(&digest) {
                     self.local.push(&rel, &StatEntry { stat, digest: d });
                 }
-                let entry = file_entry(rel, stat.exec, size, digest);
+                let entry = SegmentEntry::new(ManifestEntry::file(rel, stat.exec, size, digest));
                 self.push(entry, chunks.into_iter().map(Loc::Ref).collect())?;
             }
             TreeItem::File {
@@ -1151,12 +1152,12 @@ impl<'b, W: Write> Pass<'b, W> {
                         digest: *digest.as_bytes(),
                     },
                 );
-                let entry = file_entry(
+                let entry = SegmentEntry::new(ManifestEntry::file(
                     current.rel,
                     current.stat.exec,
                     current.size,
                     digest.to_hex().to_string(),
-                );
+                ));
                 self.push(entry, current.locs)?;
             }
         }
@@ -1250,7 +1251,7 @@ impl<'b, W: Write> Pass<'b, W> {
     /// Adds an entry to the digest and the current segment, closing the segment where the
     /// format cuts it.
     fn push(&mut self, entry: SegmentEntry, locs: Vec<Loc>) -> Result<(), PassError> {
-        self.hasher.push(&entry.hasher_entry()).map_err(|source| {
+        self.hasher.push(entry.hasher_entry()).map_err(|source| {
             PassError::Read(ArchiveError::Create {
                 path: PathBuf::from(&entry.path),
                 source,
@@ -1401,27 +1402,14 @@ const CHUNKS_DIR: &str = ".warmcache-chunks";
 const MAX_PACKS: usize = 8;
 
 fn plain(path: String, kind: EntryKind, target: Option<String>) -> SegmentEntry {
-    SegmentEntry {
+    SegmentEntry::new(ManifestEntry {
         path,
         kind,
         exec: false,
         size: 0,
         digest: None,
         target,
-        chunks: Vec::new(),
-    }
-}
-
-fn file_entry(path: String, exec: bool, size: u64, digest: String) -> SegmentEntry {
-    SegmentEntry {
-        path,
-        kind: EntryKind::File,
-        exec,
-        size,
-        digest: Some(digest),
-        target: None,
-        chunks: Vec::new(),
-    }
+    })
 }
 
 /// The end of the archive pipeline: hashes the compressed bytes and hands them to the uploader

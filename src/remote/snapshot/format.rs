@@ -203,45 +203,40 @@ pub struct SegmentRef {
 }
 
 /// One line of a manifest segment (JSON Lines, zstd-compressed): one entry of the tree, in
-/// manifest order.
+/// manifest order: the entry exactly as the tree digest sees it (its fields at the top level of
+/// the line), and where a file's content is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentEntry {
-    /// The path relative to the tree's root, `/`-separated.
-    pub path: String,
-    /// What the entry is.
-    pub kind: EntryKind,
-    /// Whether a file is executable.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub exec: bool,
-    /// The size of a file in bytes.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub size: u64,
-    /// BLAKE3 of a file's bytes (hex).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-    /// The target of a symlink, verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// A file's content, in order: the chunks add up to `size` (none for an empty file).
+    /// Path, kind, executable bit, size, digest and symlink target.
+    #[serde(flatten)]
+    pub entry: ManifestEntry,
+    /// A file's content, in order: the chunks add up to its size (none for an empty file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRef>,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+impl SegmentEntry {
+    /// An entry without content locations (a directory, a symlink, or a file whose chunks are
+    /// added next).
+    pub fn new(entry: ManifestEntry) -> Self {
+        Self {
+            entry,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// The entry as the tree digest sees it (no chunk locations).
+    pub fn hasher_entry(&self) -> &ManifestEntry {
+        &self.entry
+    }
 }
 
-impl SegmentEntry {
-    /// The entry as the tree digest sees it (no chunk locations).
-    pub fn hasher_entry(&self) -> ManifestEntry {
-        ManifestEntry {
-            path: self.path.clone(),
-            kind: self.kind,
-            exec: self.exec,
-            size: self.size,
-            digest: self.digest.clone(),
-            target: self.target.clone(),
-        }
+/// Reads of the entry's own fields (`path`, `kind`, `size`, ...), which most code wants.
+impl std::ops::Deref for SegmentEntry {
+    type Target = ManifestEntry;
+
+    fn deref(&self) -> &ManifestEntry {
+        &self.entry
     }
 }
 
@@ -463,7 +458,7 @@ impl<'a> TreeCheck<'a> {
             EntryKind::Symlink => self.counts.1 += 1,
             EntryKind::File => {}
         }
-        self.hasher.push(&entry.hasher_entry()).map_err(|e| e.to_string())
+        self.hasher.push(entry.hasher_entry()).map_err(|e| e.to_string())
     }
 
     /// Whether the entries hash to the manifest's digest and match its counts.

@@ -608,7 +608,6 @@ impl Drop for Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::EntryKind;
 
     fn content(seed: u64, len: usize) -> Vec<u8> {
         // Incompressible-ish bytes (xorshift), so frames have realistic sizes.
@@ -679,12 +678,12 @@ mod tests {
 
     fn entry(path: &str) -> SegmentEntry {
         SegmentEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            exec: false,
-            size: 3,
-            digest: Some(blake3::hash(b"abc").to_hex().to_string()),
-            target: None,
+            entry: crate::store::ManifestEntry::file(
+                path.into(),
+                false,
+                3,
+                blake3::hash(b"abc").to_hex().to_string(),
+            ),
             chunks: vec![ChunkRef {
                 pack: "0123456789abcdef".into(),
                 frame: [0, 10],
