@@ -10,14 +10,14 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 use warmcache::remote::{CondPut, Remote, RemoteUrl};
 
 use crate::support::s3_server::TestS3;
-use crate::support::snapshots::{objects, pointer, restore, snapshot};
+use crate::support::snapshots::{age_object, objects, pointer, restore, snapshot};
 use crate::support::{describe_tree, json_ok, make_tree, run, warmcache_s3};
 
 const KEY: &str = "site/node_modules";
@@ -44,12 +44,7 @@ fn age_everything(server: &TestS3) {
 }
 
 fn age(server: &TestS3, relative: &str) {
-    let file = std::fs::File::options()
-        .write(true)
-        .open(server.object_path(&format!("{KEY}/{relative}")))
-        .unwrap();
-    file.set_modified(SystemTime::now() - Duration::from_secs(3600))
-        .unwrap();
+    age_object(server, &format!("{KEY}/{relative}"));
 }
 
 /// Keys (relative to KEY) of a report's list.

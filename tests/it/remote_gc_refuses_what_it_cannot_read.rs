@@ -7,14 +7,13 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde_json::json;
 use warmcache::remote::{CondPut, Remote, RemoteUrl};
 
 use crate::support::s3_server::TestS3;
-use crate::support::snapshots::{objects, snapshot};
+use crate::support::snapshots::{age_object, objects, snapshot};
 use crate::support::{json_exit, json_ok, make_tree, run, stderr, warmcache_s3};
 
 const KEY: &str = "team/tree";
@@ -35,12 +34,7 @@ fn put_old(server: &TestS3, relative: &str, bytes: &[u8]) {
 }
 
 fn age(server: &TestS3, relative: &str) {
-    let file = std::fs::File::options()
-        .write(true)
-        .open(server.object_path(&format!("{KEY}/{relative}")))
-        .unwrap();
-    file.set_modified(SystemTime::now() - Duration::from_secs(3600))
-        .unwrap();
+    age_object(server, &format!("{KEY}/{relative}"));
 }
 
 /// Two real snapshots (the older one unreachable with `--keep 0`), everything written an hour

@@ -140,3 +140,14 @@ pub fn assert_restore_leaves_dir_untouched(
     }
     elapsed
 }
+
+/// Makes the object at `key` an hour old on the server (its `LastModified`), as if written long
+/// before: past any grace a test gives the remote gc.
+pub fn age_object(server: &TestS3, key: &str) {
+    let file = std::fs::File::options()
+        .write(true)
+        .open(server.object_path(key))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+}
