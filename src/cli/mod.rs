@@ -343,13 +343,14 @@ pub fn run() -> ExitCode {
     // First, before any thread starts: SIGINT, SIGTERM and SIGHUP end running builders and
     // hooks with their process groups (docs/DESIGN.md, "Nothing outlives its command").
     let signals = warmcache::signals::install();
-    let cli = match Cli::command()
+    let (cli, command) = match Cli::command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)))
     {
         Ok((cli, matches)) => match remote_gc_conflict(&matches) {
             Some(err) => return usage_error(err),
-            None => cli,
+            // The command's name on the command line is its `--json` schema's name (output.rs).
+            None => (cli, matches.subcommand_name().unwrap_or_default().to_owned()),
         },
         Err(err) => return usage_error(err),
     };
@@ -359,7 +360,7 @@ pub fn run() -> ExitCode {
             format!("--{} is internal to `warmcache ensure`", revalidate::FLAG),
         ));
     }
-    let out = Output::new(cli.global.json, cli.global.quiet, cli.global.verbose);
+    let out = Output::new(cli.global.json, cli.global.quiet, cli.global.verbose, &command);
     out.init_logging();
     if let Err(e) = signals {
         tracing::warn!("cannot take over termination signals; a builder may outlive warmcache: {e}");
@@ -444,7 +445,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
             .collect::<Vec<_>>()
             .join(" ");
         let message = message.strip_prefix("error: ").unwrap_or(&message);
-        println!("{}", serde_json::json!({ "error": message, "kind": "usage" }));
+        println!("{}", output::usage_error_json(message));
     }
     let _ = err.print();
     ExitCode::from(2)

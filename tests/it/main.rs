@@ -40,6 +40,7 @@ mod import_hooks_and_modes_on_staging;
 mod import_named_archive_must_be_one;
 mod inputs_changed_during_a_build_are_never_recorded;
 mod json_is_kept_on_usage_errors;
+mod json_output_matches_its_schema;
 mod messages_say_what_is_wrong;
 mod path_lease_never_hands_out_a_collected_path;
 mod reader_survives_reimport_and_quarantine;

@@ -5,6 +5,7 @@
 
 pub mod machine;
 pub mod s3_server;
+pub mod schemas;
 pub mod snapshots;
 
 use s3_server::TestS3;
@@ -60,7 +61,8 @@ pub fn json_ok(out: &Output) -> serde_json::Value {
     json_exit(out, 0)
 }
 
-/// The one JSON object a command printed, checking it exited with `code`.
+/// The one JSON object a command printed, checking it exited with `code` and that the object is
+/// valid against the schema document it names ([`schemas::check`]).
 pub fn json_exit(out: &Output, code: i32) -> serde_json::Value {
     assert_eq!(
         out.status.code(),
@@ -71,7 +73,9 @@ pub fn json_exit(out: &Output, code: i32) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    let value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    schemas::check(&value);
+    value
 }
 
 /// What a command wrote to stderr.
