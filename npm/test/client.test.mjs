@@ -59,6 +59,7 @@ test("ensure builds, then hits; results are the CLI's JSON", LONG, async (t) => 
   assert.equal(built.failure, null);
   assert.equal(typeof built.updated_at, "number");
   assert.equal(built.warning, undefined);
+  assert.equal(built.schema, `warmcache.ensure/${wc.SCHEMA_VERSIONS.ensure}`);
   const hit = await wc.ensure("demo", { ...opts, lease: 60_000 });
   assert.equal(hit.status, "hit");
   assert.equal(hit.artifact, built.artifact);
@@ -314,6 +315,30 @@ test("WARMCACHE_BINARY pointing nowhere is a spawn error naming the fix", async 
   } finally {
     process.env.WARMCACHE_BINARY = saved;
   }
+});
+
+test("every result and error names the schema version this client reads", LONG, async (t) => {
+  const { dir, root } = workspace(t);
+  const st = await wc.status(undefined, { root, cwd: dir });
+  assert.equal(st.schema, `warmcache.status/${wc.SCHEMA_VERSIONS.status}`);
+  const err = await rejection(wc.path("nothing-here", { root }));
+  assert.equal(err.kind, "failure");
+});
+
+test("an object of a major version this client does not know is an output error, not a result", async (t) => {
+  const { dir, root } = workspace(t);
+  // A stand-in for a newer warmcache whose `status` object changed incompatibly.
+  const fake = join(dir, "warmcache-v2");
+  writeFileSync(fake, `#!/bin/sh\necho '{"schema":"warmcache.status/2","root":"x","entries":{}}'\n`, { mode: 0o755 });
+  const err = await rejection(wc.status(undefined, { root, binary: fake }));
+  assert.equal(err.kind, "output");
+  assert.match(err.message, /warmcache\.status\/2.*warmcache\.status\/1/);
+  // One from before schema identities: refused too, naming why.
+  const old = join(dir, "warmcache-old");
+  writeFileSync(old, `#!/bin/sh\necho '{"root":"x","entries":[]}'\n`, { mode: 0o755 });
+  const stale = await rejection(wc.status(undefined, { root, binary: old }));
+  assert.equal(stale.kind, "output");
+  assert.match(stale.message, /without a schema identity/);
 });
 
 if (globalThis.Deno) {

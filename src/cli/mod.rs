@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success (a stale-but-served artifact is success, with a warning), 1 failure,
 //! 2 usage error (clap's own), 130/143/129 ended by SIGINT/SIGTERM/SIGHUP. With `--json`, exactly one JSON object is printed on stdout, also
-//! for failures (`{"error": "..."}`).
+//! for failures (`{"error": "...", "kind": "failure" | "usage"}`), each naming its schema document
+//! (`"schema": "warmcache.<name>/<major>"`, `docs/json/`; docs/DESIGN.md, "JSON output").
 
 mod commands;
 mod context;

@@ -5,6 +5,11 @@
  * (exit 1), a usage error (exit 2), a cancelled call and a CLI that cannot be started reject
  * with a {@link WarmcacheError}. A stale artifact is a result (`status: "stale"`) with its
  * `warning`, never an exception.
+ *
+ * The types mirror the CLI's JSON schema documents (`docs/json/<command>.schema.json` in the
+ * repository): every object names its document (`schema: "warmcache.ensure/1"`), and a result
+ * whose major version this client does not know ({@link SCHEMA_VERSIONS}) rejects with an
+ * `output` error instead of resolving to an object of another shape.
  */
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -14,6 +19,29 @@ import process from "node:process";
 
 // ---------------------------------------------------------------------------------------------
 // Results: the CLI's `--json` objects.
+
+/**
+ * The major version of each `--json` schema this client was written for (`warmcache.<name>/<major>`;
+ * `error` is the error object). A new field or status keeps the major version; a breaking change
+ * bumps it, and this client then refuses the object rather than mistype it.
+ */
+export const SCHEMA_VERSIONS = {
+  activate: 1,
+  ensure: 1,
+  error: 1,
+  gc: 1,
+  import: 1,
+  path: 1,
+  pull: 1,
+  push: 1,
+  restore: 1,
+  snapshot: 1,
+  status: 1,
+  verify: 1,
+} as const;
+
+/** A schema identity: `warmcache.<name>/<major>`. */
+export type SchemaId<N extends keyof typeof SCHEMA_VERSIONS> = `warmcache.${N}/${(typeof SCHEMA_VERSIONS)[N]}`;
 
 /** `transient` failures are retried with backoff; `deterministic` ones wait for new inputs. */
 export type FailureKind = "transient" | "deterministic";
@@ -51,10 +79,11 @@ export interface Warned {
 }
 
 /** What a push did to the fingerprint index: `present` names the artifact already there. */
-export type PushIndexOutcome = { state: "created" } | { state: "present"; artifact: string } | { state: "skipped"; reason: string };
+export type PushIndexOutcome = { state: "created" } | { state: "present"; artifact: string | null } | { state: "skipped"; reason: string };
 
 /** `push` result. */
 export interface PushResult extends Warned {
+  schema: SchemaId<"push">;
   status: "pushed" | "present";
   url: string;
   name: string;
@@ -67,6 +96,7 @@ export interface PushResult extends Warned {
 
 /** A remote problem that did not fail the command (`push`, `pull`). */
 export interface Degraded extends Warned {
+  schema: SchemaId<"push"> | SchemaId<"pull">;
   status: "degraded";
   url: string;
   warning: string;
@@ -76,12 +106,13 @@ export interface Degraded extends Warned {
 export interface RemoteActivity {
   url: string;
   pulled: boolean;
-  pushed?: Omit<PushResult, "status" | "warning">;
+  pushed?: Omit<PushResult, "schema" | "status" | "warning">;
   warnings?: string[];
 }
 
 /** `ensure` result. */
 export interface Ensured extends Warned {
+  schema: SchemaId<"ensure">;
   name: string;
   /** The artifact's content path (a file or a directory). */
   path: string;
@@ -102,14 +133,19 @@ export interface Ensured extends Warned {
   revalidation_log?: string;
   updated_at: number;
   unmatched_globs?: string[];
+  /** Inputs that are FIFOs, sockets or devices: only their kind is fingerprinted. */
+  special_inputs?: string[];
   remote?: RemoteActivity;
   lease_expires_at?: number;
+  /** Problems found on the way that did not stop the call (e.g. a damaged artifact rebuilt). */
+  warnings?: string[];
 }
 
 export type ArtifactKind = "file" | "dir";
 
 /** `importPath` result. */
 export interface Imported extends Warned {
+  schema: SchemaId<"import">;
   name: string | null;
   artifact: string;
   path: string;
@@ -125,6 +161,7 @@ export type LinkMode = "auto" | "reflink" | "hardlink" | "copy" | "symlink";
 
 /** `activate` result. */
 export interface Activated extends Warned {
+  schema: SchemaId<"activate">;
   artifact: string;
   source: string;
   activation: {
@@ -138,9 +175,10 @@ export interface Activated extends Warned {
 
 /** `path` result. */
 export interface PathResult extends Warned {
+  schema: SchemaId<"path">;
   name: string;
   path: string;
-  artifact: string | null;
+  artifact: string;
   lease_expires_at: number | null;
 }
 
@@ -169,21 +207,26 @@ export interface EntryStatus {
 
 /** `status` result. */
 export interface StatusResult extends Warned {
+  schema: SchemaId<"status">;
   root: string;
   entries: EntryStatus[];
 }
 
 /** `verify` result. */
 export interface VerifyResult extends Warned {
+  schema: SchemaId<"verify">;
   checked: number;
   ok: number;
-  damaged: { artifact: string; problems: { path: string; problem: string }[]; quarantined_to: string }[];
+  /** `quarantined_to` is null on a read-only cache, where damage is only reported. */
+  damaged: { artifact: string; problems: { path: string; problem: string }[]; quarantined_to: string | null }[];
   dangling: string[];
   unreferenced: number;
+  staging_swept: number;
 }
 
 /** `gc` result. */
 export interface GcResult extends Warned {
+  schema: SchemaId<"gc">;
   dry_run: boolean;
   removed: { artifact: string; disk_usage: number; accessed_at: number; reason: "orphaned" | "too-old" | "over-budget" }[];
   freed: number;
@@ -211,6 +254,7 @@ export interface SnapshotPointer {
 
 /** `snapshot` result. */
 export interface SnapshotResult extends Warned {
+  schema: SchemaId<"snapshot">;
   /** `refused`: the warmth guard kept a remote snapshot holding more than DIR. */
   status: "uploaded" | "unchanged" | "refused" | "conflict";
   url: string;
@@ -218,7 +262,17 @@ export interface SnapshotResult extends Warned {
   files: number;
   bytes: number;
   uploaded_bytes: number;
-  archive: string | null;
+  /** The pack uploaded, when one was. */
+  pack: string | null;
+  /** Whether the pack holds the whole tree (a first snapshot, or a compaction). */
+  full: boolean;
+  compacted: boolean;
+  new_chunks: number;
+  reused_chunks: number;
+  new_segments: number;
+  reused_segments: number;
+  files_read: number;
+  files_trusted: number;
   remote: SnapshotPointer | null;
   elapsed_ms: number;
   /** Where the time went, in milliseconds (see the README, "JSON output"). */
@@ -241,6 +295,7 @@ export interface SnapshotPhases {
 
 /** `restore` result. */
 export interface RestoreResult extends Warned {
+  schema: SchemaId<"restore">;
   status: "restored" | "unchanged" | "no-snapshot";
   dir: string;
   url: string;
@@ -248,6 +303,9 @@ export interface RestoreResult extends Warned {
   files: number;
   bytes: number;
   downloaded_bytes: number;
+  /** Content taken from this machine (DIR, the local store) instead of downloaded. */
+  seeded_bytes: number;
+  fetched_chunks: number;
   elapsed_ms: number;
   /** Where the time went, in milliseconds; download and extraction overlap. */
   phases: RestorePhases;
@@ -256,6 +314,7 @@ export interface RestoreResult extends Warned {
 /** `restore`'s time per phase (ms). `extract_ms` = `download_wait_ms` + `decompress_ms` + `write_ms`. */
 export interface RestorePhases {
   lookup_ms: number;
+  seed_ms: number;
   download_ms: number;
   download_wait_ms: number;
   decompress_ms: number;
@@ -268,6 +327,7 @@ export interface RestorePhases {
 
 /** `snapshot`/`restore` when the remote was unusable: DIR and the remote were left as they were. */
 export interface SnapshotDegraded extends Warned {
+  schema: SchemaId<"snapshot"> | SchemaId<"restore">;
   status: "degraded";
   dir: string;
   url: string;
@@ -277,6 +337,7 @@ export interface SnapshotDegraded extends Warned {
 
 /** `pull` result. */
 export interface Pulled extends Warned {
+  schema: SchemaId<"pull">;
   status: "pulled";
   url: string;
   name: string;
@@ -290,6 +351,7 @@ export interface Pulled extends Warned {
 
 /** `pull` when the remote has nothing for the current inputs. */
 export interface PullMiss extends Warned {
+  schema: SchemaId<"pull">;
   status: "miss";
   name: string;
   fingerprint: string;
@@ -661,7 +723,10 @@ export function run<T extends object>(args: string[], options: CallOptions = {})
       } catch {
         parsed = undefined;
       }
-      if (code === 0 && parsed) {
+      const unknown = parsed && unknownSchema(parsed, code === 0 ? args[0] : "error");
+      if (parsed && unknown) {
+        fail(`warmcache ${args[0]} printed ${unknown}; update the warmcache package, or point WARMCACHE_BINARY at the binary it ships`, "output", code, err);
+      } else if (code === 0 && parsed) {
         // A `warning` the CLI put in its JSON wins; else its stderr, when it printed any.
         const warning = typeof parsed.warning === "string" ? parsed.warning : err.trim();
         resolve((warning === "" ? parsed : { ...parsed, warning }) as T);
@@ -678,6 +743,30 @@ export function run<T extends object>(args: string[], options: CallOptions = {})
       }
     });
   });
+}
+
+/**
+ * Why this client cannot read `value` (printed by `command`, or `error` for an error object), or
+ * undefined when it can: its schema identity must be `warmcache.<name>/<major>` with the major
+ * version in {@link SCHEMA_VERSIONS}. A command this client does not know (called through
+ * {@link run}) is taken as it is.
+ */
+function unknownSchema(value: Record<string, unknown>, command: string | undefined): string | undefined {
+  const id = value.schema;
+  const known = SCHEMA_VERSIONS as Record<string, number>;
+  if (typeof id !== "string") {
+    return command !== undefined && command in known
+      ? "an object without a schema identity (a warmcache binary older than this client)"
+      : undefined;
+  }
+  const match = /^warmcache\.([a-z-]+)\/(\d+)$/.exec(id);
+  if (!match) return `an object of an unknown schema \`${id}\``;
+  const [, name, major] = match;
+  if (!(name in known)) return undefined;
+  if (Number(major) !== known[name]) {
+    return `schema \`${id}\`, but this client reads \`warmcache.${name}/${known[name]}\``;
+  }
+  return undefined;
 }
 
 function flag(args: string[], name: string, on: boolean | undefined): void {
