@@ -33,7 +33,7 @@ fn validation_failure_waits_for_new_inputs() {
 
     let out = run(ensure().arg("--json"));
     assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = crate::support::json_any(&out);
     assert_eq!(v["failure"]["kind"], "deterministic", "{v}");
     assert!(v["failure"]["next_retry_at"].is_null());
     assert_eq!(runs(), 1);
@@ -78,7 +78,7 @@ fn listed_exit_codes_are_deterministic_and_others_transient() {
             .current_dir(&project)
             .args(["--json", "ensure", name]));
         assert_eq!(out.status.code(), Some(1));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: serde_json::Value = crate::support::json_any(&out);
         assert_eq!(v["failure"]["kind"], kind, "entry {name}: {v}");
     }
 }

@@ -47,7 +47,7 @@ build = "echo run >> \"$COUNTER\"; if grep -q import-map main.js; then echo 'err
         "stale-but-served is success: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first: serde_json::Value = crate::support::json_any(&out);
     assert_eq!(first["status"], "stale");
     assert_eq!(first["path"].as_str().unwrap(), good_path);
     assert_eq!(first["failure"]["kind"], "transient");

@@ -22,7 +22,7 @@ fn backoff_grows_between_attempts() {
             run(warmcache(&root)
                 .current_dir(&project)
                 .args(["--json", "ensure", "flaky", "--refresh"]));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: serde_json::Value = crate::support::json_any(&out);
         let f = &v["failure"];
         delays.push(f["next_retry_at"].as_i64().unwrap() - warmcache::clock::now_ms());
         assert_eq!(f["attempts"].as_u64().unwrap() as usize, delays.len());

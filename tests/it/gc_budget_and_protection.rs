@@ -100,7 +100,7 @@ fn protected_artifacts_survive_and_dry_run_removes_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("protected"),
         "over-budget warning expected"
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = crate::support::json_any(&out);
     assert_eq!(report["removed"].as_array().unwrap().len(), 3, "{report}");
     assert_eq!(report["protected"], 3);
     assert_eq!(report["budget_met"], false);

@@ -77,7 +77,7 @@ fn check_degraded(
     );
     assert!(warnings[0].contains("building `blob` locally"), "{stderr}");
     assert!(warnings[0].contains(expect), "{stderr}");
-    let ensured: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ensured: serde_json::Value = crate::support::json_any(&out);
     assert_eq!(ensured["status"], "built", "{ensured}");
     assert_eq!(ensured["remote"]["pulled"], false, "{ensured}");
     assert_eq!(ensured["failure"], serde_json::Value::Null, "{ensured}");

@@ -160,7 +160,7 @@ fn pull_of_an_unknown_fingerprint_is_a_clear_miss() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let miss: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let miss: serde_json::Value = crate::support::json_any(&out);
     assert_eq!(miss["status"], "miss", "{miss}");
     assert!(
         stderr.contains("no shared artifact for `bundles/app` with fingerprint"),
@@ -199,7 +199,7 @@ fn imported_entry_pushes_its_artifact_only_and_says_so() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pushed: serde_json::Value = crate::support::json_any(&out);
     assert_eq!(pushed["status"], "pushed");
     assert_eq!(pushed["index"]["state"], "skipped", "{pushed}");
     assert!(stderr.contains("has no fingerprint"), "{stderr}");

@@ -78,6 +78,15 @@ pub fn json_exit(out: &Output, code: i32) -> serde_json::Value {
     value
 }
 
+/// The one JSON object a command printed, whatever its exit code, checked against the schema
+/// document it names ([`schemas::check`]).
+pub fn json_any(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    schemas::check(&value);
+    value
+}
+
 /// What a command wrote to stderr.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
