@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use crate::support::s3_server::TestS3;
 use crate::support::{self, run, schemas, warmcache, warmcache_s3};
 
-/// The identities of the objects seen, and the variant each matched.
+/// The schema identities of the objects seen.
 #[derive(Default)]
 struct Seen(BTreeSet<String>);
 
