@@ -1,0 +1,184 @@
+//! Which storage the remote tests run against, chosen by `WARMCACHE_TEST_BACKEND`:
+//!
+//! - `s3s` (the default): an S3 server inside the test process (`s3s` over `s3s-fs`), one per
+//!   test, needing nothing installed;
+//! - `moto`: moto's S3 server (`moto[server]`, pinned in test-servers/requirements.txt);
+//!
+//! Every test talks to the backend through the same fault-injecting loopback layer
+//! ([`super::s3_server::TestS3`]), so the fault and byte-counting tests run on each backend.
+//! An emulator is one process per test binary run, started on the first test that needs it, on
+//! a free loopback port; each test gets a fresh bucket on it, so tests stay independent. The
+//! emulator never outlives the test binary: it runs under a small `sh` that holds a pipe from
+//! this process and kills it when the pipe closes, which happens however this process ends
+//! (the test harness runs no destructors for statics, and a killed process runs none at all).
+//!
+//! `bash scripts/test-servers` installs the emulators into test-servers/ (gitignored).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The variable that selects the backend.
+pub const VARIABLE: &str = "WARMCACHE_TEST_BACKEND";
+
+/// A storage backend the remote tests can run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The in-process `s3s` server (default).
+    S3s,
+    /// moto's S3 server.
+    Moto,
+}
+
+impl Kind {
+    /// The backend `WARMCACHE_TEST_BACKEND` selects (`s3s` when unset). An unknown name stops
+    /// the test with a message listing the known ones.
+    pub fn selected() -> Kind {
+        match std::env::var(VARIABLE).as_deref() {
+            Err(_) | Ok("") | Ok("s3s") => Kind::S3s,
+            Ok("moto") => Kind::Moto,
+            Ok(other) => panic!("{VARIABLE}={other:?} is not a test backend: use s3s or moto"),
+        }
+    }
+
+    /// The name `WARMCACHE_TEST_BACKEND` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::S3s => "s3s",
+            Kind::Moto => "moto",
+        }
+    }
+
+    /// Whether a test can make an object look old (its `LastModified` in the past): only the
+    /// in-process server, whose objects are files whose time a test can set. Tests that need it
+    /// (the remote gc's grace) run only there and say so.
+    pub fn can_age_objects(self) -> bool {
+        self == Kind::S3s
+    }
+}
+
+/// A running emulator shared by the tests of this process.
+pub struct Emulator {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    buckets: AtomicUsize,
+    // Held open for the process's life: closing it (at exit) makes the wrapper kill the emulator.
+    _lifeline: Mutex<ChildStdin>,
+    _wrapper: Mutex<Child>,
+}
+
+impl Emulator {
+    /// A new, empty bucket name on this emulator.
+    pub fn fresh_bucket(&self, create: impl FnOnce(&str, &str)) -> String {
+        let n = self.buckets.fetch_add(1, Ordering::SeqCst);
+        let name = format!("warmcache-test-{n}");
+        create(&self.endpoint, &name);
+        name
+    }
+}
+
+/// moto's server, started on first use.
+pub fn moto() -> &'static Emulator {
+    static MOTO: OnceLock<Emulator> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let bin = installed("venv/bin/moto_server");
+        start("moto", |port| {
+            vec![
+                bin.display().to_string(),
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ]
+        })
+    })
+}
+
+/// Creates bucket `name` with a plain path-style `PUT /name` (moto checks no signature).
+pub fn create_s3_bucket(endpoint: &str, name: &str) {
+    let status = http(endpoint, &format!("PUT /{name} HTTP/1.1"), &[]);
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "creating bucket {name} on {endpoint}: {status}"
+    );
+}
+
+/// A file under test-servers/, installed by `bash scripts/test-servers`.
+fn installed(relative: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("test-servers")
+        .join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash scripts/test-servers` to install the test emulators",
+        path.display()
+    );
+    path
+}
+
+/// Starts `command(port)` on a free loopback port under the lifeline wrapper and waits (at most
+/// two minutes, generous for a loaded machine) until it answers HTTP.
+fn start(name: &str, command: impl Fn(u16) -> Vec<String>) -> Emulator {
+    let port = free_port();
+    let argv = command(port);
+    // `sh` runs the emulator in the background and waits for EOF on its stdin: this process's
+    // end closes the pipe, and the emulator is killed.
+    let mut wrapper = Command::new("sh")
+        .arg("-c")
+        .arg("\"$@\" & pid=$!; read -r _; kill $pid 2>/dev/null; wait $pid")
+        .arg("sh")
+        .args(&argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name} ({argv:?}): {e}"));
+    let lifeline = wrapper.stdin.take().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = wrapper.try_wait() {
+            panic!("{name} ({argv:?}) exited before it listened: {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{name} did not listen on {endpoint} within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Emulator {
+        endpoint,
+        buckets: AtomicUsize::new(0),
+        _lifeline: Mutex::new(lifeline),
+        _wrapper: Mutex::new(wrapper),
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status line.
+pub fn http(endpoint: &str, request_line: &str, body: &[u8]) -> String {
+    let host = endpoint.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "{request_line}\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or("").to_owned()
+}
