@@ -61,6 +61,22 @@ impl Kind {
     }
 }
 
+/// Whether the test `test` cannot run on the selected backend because it needs objects whose
+/// `LastModified` is in the past (see [`Kind::can_age_objects`]): says so on stderr, and the test
+/// returns at once.
+pub fn skip_without_aging(test: &str) -> bool {
+    let kind = Kind::selected();
+    if kind.can_age_objects() {
+        return false;
+    }
+    eprintln!(
+        "{test}: skipped on the {} backend: it needs objects written in the past (LastModified), \
+         which only the in-process s3s backend can make",
+        kind.name()
+    );
+    true
+}
+
 /// A running emulator shared by the tests of this process.
 pub struct Emulator {
     /// `http://127.0.0.1:PORT`.

@@ -40,7 +40,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -48,6 +48,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use s3s::stream::{ByteStream, DynByteStream};
@@ -206,7 +209,24 @@ impl TestS3 {
         let url = RemoteUrl::parse(&format!("s3://{}", self.bucket)).unwrap();
         let mut settings = settings(overrides(self.upstream.clone()));
         settings.retries = 5;
+        settings.max_small_object = u64::MAX;
         Remote::new(&url, settings).unwrap()
+    }
+
+    /// `object_store`'s client for this test's bucket, talking to the backend directly (as
+    /// [`TestS3::admin`]), for what the library's client does not do by design: list a whole
+    /// bucket, overwrite an object.
+    fn store(&self) -> Box<dyn ObjectStore> {
+        let store = AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_endpoint(&self.upstream)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        Box::new(store)
     }
 
     /// The bytes of object `key`, if it exists.
@@ -220,10 +240,10 @@ impl TestS3 {
 
     /// Writes object `key` (replacing it, if it exists).
     pub fn put_object(&self, key: &str, bytes: &[u8]) {
-        let admin = self.admin();
-        admin.delete(key).unwrap_or_else(|e| panic!("delete {key}: {e}"));
-        admin
-            .put_if(key, Bytes::copy_from_slice(bytes), None)
+        let store = self.store();
+        let payload = PutPayload::from(bytes.to_vec());
+        self.rt()
+            .block_on(store.put(&ObjectPath::from(key), payload))
             .unwrap_or_else(|e| panic!("put {key}: {e}"));
     }
 
@@ -234,13 +254,18 @@ impl TestS3 {
             .unwrap_or_else(|e| panic!("delete {key}: {e}"));
     }
 
-    /// Every object whose key starts with `prefix/` (all of them for `""`), with its size.
+    /// Every object whose key starts with `prefix/` (the whole bucket for `""`), with its size.
     pub fn list_objects(&self, prefix: &str) -> BTreeMap<String, u64> {
-        let objects = self
-            .admin()
-            .list(prefix, usize::MAX)
-            .unwrap_or_else(|e| panic!("list {prefix}: {e}"));
-        objects.into_iter().map(|o| (o.key, o.size)).collect()
+        let store = self.store();
+        let prefix = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+        let objects: Vec<_> = self
+            .rt()
+            .block_on(store.list(prefix.as_ref()).try_collect())
+            .unwrap_or_else(|e| panic!("list {prefix:?}: {e}"));
+        objects
+            .into_iter()
+            .map(|o| (o.location.to_string(), o.size))
+            .collect()
     }
 
     /// The size of object `key`, if it exists.
