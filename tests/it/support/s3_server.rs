@@ -153,6 +153,7 @@ impl TestS3 {
             parallelism: 4,
             max_small_object: 1024 * 1024,
             s3: self.overrides(),
+            ..RemoteSettings::default()
         }
     }
 
