@@ -410,6 +410,7 @@ fn settings(s3: S3Overrides) -> RemoteSettings {
         parallelism: 4,
         max_small_object: 1024 * 1024,
         s3,
+        ..RemoteSettings::default()
     }
 }
 
