@@ -3,6 +3,7 @@
 //! - `s3s` (the default): an S3 server inside the test process (`s3s` over `s3s-fs`), one per
 //!   test, needing nothing installed;
 //! - `moto`: moto's S3 server (`moto[server]`, pinned in test-servers/requirements.txt);
+//! - `azurite`: Azurite's blob service (npm `azurite`, pinned in test-servers/package.json);
 //!
 //! Every test talks to the backend through the same fault-injecting loopback layer
 //! ([`super::s3_server::TestS3`]), so the fault and byte-counting tests run on each backend.
@@ -22,6 +23,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Azurite's well-known development account and key (public, documented by Microsoft).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// See [`AZURITE_ACCOUNT`].
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
 /// The variable that selects the backend.
 pub const VARIABLE: &str = "WARMCACHE_TEST_BACKEND";
 
@@ -32,6 +39,8 @@ pub enum Kind {
     S3s,
     /// moto's S3 server.
     Moto,
+    /// Azurite's blob service.
+    Azurite,
 }
 
 impl Kind {
@@ -41,7 +50,8 @@ impl Kind {
         match std::env::var(VARIABLE).as_deref() {
             Err(_) | Ok("") | Ok("s3s") => Kind::S3s,
             Ok("moto") => Kind::Moto,
-            Ok(other) => panic!("{VARIABLE}={other:?} is not a test backend: use s3s or moto"),
+            Ok("azurite") => Kind::Azurite,
+            Ok(other) => panic!("{VARIABLE}={other:?} is not a test backend: use s3s, moto or azurite"),
         }
     }
 
@@ -50,6 +60,15 @@ impl Kind {
         match self {
             Kind::S3s => "s3s",
             Kind::Moto => "moto",
+            Kind::Azurite => "azurite",
+        }
+    }
+
+    /// The URL scheme of its remotes.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Kind::S3s | Kind::Moto => "s3",
+            Kind::Azurite => "az",
         }
     }
 
@@ -112,6 +131,43 @@ pub fn moto() -> &'static Emulator {
             ]
         })
     })
+}
+
+/// Azurite's blob service, started on first use (in memory: nothing is left on disk).
+pub fn azurite() -> &'static Emulator {
+    static AZURITE: OnceLock<Emulator> = OnceLock::new();
+    AZURITE.get_or_init(|| {
+        let bin = installed("node_modules/.bin/azurite-blob");
+        start("azurite", |port| {
+            vec![
+                bin.display().to_string(),
+                "--blobHost".into(),
+                "127.0.0.1".into(),
+                "--blobPort".into(),
+                port.to_string(),
+                "--inMemoryPersistence".into(),
+                "--skipApiVersionCheck".into(),
+                "--silent".into(),
+            ]
+        })
+    })
+}
+
+/// Creates container `name` on Azurite (test-servers/create-container.mjs signs the request
+/// with the emulator's well-known development key).
+pub fn create_azure_container(endpoint: &str, name: &str) {
+    let script = installed("create-container.mjs");
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(endpoint)
+        .arg(name)
+        .output()
+        .unwrap_or_else(|e| panic!("node {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "creating container {name} on {endpoint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Creates bucket `name` with a plain path-style `PUT /name` (moto checks no signature).

@@ -49,6 +49,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use s3s::auth::SimpleAuth;
@@ -59,7 +60,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use warmcache::remote::{Remote, RemoteSettings, RemoteUrl, S3Overrides};
+use warmcache::remote::{AzureOverrides, Remote, RemoteSettings, RemoteUrl, S3Overrides};
 
 use super::backend::{self, Kind};
 
@@ -101,6 +102,8 @@ struct Faults {
     dead: AtomicBool,
     fail_parts: AtomicBool,
     requests: AtomicUsize,
+    /// Multipart part uploads received (failed or not).
+    parts: AtomicUsize,
     uploaded: AtomicU64,
     downloaded: AtomicU64,
 }
@@ -127,6 +130,11 @@ impl TestS3 {
                 let moto = backend::moto();
                 let bucket = moto.fresh_bucket(backend::create_s3_bucket);
                 (moto.endpoint.clone(), bucket, None)
+            }
+            Kind::Azurite => {
+                let azurite = backend::azurite();
+                let bucket = azurite.fresh_bucket(backend::create_azure_container);
+                (azurite.endpoint.clone(), bucket, None)
             }
         };
         let listener = runtime.block_on(bind("127.0.0.1:0".parse().unwrap()));
@@ -165,23 +173,35 @@ impl TestS3 {
         format!("http://{}", self.addr)
     }
 
-    /// `s3://BUCKET/key`.
+    /// `s3://BUCKET/key` (`az://CONTAINER/key` on Azurite).
     pub fn url(&self, key: &str) -> String {
-        format!("s3://{}/{key}", self.bucket)
+        format!("{}://{}/{key}", self.kind.scheme(), self.bucket)
     }
 
     /// Connection settings for this server (endpoint, region, static keys, plain HTTP).
+    #[allow(dead_code)] // kept for tests that build their own S3 client
     pub fn overrides(&self) -> S3Overrides {
         overrides(self.endpoint())
     }
 
-    /// Client settings with short timeouts and small parts, for fast tests.
+    /// Client settings with short timeouts and small parts, for fast tests (and the emulator's
+    /// account on Azurite).
     pub fn settings(&self) -> RemoteSettings {
-        settings(self.overrides())
+        settings(self.kind, &self.endpoint())
     }
 
-    /// The same connection settings as AWS environment variables, for a child process.
+    /// The same connection settings as environment variables, for a child process: the AWS
+    /// ones (an Azure connection string on Azurite).
     pub fn env(&self) -> Vec<(&'static str, String)> {
+        if self.kind == Kind::Azurite {
+            let connection = format!(
+                "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={};",
+                backend::AZURITE_ACCOUNT,
+                backend::AZURITE_KEY,
+                azurite_endpoint(&self.endpoint())
+            );
+            return vec![("AZURE_STORAGE_CONNECTION_STRING", connection)];
+        }
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint()),
             ("AWS_REGION", "us-east-1".to_owned()),
@@ -206,8 +226,8 @@ impl TestS3 {
     /// The library's client for this test's bucket, talking to the backend directly: past the
     /// faults and the counters, so a test's look at the server changes nothing it measures.
     pub fn admin(&self) -> Remote {
-        let url = RemoteUrl::parse(&format!("s3://{}", self.bucket)).unwrap();
-        let mut settings = settings(overrides(self.upstream.clone()));
+        let url = RemoteUrl::parse(&format!("{}://{}", self.kind.scheme(), self.bucket)).unwrap();
+        let mut settings = settings(self.kind, &self.upstream);
         settings.retries = 5;
         settings.max_small_object = u64::MAX;
         Remote::new(&url, settings).unwrap()
@@ -217,6 +237,17 @@ impl TestS3 {
     /// [`TestS3::admin`]), for what the library's client does not do by design: list a whole
     /// bucket, overwrite an object.
     fn store(&self) -> Box<dyn ObjectStore> {
+        if self.kind == Kind::Azurite {
+            let store = MicrosoftAzureBuilder::new()
+                .with_account(backend::AZURITE_ACCOUNT)
+                .with_access_key(backend::AZURITE_KEY)
+                .with_container_name(&self.bucket)
+                .with_endpoint(azurite_endpoint(&self.upstream))
+                .with_allow_http(true)
+                .build()
+                .unwrap();
+            return Box::new(store);
+        }
         let store = AmazonS3Builder::new()
             .with_bucket_name(&self.bucket)
             .with_endpoint(&self.upstream)
@@ -277,6 +308,12 @@ impl TestS3 {
         meta.map(|m| m.size)
     }
 
+    /// Multipart part uploads received so far, in each protocol's form (see
+    /// [`TestS3::fail_part_uploads`]), including failed ones.
+    pub fn part_uploads(&self) -> usize {
+        self.faults.parts.load(Ordering::SeqCst)
+    }
+
     /// Requests received so far (including injected failures).
     pub fn requests(&self) -> usize {
         self.faults.requests.load(Ordering::SeqCst)
@@ -321,7 +358,8 @@ impl TestS3 {
         self.faults.die_after.store(bytes, Ordering::SeqCst);
     }
 
-    /// Answers every multipart part upload (`PUT ...?partNumber=N`) with `500 InternalError`.
+    /// Answers every multipart part upload with `500 InternalError`: S3's and GCS's XML
+    /// `PUT ...?partNumber=N`, Azure's `PUT ...?comp=block`.
     pub fn fail_part_uploads(&self, on: bool) {
         self.faults.fail_parts.store(on, Ordering::SeqCst);
     }
@@ -395,8 +433,24 @@ fn overrides(endpoint: String) -> S3Overrides {
     }
 }
 
-/// Client settings with short timeouts and small parts, for fast tests.
-fn settings(s3: S3Overrides) -> RemoteSettings {
+/// Azurite's blob service URL for the server at `endpoint`: the account is in the path.
+fn azurite_endpoint(endpoint: &str) -> String {
+    format!("{endpoint}/{}", backend::AZURITE_ACCOUNT)
+}
+
+/// Client settings for a `kind` server at `endpoint`, with short timeouts and small parts, for
+/// fast tests.
+fn settings(kind: Kind, endpoint: &str) -> RemoteSettings {
+    let azure = match kind {
+        Kind::Azurite => AzureOverrides {
+            account: Some(backend::AZURITE_ACCOUNT.to_owned()),
+            endpoint: Some(azurite_endpoint(endpoint)),
+            access_key: Some(backend::AZURITE_KEY.to_owned()),
+            allow_http: Some(true),
+            ..AzureOverrides::default()
+        },
+        Kind::S3s | Kind::Moto => AzureOverrides::default(),
+    };
     RemoteSettings {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(20),
@@ -409,7 +463,8 @@ fn settings(s3: S3Overrides) -> RemoteSettings {
         part_size: 5 * 1024 * 1024,
         parallelism: 4,
         max_small_object: 1024 * 1024,
-        s3,
+        s3: overrides(endpoint.to_owned()),
+        azure,
         ..RemoteSettings::default()
     }
 }
@@ -496,7 +551,11 @@ async fn handle(
         // hyper closes the connection without an answer.
         return Err(HttpError::new("injected fault: the server died".into()));
     }
-    if (is_part_upload(&req) && faults.fail_parts.load(Ordering::SeqCst))
+    let part_upload = is_part_upload(&req);
+    if part_upload {
+        faults.parts.fetch_add(1, Ordering::SeqCst);
+    }
+    if (part_upload && faults.fail_parts.load(Ordering::SeqCst))
         || faults
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
