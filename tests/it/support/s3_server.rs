@@ -48,8 +48,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use object_store::ClientConfigKey;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use s3s::auth::SimpleAuth;
@@ -60,7 +62,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use warmcache::remote::{AzureOverrides, Remote, RemoteSettings, RemoteUrl, S3Overrides};
+use warmcache::remote::{AzureOverrides, GcsOverrides, Remote, RemoteSettings, RemoteUrl, S3Overrides};
 
 use super::backend::{self, Kind};
 
@@ -136,6 +138,16 @@ impl TestS3 {
                 let bucket = azurite.fresh_bucket(backend::create_azure_container);
                 (azurite.endpoint.clone(), bucket, None)
             }
+            // Refused before anything starts: with the settings below, the client still asks the
+            // cloud metadata server (a link-local address, never a test's target) for a token
+            // before it uploads, and fake-gcs-server 1.54 serves no XML API upload. Both need
+            // fixing before this backend runs (README, "Tests"); `backend::fake_gcs` and
+            // `backend::create_gcs_bucket` start the emulator and make the bucket then.
+            Kind::Gcs => panic!(
+                "WARMCACHE_TEST_BACKEND=gcs is not usable yet: the GCS client asks the metadata \
+                 server for a token before uploading even with skip_signature, and \
+                 fake-gcs-server 1.54 serves no XML API upload; see README, \"Tests\""
+            ),
         };
         let listener = runtime.block_on(bind("127.0.0.1:0".parse().unwrap()));
         let addr = listener.local_addr().unwrap();
@@ -173,7 +185,7 @@ impl TestS3 {
         format!("http://{}", self.addr)
     }
 
-    /// `s3://BUCKET/key` (`az://CONTAINER/key` on Azurite).
+    /// `s3://BUCKET/key` (`az://CONTAINER/key` on Azurite, `gs://BUCKET/key` on GCS).
     pub fn url(&self, key: &str) -> String {
         format!("{}://{}/{key}", self.kind.scheme(), self.bucket)
     }
@@ -201,6 +213,13 @@ impl TestS3 {
                 azurite_endpoint(&self.endpoint())
             );
             return vec![("AZURE_STORAGE_CONNECTION_STRING", connection)];
+        }
+        if self.kind == Kind::Gcs {
+            return vec![
+                ("GOOGLE_BASE_URL", self.endpoint()),
+                ("GOOGLE_SKIP_SIGNATURE", "true".to_owned()),
+                ("GOOGLE_ALLOW_HTTP", "true".to_owned()),
+            ];
         }
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint()),
@@ -244,6 +263,16 @@ impl TestS3 {
                 .with_container_name(&self.bucket)
                 .with_endpoint(azurite_endpoint(&self.upstream))
                 .with_allow_http(true)
+                .build()
+                .unwrap();
+            return Box::new(store);
+        }
+        if self.kind == Kind::Gcs {
+            let store = GoogleCloudStorageBuilder::new()
+                .with_bucket_name(&self.bucket)
+                .with_base_url(&self.upstream)
+                .with_skip_signature(true)
+                .with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true")
                 .build()
                 .unwrap();
             return Box::new(store);
@@ -449,7 +478,16 @@ fn settings(kind: Kind, endpoint: &str) -> RemoteSettings {
             allow_http: Some(true),
             ..AzureOverrides::default()
         },
-        Kind::S3s | Kind::Moto => AzureOverrides::default(),
+        Kind::S3s | Kind::Moto | Kind::Gcs => AzureOverrides::default(),
+    };
+    let gcs = match kind {
+        Kind::Gcs => GcsOverrides {
+            base_url: Some(endpoint.to_owned()),
+            skip_signature: Some(true),
+            allow_http: Some(true),
+            ..GcsOverrides::default()
+        },
+        Kind::S3s | Kind::Moto | Kind::Azurite => GcsOverrides::default(),
     };
     RemoteSettings {
         connect_timeout: Duration::from_secs(2),
@@ -465,6 +503,7 @@ fn settings(kind: Kind, endpoint: &str) -> RemoteSettings {
         max_small_object: 1024 * 1024,
         s3: overrides(endpoint.to_owned()),
         azure,
+        gcs,
         ..RemoteSettings::default()
     }
 }
