@@ -258,7 +258,7 @@ fn start(name: &str, command: impl Fn(u16) -> Vec<String>) -> Emulator {
     // end closes the pipe, and the emulator is killed.
     let mut wrapper = Command::new("sh")
         .arg("-c")
-        .arg("\"$@\" & pid=$!; read -r _; kill $pid 2>/dev/null; wait $pid")
+        .arg("\"$@\" & pid=$!; read -r _; kill -KILL $pid 2>/dev/null; wait $pid")
         .arg("sh")
         .args(&argv)
         .stdin(Stdio::piped())
