@@ -468,7 +468,8 @@ fn azurite_endpoint(endpoint: &str) -> String {
 }
 
 /// Client settings for a `kind` server at `endpoint`, with short timeouts and small parts, for
-/// fast tests.
+/// fast tests. The defaults fill in whatever settings later versions add.
+#[allow(clippy::needless_update)]
 fn settings(kind: Kind, endpoint: &str) -> RemoteSettings {
     let azure = match kind {
         Kind::Azurite => AzureOverrides {
