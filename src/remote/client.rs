@@ -7,18 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use object_store::ObjectStore;
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as StorePath;
-use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 
 use super::breaker::Breaker;
 use super::error::RemoteError;
-use super::settings::{RemoteSettings, S3Overrides};
-use super::url::RemoteUrl;
+use super::settings::RemoteSettings;
+use super::url::{Provider, RemoteUrl};
 
 type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
-/// A connection to one bucket of S3-compatible object storage.
+/// A connection to one bucket of S3-compatible object storage, Google Cloud Storage, or one
+/// container of Azure Blob Storage.
 ///
 /// The rest of warmcache stays synchronous: every method blocks until its operation finishes,
 /// fails, or runs out of time ([`RemoteSettings::overall_timeout`], or the deadline given to
@@ -39,6 +38,7 @@ pub struct Remote {
 
 pub(super) struct Inner {
     pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) provider: Provider,
     pub(super) bucket: String,
     pub(super) settings: RemoteSettings,
     breaker: Arc<Breaker>,
@@ -129,64 +129,19 @@ impl Progress for NoProgress {
 }
 
 impl Remote {
-    /// Connects to the bucket of `url` (its key is not used: operations take full keys, see
-    /// [`RemoteUrl::join`]). Configuration comes from the AWS environment, overridden by
-    /// `settings.s3`; no request is made until the first operation.
+    /// Connects to the bucket (Azure: container) of `url` (its key is not used: operations take
+    /// full keys, see [`RemoteUrl::join`]). Configuration comes from the environment of `url`'s
+    /// cloud (AWS, Google or Azure), overridden by `settings.s3`, `settings.gcs` or
+    /// `settings.azure`; no request is made until the first operation.
     pub fn new(url: &RemoteUrl, settings: RemoteSettings) -> Result<Self> {
-        let bucket = url.bucket().to_owned();
-        let target = format!("s3://{bucket}");
-        let config_err = |e: object_store::Error| RemoteError::Config {
-            target: target.clone(),
-            detail: e.to_string(),
-        };
-
-        let mut builder = connection(&bucket, &settings.s3);
-        let endpoint = builder
-            .get_config_value(&AmazonS3ConfigKey::S3Endpoint)
-            .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint));
-        match settings.s3.allow_http {
-            Some(allow) => builder = builder.with_allow_http(allow),
-            None if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) => {
-                builder = builder.with_allow_http(true);
-            }
-            None => {}
-        }
-        // Set through config keys rather than `with_client_options`, which would discard the
-        // client settings `from_env` read (AWS_ALLOW_HTTP, proxies, certificates).
-        let millis = |d: Duration| format!("{}ms", d.as_millis().max(1));
-        builder = builder
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                millis(settings.connect_timeout),
-            )
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                millis(settings.request_timeout),
-            )
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: settings.retry_backoff,
-                    max_backoff: Duration::from_secs(5).max(settings.retry_backoff),
-                    base: 2.0,
-                },
-                max_retries: settings.retries,
-                retry_timeout: settings.overall_timeout,
-            });
-        let region = builder
-            .get_config_value(&AmazonS3ConfigKey::Region)
-            .unwrap_or_default();
-        let store = builder.build().map_err(config_err)?;
-
-        let breaker_key = match &endpoint {
-            Some(endpoint) => format!("{endpoint}|{bucket}"),
-            None => format!("aws:{region}|{bucket}"),
-        };
+        let built = super::backends::build(url, &settings)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                store: Arc::new(store),
-                bucket,
+                store: built.store,
+                provider: url.provider(),
+                bucket: url.bucket().to_owned(),
                 settings,
-                breaker: Breaker::for_key(&breaker_key),
+                breaker: Breaker::for_key(&built.breaker_key),
             }),
             deadline: None,
         })
@@ -212,9 +167,14 @@ impl Remote {
         &self.inner.settings
     }
 
-    /// `s3://bucket/key`, for messages.
+    /// Which object store this client talks to.
+    pub fn provider(&self) -> Provider {
+        self.inner.provider
+    }
+
+    /// `s3://bucket/key` (or `gs://`, `az://`), for messages.
     pub fn describe(&self, key: &str) -> String {
-        format!("s3://{}/{key}", self.inner.bucket)
+        format!("{}://{}/{key}", self.inner.provider.scheme(), self.inner.bucket)
     }
 
     /// Validates a key and converts it to the store's path type.
@@ -307,28 +267,4 @@ impl Remote {
     pub(super) fn enter(&self) -> Result<tokio::runtime::EnterGuard<'static>> {
         super::runtime::enter()
     }
-}
-
-/// The builder for `bucket` from the AWS environment, with the explicit overrides applied.
-fn connection(bucket: &str, s3: &S3Overrides) -> AmazonS3Builder {
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    if let Some(endpoint) = &s3.endpoint {
-        // AWS_ENDPOINT_URL_S3 would otherwise take precedence over the explicit endpoint.
-        builder = builder
-            .with_endpoint(endpoint)
-            .with_config(AmazonS3ConfigKey::S3Endpoint, endpoint.as_str());
-    }
-    if let Some(region) = &s3.region {
-        builder = builder.with_region(region);
-    }
-    if let Some(key) = &s3.access_key_id {
-        builder = builder.with_access_key_id(key);
-    }
-    if let Some(secret) = &s3.secret_access_key {
-        builder = builder.with_secret_access_key(secret);
-    }
-    if let Some(token) = &s3.session_token {
-        builder = builder.with_token(token);
-    }
-    builder
 }

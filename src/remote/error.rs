@@ -21,12 +21,14 @@ pub enum RemoteError {
     #[error("invalid object key `{key}`: {reason}; use `/`-separated segments without `.`, `..` or `//`")]
     BadKey { key: String, reason: String },
 
-    /// The S3 client could not be built from the settings and the AWS environment.
-    #[error(
-        "cannot configure the S3 client for {target}: {detail}; check AWS_ENDPOINT_URL, AWS_REGION \
-         and the credential variables"
-    )]
-    Config { target: String, detail: String },
+    /// The client could not be built from the settings and the cloud's environment; `hint`
+    /// names the variables to check for that cloud.
+    #[error("cannot configure the object store client for {target}: {detail}; {hint}")]
+    Config {
+        target: String,
+        detail: String,
+        hint: &'static str,
+    },
 
     /// The runtime that drives the transfers could not be started.
     #[error("cannot start the remote transfer runtime: {source}")]

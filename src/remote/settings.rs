@@ -15,6 +15,14 @@ use std::time::Duration;
 /// Requests use path-style addressing (`{endpoint}/{bucket}/{key}`), which MinIO, Garage, Ceph,
 /// R2 and s3s all accept; `AWS_VIRTUAL_HOSTED_STYLE_REQUEST=true` switches to virtual hosts. Plain
 /// `http://` endpoints are allowed when the endpoint says so (or `AWS_ALLOW_HTTP=true`).
+///
+/// `gs://` URLs follow Google's conventions instead (`GOOGLE_APPLICATION_CREDENTIALS`,
+/// `GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_SERVICE_ACCOUNT_KEY`, the gcloud application default
+/// credentials file, then the metadata server), overridden by [`GcsOverrides`]; `az://` URLs
+/// follow Azure's (`AZURE_STORAGE_CONNECTION_STRING`, `AZURE_STORAGE_ACCOUNT_NAME` with
+/// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_SAS_TOKEN`, a service principal, workload or
+/// managed identity, `AZURE_STORAGE_USE_EMULATOR`), overridden by [`AzureOverrides`]. The
+/// timeouts and retries below apply to all three.
 #[derive(Debug, Clone)]
 pub struct RemoteSettings {
     /// Time allowed to open a TCP (and TLS) connection. Default 5 s.
@@ -45,8 +53,12 @@ pub struct RemoteSettings {
     pub parallelism: usize,
     /// Largest object [`super::Remote::get_bytes`] accepts. Default 16 MiB.
     pub max_small_object: u64,
-    /// Connection settings that override the AWS environment.
+    /// Connection settings that override the AWS environment (`s3://` URLs).
     pub s3: S3Overrides,
+    /// Connection settings that override the Google environment (`gs://` URLs).
+    pub gcs: GcsOverrides,
+    /// Connection settings that override the Azure environment (`az://` URLs).
+    pub azure: AzureOverrides,
 }
 
 impl Default for RemoteSettings {
@@ -64,6 +76,8 @@ impl Default for RemoteSettings {
             parallelism: 4,
             max_small_object: 16 * 1024 * 1024,
             s3: S3Overrides::default(),
+            gcs: GcsOverrides::default(),
+            azure: AzureOverrides::default(),
         }
     }
 }
@@ -100,6 +114,75 @@ impl std::fmt::Debug for S3Overrides {
                 "session_token",
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+/// Explicit Google Cloud Storage settings; each `Some` wins over the corresponding `GOOGLE_*`
+/// variable. Tests point them at an emulator without touching the process environment.
+#[derive(Clone, Default)]
+pub struct GcsOverrides {
+    /// The JSON/XML API base URL, e.g. `http://127.0.0.1:4443` for an emulator (like
+    /// `GOOGLE_BASE_URL`, or `gcs_base_url` in a service-account file).
+    pub base_url: Option<String>,
+    /// A service-account key, as JSON (like `GOOGLE_SERVICE_ACCOUNT_KEY`).
+    pub service_account_key: Option<String>,
+    /// Send unsigned requests (like `GOOGLE_SKIP_SIGNATURE=true`): for emulators and public
+    /// buckets; no credential is looked up.
+    pub skip_signature: Option<bool>,
+    /// Allow plain HTTP (like `GOOGLE_ALLOW_HTTP`). `None`: allowed when the base URL is
+    /// `http://`.
+    pub allow_http: Option<bool>,
+}
+
+impl std::fmt::Debug for GcsOverrides {
+    // Keeps secrets out of logs and error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcsOverrides")
+            .field("base_url", &self.base_url)
+            .field(
+                "service_account_key",
+                &self.service_account_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("skip_signature", &self.skip_signature)
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+/// Explicit Azure Blob Storage settings; each `Some` wins over the environment
+/// (`AZURE_STORAGE_CONNECTION_STRING`, then the `AZURE_*` variables).
+#[derive(Clone, Default)]
+pub struct AzureOverrides {
+    /// A connection string (like `AZURE_STORAGE_CONNECTION_STRING`), e.g.
+    /// `DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=...;EndpointSuffix=core.windows.net`
+    /// or `BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;AccountName=...;AccountKey=...`.
+    pub connection_string: Option<String>,
+    /// The storage account (like `AZURE_STORAGE_ACCOUNT_NAME`).
+    pub account: Option<String>,
+    /// The blob service URL including the account where the service expects it, e.g.
+    /// `http://127.0.0.1:10000/devstoreaccount1` for Azurite (like `AZURE_STORAGE_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// The account's shared key, base64 (like `AZURE_STORAGE_ACCOUNT_KEY`).
+    pub access_key: Option<String>,
+    /// A shared access signature, the query string without `?` (like `AZURE_STORAGE_SAS_TOKEN`).
+    pub sas_token: Option<String>,
+    /// Allow plain HTTP (like `AZURE_ALLOW_HTTP`). `None`: allowed when the endpoint is
+    /// `http://`.
+    pub allow_http: Option<bool>,
+}
+
+impl std::fmt::Debug for AzureOverrides {
+    // Keeps secrets out of logs and error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AzureOverrides")
+            .field("connection_string", &redacted(&self.connection_string))
+            .field("account", &self.account)
+            .field("endpoint", &self.endpoint)
+            .field("access_key", &redacted(&self.access_key))
+            .field("sas_token", &redacted(&self.sas_token))
             .field("allow_http", &self.allow_http)
             .finish()
     }

@@ -4,7 +4,7 @@
 //! that shares nothing with the damaged one, even for an unchanged tree.
 
 use crate::support::s3_server::TestS3;
-use crate::support::snapshots::{current_pack, restore, snapshot};
+use crate::support::snapshots::{current_pack_key, restore, snapshot};
 use crate::support::*;
 
 #[test]
@@ -14,11 +14,11 @@ fn force_replaces_a_damaged_pack_and_the_key_restores_again() {
     let root = tmp.path().join("cache");
     let tree = make_tree(&tmp.path().join("tree"), 40, 4096, 7);
     json_ok(&snapshot(&server, &root, &tree, "k", &[]));
-    let damaged = current_pack(&server, "k");
-    let mut bytes = std::fs::read(&damaged).unwrap();
+    let damaged = current_pack_key(&server, "k");
+    let mut bytes = server.get_object(&damaged).unwrap();
     let middle = bytes.len() / 3;
     bytes[middle] ^= 0xff;
-    std::fs::write(&damaged, &bytes).unwrap();
+    server.put_object(&damaged, &bytes);
 
     let into = tmp.path().join("restored");
     let out = restore(&server, &tmp.path().join("cold"), &into, "k", &[]);
@@ -36,7 +36,7 @@ fn force_replaces_a_damaged_pack_and_the_key_restores_again() {
     assert_eq!(forced["status"], "uploaded", "{forced}");
     assert_eq!(forced["full"], true, "{forced}");
     assert_ne!(
-        current_pack(&server, "k"),
+        current_pack_key(&server, "k"),
         damaged,
         "the damaged pack is still named"
     );

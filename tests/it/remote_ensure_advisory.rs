@@ -7,10 +7,9 @@
 use crate::support;
 use crate::support::machine::Machine;
 
-use std::path::PathBuf;
 use std::process::Output;
 
-use crate::support::s3_server::{BUCKET, TestS3};
+use crate::support::s3_server::TestS3;
 use warmcache::remote::RemoteUrl;
 use warmcache::remote::share::Sharing;
 
@@ -37,12 +36,14 @@ fn push_blob(server: &TestS3, a: &Machine) -> serde_json::Value {
     built
 }
 
-/// The pushed archive of artifact `id`, as the test server stores it.
-fn archive_file(server: &TestS3, id: &str) -> PathBuf {
-    let dir = server.object_path(&format!("{PREFIX}/v1/artifacts/{id}"));
-    let names = support::list(&dir);
-    assert_eq!(names.len(), 1, "{names:?}");
-    dir.join(&names[0])
+/// The key of the pushed archive of artifact `id`.
+fn archive_key(server: &TestS3, id: &str) -> String {
+    let keys: Vec<String> = server
+        .list_objects(&format!("{PREFIX}/v1/artifacts/{id}"))
+        .into_keys()
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys[0].clone()
 }
 
 /// Runs B's `ensure blob` first with `--strict` (must fail, build nothing, record nothing), then
@@ -71,10 +72,7 @@ fn check_degraded(
         .filter(|l| l.starts_with("warning: remote "))
         .collect();
     assert_eq!(warnings.len(), 1, "{stderr}");
-    assert!(
-        warnings[0].contains(&format!("s3://{BUCKET}/{PREFIX}")),
-        "{stderr}"
-    );
+    assert!(warnings[0].contains(&server.url(PREFIX)), "{stderr}");
     assert!(warnings[0].contains("building `blob` locally"), "{stderr}");
     assert!(warnings[0].contains(expect), "{stderr}");
     let ensured: serde_json::Value = crate::support::json_any(&out);
@@ -93,7 +91,7 @@ fn check_degraded(
 #[test]
 fn remote_down_builds_locally() {
     let server = TestS3::start();
-    let (a, b) = (machine(), machine());
+    let (a, b) = (machine(&server), machine(&server));
     let pushed = push_blob(&server, &a);
     server.set_down(true);
     check_degraded(&server, &b, &pushed, "unreachable");
@@ -112,7 +110,7 @@ fn remote_down_builds_locally() {
 #[test]
 fn remote_answering_500_builds_locally() {
     let server = TestS3::start();
-    let (a, b) = (machine(), machine());
+    let (a, b) = (machine(&server), machine(&server));
     let pushed = push_blob(&server, &a);
     server.fail_next(usize::MAX / 2);
     check_degraded(&server, &b, &pushed, "HTTP 500");
@@ -121,7 +119,7 @@ fn remote_answering_500_builds_locally() {
 #[test]
 fn stalled_download_builds_locally_within_the_timeout() {
     let server = TestS3::start();
-    let (a, b) = (machine(), machine());
+    let (a, b) = (machine(&server), machine(&server));
     let pushed = push_blob(&server, &a);
     // Small objects (index, description) get through; the archive stops after 64 KiB.
     assert!(pushed["remote"]["pushed"]["uploaded_bytes"].as_u64().unwrap() > 100_000);
@@ -133,13 +131,13 @@ fn stalled_download_builds_locally_within_the_timeout() {
 #[test]
 fn archive_with_a_flipped_byte_is_detected_and_never_published() {
     let server = TestS3::start();
-    let (a, b) = (machine(), machine());
+    let (a, b) = (machine(&server), machine(&server));
     let pushed = push_blob(&server, &a);
-    let archive = archive_file(&server, pushed["artifact"].as_str().unwrap());
-    let mut bytes = std::fs::read(&archive).unwrap();
+    let archive = archive_key(&server, pushed["artifact"].as_str().unwrap());
+    let mut bytes = server.get_object(&archive).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;
-    std::fs::write(&archive, &bytes).unwrap();
+    server.put_object(&archive, &bytes);
     check_degraded(&server, &b, &pushed, "content digest mismatch");
 }
 
@@ -148,20 +146,21 @@ fn archive_replaced_by_other_bytes_of_the_same_content_is_refused() {
     // A valid tar.zst of exactly the right content, but not the bytes the description names:
     // only the archive's digest can tell, and it must be checked.
     let server = TestS3::start();
-    let (a, b) = (machine(), machine());
+    let (a, b) = (machine(&server), machine(&server));
     let pushed = push_blob(&server, &a);
-    let archive = archive_file(&server, pushed["artifact"].as_str().unwrap());
-    let tar = zstd::decode_all(std::fs::File::open(&archive).unwrap()).unwrap();
+    let archive = archive_key(&server, pushed["artifact"].as_str().unwrap());
+    let original = server.get_object(&archive).unwrap();
+    let tar = zstd::decode_all(&original[..]).unwrap();
     let recompressed = zstd::encode_all(&tar[..], 19).unwrap();
-    assert_ne!(recompressed, std::fs::read(&archive).unwrap());
-    std::fs::write(&archive, recompressed).unwrap();
+    assert_ne!(recompressed, original);
+    server.put_object(&archive, &recompressed);
     check_degraded(&server, &b, &pushed, "content digest mismatch");
 }
 
 #[test]
 fn index_claiming_another_artifact_than_its_content_is_refused() {
     let server = TestS3::start();
-    let (a, b) = (machine(), machine());
+    let (a, b) = (machine(&server), machine(&server));
     // A builds `blob` without pushing it, and pushes `other`.
     let blob = support::json_ok(&support::run(a.cmd(&server).args(["ensure", "blob", "--json"])));
     let other = support::json_ok(&support::run(
@@ -175,10 +174,7 @@ fn index_claiming_another_artifact_than_its_content_is_refused() {
 
     // A lying writer: `blob`'s index and description claim artifact `blob_id`, but the archive
     // they point to (whose digest they state correctly) holds `other`'s content.
-    let sharing = Sharing::new(
-        RemoteUrl::parse(&format!("s3://{BUCKET}/{PREFIX}")).unwrap(),
-        server.settings(),
-    );
+    let sharing = Sharing::new(RemoteUrl::parse(&server.url(PREFIX)).unwrap(), server.settings());
     let remote = sharing.remote().unwrap();
     let other_doc = remote
         .get_bytes(&sharing.artifact_key(other_id))
@@ -230,7 +226,10 @@ fn index_claiming_another_artifact_than_its_content_is_refused() {
 }
 
 /// A machine with the recipes and a remote whose short timeout keeps the stalled case quick.
-fn machine() -> Machine {
-    let config = format!("{RECIPES}\n[remote]\nurl = \"s3://{BUCKET}/{PREFIX}\"\ntimeout = \"3s\"\n");
+fn machine(server: &TestS3) -> Machine {
+    let config = format!(
+        "{RECIPES}\n[remote]\nurl = \"{}\"\ntimeout = \"3s\"\n",
+        server.url(PREFIX)
+    );
     Machine::new(&config, &[("src/input.txt", "inputs\n")])
 }

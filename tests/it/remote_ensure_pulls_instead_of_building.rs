@@ -9,7 +9,7 @@ use crate::support::machine::Machine;
 
 use std::path::{Path, PathBuf};
 
-use crate::support::s3_server::{BUCKET, TestS3};
+use crate::support::s3_server::TestS3;
 
 const RECIPES: &str = r#"
 [entry.tool]
@@ -28,13 +28,13 @@ ln -s lib/nested/data.txt "$WARMCACHE_OUT/link"
 """
 "#;
 
-fn url() -> String {
-    format!("s3://{BUCKET}/team/cache")
+fn url(server: &TestS3) -> String {
+    server.url("team/cache")
 }
 
 fn share_and_fetch(name: &str, compare: impl Fn(&Path, &Path)) {
     let server = TestS3::start();
-    let a = machine(&format!("[remote]\nurl = \"{}\"\npush = true\n", url()));
+    let a = machine(&format!("[remote]\nurl = \"{}\"\npush = true\n", url(&server)));
     // B names the remote through the environment instead of its config file.
     let b = machine("");
 
@@ -46,7 +46,7 @@ fn share_and_fetch(name: &str, compare: impl Fn(&Path, &Path)) {
 
     let pulled = support::json_ok(&support::run(
         b.cmd(&server)
-            .env("WARMCACHE_REMOTE", url())
+            .env("WARMCACHE_REMOTE", url(&server))
             .args(["ensure", name, "--json"]),
     ));
     assert_eq!(b.builds(), 0, "machine B ran the builder: {pulled}");
@@ -67,7 +67,7 @@ fn share_and_fetch(name: &str, compare: impl Fn(&Path, &Path)) {
     let requests = server.requests();
     let hit = support::json_ok(&support::run(
         b.cmd(&server)
-            .env("WARMCACHE_REMOTE", url())
+            .env("WARMCACHE_REMOTE", url(&server))
             .args(["ensure", name, "--json"]),
     ));
     assert_eq!(hit["status"], "hit", "{hit}");

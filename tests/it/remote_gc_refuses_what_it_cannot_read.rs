@@ -12,8 +12,9 @@ use bytes::Bytes;
 use serde_json::json;
 use warmcache::remote::{CondPut, Remote, RemoteUrl};
 
+use crate::support::backend;
 use crate::support::s3_server::TestS3;
-use crate::support::snapshots::{age_object, objects, snapshot};
+use crate::support::snapshots::{age_object, objects, pointer, snapshot};
 use crate::support::{json_exit, json_ok, make_tree, run, stderr, warmcache_s3};
 
 const KEY: &str = "team/tree";
@@ -33,8 +34,17 @@ fn put_old(server: &TestS3, relative: &str, bytes: &[u8]) {
     age(server, relative);
 }
 
+/// Makes an object an hour old where the backend can (see `Kind::can_age_objects`). The gc
+/// runs that must stop (a newer format, a missing manifest, not a snapshot key, unreachable,
+/// usage errors) stop whatever the objects' age: old objects make those tests stricter (a gc
+/// that went on could delete at once), young ones leave them meaningful (it would still write
+/// gc.json or a report), so they run on every backend. The damaged-manifest test needs old
+/// objects (a young snapshot is kept for its grace, never condemned) and runs only where they
+/// can be made.
 fn age(server: &TestS3, relative: &str) {
-    age_object(server, &format!("{KEY}/{relative}"));
+    if server.kind().can_age_objects() {
+        age_object(server, &format!("{KEY}/{relative}"));
+    }
 }
 
 /// Two real snapshots (the older one unreachable with `--keep 0`), everything written an hour
@@ -83,6 +93,9 @@ fn a_manifest_of_a_newer_format_stops_the_gc_and_nothing_changes() {
 
 #[test]
 fn a_damaged_manifest_is_kept_with_every_pack_and_archive() {
+    if backend::skip_without_aging("a_damaged_manifest_is_kept_with_every_pack_and_archive") {
+        return;
+    }
     let server = TestS3::start();
     let tmp = tempfile::tempdir().unwrap();
     populated(&server, tmp.path());
@@ -131,7 +144,7 @@ fn an_unreachable_remote_is_an_error() {
     let out = gc(&server, &tmp.path().join("cache"), &["--remote", &url]);
     let report = json_exit(&out, 1);
     let error = report["error"].as_str().unwrap();
-    assert!(error.contains(&format!("s3://warmcache-test/{KEY}")), "{error}");
+    assert!(error.contains(&server.url(KEY)), "{error}");
     server.set_down(false);
 }
 
@@ -193,11 +206,9 @@ fn a_pointer_to_a_missing_manifest_stops_the_gc_so_older_snapshots_survive() {
     let server = TestS3::start();
     let tmp = tempfile::tempdir().unwrap();
     populated(&server, tmp.path());
-    let pointer: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(server.object_path(&format!("{KEY}/pointer.json"))).unwrap())
-            .unwrap();
+    let pointer = pointer(&server, KEY);
     let digest = pointer["digest"].as_str().unwrap();
-    std::fs::remove_file(server.object_path(&format!("{KEY}/snapshots/{digest}.json"))).unwrap();
+    server.delete_object(&format!("{KEY}/snapshots/{digest}.json"));
     let before = objects(&server);
     let url = server.url(KEY);
     for _ in 0..2 {

@@ -9,7 +9,7 @@ use crate::support::machine::Machine;
 
 use std::path::{Path, PathBuf};
 
-use crate::support::s3_server::{BUCKET, TestS3};
+use crate::support::s3_server::TestS3;
 
 const RECIPES: &str = r#"
 [entry."bundles/app"]
@@ -25,27 +25,19 @@ printf '#!/bin/sh\n' > "$WARMCACHE_OUT/bin/run" && chmod +x "$WARMCACHE_OUT/bin/
 
 const URL_PREFIX: &str = "shared";
 
-fn url() -> String {
-    format!("s3://{BUCKET}/{URL_PREFIX}")
+fn url(server: &TestS3) -> String {
+    server.url(URL_PREFIX)
 }
 
 /// Every object the server holds under the prefix, with its size and modification time.
-fn remote_objects(server: &TestS3) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
-    let base = server.object_path(URL_PREFIX);
-    let mut out = Vec::new();
-    let mut stack = vec![base.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                let rel = entry.path().strip_prefix(&base).unwrap().to_path_buf();
-                out.push((rel, meta.len(), meta.modified().unwrap()));
-            }
-        }
-    }
+fn remote_objects(server: &TestS3) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut out: Vec<_> = server
+        .admin()
+        .list(URL_PREFIX, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.key, o.size, o.last_modified))
+        .collect();
     out.sort();
     out
 }
@@ -68,7 +60,7 @@ fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
         "push",
         "bundles/app",
         "--remote",
-        &url(),
+        &url(&server),
         "--json",
     ])));
     assert_eq!(pushed["status"], "pushed", "{pushed}");
@@ -85,7 +77,7 @@ fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
         "push",
         "bundles/app",
         "--remote",
-        &url(),
+        &url(&server),
         "--json",
     ])));
     assert_eq!(again["status"], "present", "{again}");
@@ -98,13 +90,16 @@ fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
         objects,
         "the second push changed the remote"
     );
-    let human = support::ok(a.cmd(&server).args(["push", "bundles/app", "--remote", &url()]));
+    let human = support::ok(
+        a.cmd(&server)
+            .args(["push", "bundles/app", "--remote", &url(&server)]),
+    );
     assert!(human.contains("nothing uploaded"), "{human}");
 
     // Machine B pulls by hand (the remote from the environment this time); nothing is built.
     let pulled = support::json_ok(&support::run(
         b.cmd(&server)
-            .env("WARMCACHE_REMOTE", url())
+            .env("WARMCACHE_REMOTE", url(&server))
             .args(["pull", "bundles/app", "--json"]),
     ));
     assert_eq!(pulled["status"], "pulled", "{pulled}");
@@ -135,7 +130,7 @@ fn push_then_pull_on_another_machine_and_push_again_uploads_nothing() {
         "pull",
         "bundles/app",
         "--remote",
-        &url(),
+        &url(&server),
         "--json",
     ])));
     assert_eq!(again["status"], "pulled");
@@ -149,14 +144,14 @@ fn pull_of_an_unknown_fingerprint_is_a_clear_miss() {
     let (a, b) = (machine(), machine());
     support::ok(
         a.cmd(&server)
-            .args(["ensure", "bundles/app", "--push", "--remote", &url()]),
+            .args(["ensure", "bundles/app", "--push", "--remote", &url(&server)]),
     );
     // B's inputs differ from what A pushed: another fingerprint.
     std::fs::write(b.project.join("src/app.txt"), "version 2\n").unwrap();
 
     let out = support::run(
         b.cmd(&server)
-            .args(["pull", "bundles/app", "--remote", &url(), "--json"]),
+            .args(["pull", "bundles/app", "--remote", &url(&server), "--json"]),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -166,12 +161,13 @@ fn pull_of_an_unknown_fingerprint_is_a_clear_miss() {
         stderr.contains("no shared artifact for `bundles/app` with fingerprint"),
         "{stderr}"
     );
-    assert!(stderr.contains(&url()), "{stderr}");
+    assert!(stderr.contains(&url(&server)), "{stderr}");
 
-    let strict = support::run(
-        b.cmd(&server)
-            .args(["pull", "bundles/app", "--remote", &url(), "--strict"]),
-    );
+    let strict =
+        support::run(
+            b.cmd(&server)
+                .args(["pull", "bundles/app", "--remote", &url(&server), "--strict"]),
+        );
     assert_eq!(strict.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&strict.stderr).contains("no shared artifact"));
 
@@ -195,7 +191,7 @@ fn imported_entry_pushes_its_artifact_only_and_says_so() {
     );
     let out = support::run(
         a.cmd(&server)
-            .args(["push", "plain", "--remote", &url(), "--json"]),
+            .args(["push", "plain", "--remote", &url(&server), "--json"]),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support;
 use crate::support::s3_server::TestS3;
-use crate::support::snapshots::{assert_restore_leaves_dir_untouched, current_pack, restore, snapshot};
+use crate::support::snapshots::{assert_restore_leaves_dir_untouched, current_pack_key, restore, snapshot};
 use crate::support::{json_ok, stderr};
 
 const KEY: &str = "sandbox/site/node_modules";
@@ -84,11 +84,11 @@ fn server_answers_500() {
 #[test]
 fn altered_archive_bytes_are_detected_and_not_extracted() {
     let s = setup();
-    let archive = current_pack(&s.server, KEY);
-    let mut bytes = std::fs::read(&archive).unwrap();
+    let archive = current_pack_key(&s.server, KEY);
+    let mut bytes = s.server.get_object(&archive).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
-    std::fs::write(&archive, &bytes).unwrap();
+    s.server.put_object(&archive, &bytes);
     assert_untouched_both_ways(&s, &s.dir, &[], "digest mismatch");
     assert_untouched_both_ways(&s, &s.missing, &[], "digest mismatch");
 }

@@ -31,8 +31,8 @@ fn rewrite_entry(server: &TestS3, path: &str, edit: &dyn Fn(&mut serde_json::Val
     let segments = manifest["segments"].as_array().unwrap().clone();
     for (i, segment) in segments.iter().enumerate() {
         let token = segment["pack"].as_str().unwrap();
-        let pack_path = server.object_path(&format!("{KEY}/packs/{token}.tar.zst"));
-        let mut pack = std::fs::read(&pack_path).unwrap();
+        let pack_key = format!("{KEY}/packs/{token}.tar.zst");
+        let mut pack = server.get_object(&pack_key).unwrap();
         let range = (
             segment["range"][0].as_u64().unwrap() as usize,
             segment["range"][1].as_u64().unwrap() as usize,
@@ -56,7 +56,7 @@ fn rewrite_entry(server: &TestS3, path: &str, edit: &dyn Fn(&mut serde_json::Val
         let frame = zstd::bulk::compress(&new_lines, 3).unwrap();
         let start = pack.len() as u64;
         pack.extend_from_slice(&frame);
-        std::fs::write(&pack_path, &pack).unwrap();
+        server.put_object(&pack_key, &pack);
         manifest["segments"][i]["range"] = serde_json::json!([start, pack.len() as u64]);
         manifest["segments"][i]["blake3"] = blake3::hash(&new_lines).to_hex().to_string().into();
         for p in manifest["packs"].as_array_mut().unwrap() {
@@ -65,8 +65,8 @@ fn rewrite_entry(server: &TestS3, path: &str, edit: &dyn Fn(&mut serde_json::Val
                 p["blake3"] = blake3::hash(&pack).to_hex().to_string().into();
             }
         }
-        let manifest_path = server.object_path(&format!("{KEY}/snapshots/{digest}.json"));
-        std::fs::write(manifest_path, manifest.to_string()).unwrap();
+        let manifest_key = format!("{KEY}/snapshots/{digest}.json");
+        server.put_object(&manifest_key, manifest.to_string().as_bytes());
         return;
     }
     panic!("no segment lists `{path}`");
@@ -90,12 +90,12 @@ fn a_pack_byte_altered_on_the_server_is_detected() {
     json_ok(&snapshot(&server, &cache, &src, KEY, &["--strict"]));
     let manifest = current_manifest(&server, KEY);
     let token = manifest["packs"][0]["token"].as_str().unwrap().to_owned();
-    let pack_path = server.object_path(&format!("{KEY}/packs/{token}.tar.zst"));
-    let mut pack = std::fs::read(&pack_path).unwrap();
+    let pack_key = format!("{KEY}/packs/{token}.tar.zst");
+    let mut pack = server.get_object(&pack_key).unwrap();
     // In the middle of the tar's frames (the segments come after them).
     let first_segment = manifest["segments"][0]["range"][0].as_u64().unwrap() as usize;
     pack[first_segment / 2] ^= 0x01;
-    std::fs::write(&pack_path, &pack).unwrap();
+    server.put_object(&pack_key, &pack);
     assert_detected(&server, &cache, tmp.path(), "packs/");
 }
 

@@ -15,9 +15,7 @@ const KEY: &str = "ci/node_modules";
 
 /// The size of an object under `KEY`.
 fn size(server: &TestS3, key: &str) -> u64 {
-    std::fs::metadata(server.object_path(&format!("{KEY}/{key}")))
-        .unwrap()
-        .len()
+    server.object_size(&format!("{KEY}/{key}")).unwrap()
 }
 
 /// What reading the current snapshot's lists costs at most: the pointer, the manifest and
@@ -53,7 +51,7 @@ fn a_restore_over_yesterdays_tree_downloads_only_the_delta() {
         .filter(|k| k.contains("/packs/"))
         .collect();
     assert_eq!(packs.len(), 1, "{packs:?}");
-    let full_pack = std::fs::metadata(server.object_path(&packs[0])).unwrap().len();
+    let full_pack = server.object_size(&packs[0]).unwrap();
 
     // A cold machine gets the whole pack (and nothing is seeded).
     let dir = tmp.path().join("dir");
@@ -73,7 +71,7 @@ fn a_restore_over_yesterdays_tree_downloads_only_the_delta() {
     let delta_pack: u64 = objects(&server)
         .into_keys()
         .filter(|k| k.contains("/packs/") && *k != packs[0])
-        .map(|k| std::fs::metadata(server.object_path(&k)).unwrap().len())
+        .map(|k| server.object_size(&k).unwrap())
         .sum();
     assert!(
         delta_pack > 0 && delta_pack * 20 < full_pack,

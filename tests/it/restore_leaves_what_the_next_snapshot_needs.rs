@@ -18,9 +18,7 @@ const RESTORE: &[&str] = &["--strict", "--min-free", "0"];
 
 /// The size of an object under `KEY`.
 fn size(server: &TestS3, key: &str) -> u64 {
-    std::fs::metadata(server.object_path(&format!("{KEY}/{key}")))
-        .unwrap()
-        .len()
+    server.object_size(&format!("{KEY}/{key}")).unwrap()
 }
 
 /// The pointer and the current manifest's top object (its segments excluded).
@@ -62,7 +60,7 @@ fn yesterday_and_today(server: &TestS3, cache: &Path, src: &Path, dir: &Path) ->
     packs(server)
         .into_iter()
         .filter(|k| !first.contains(k))
-        .map(|k| std::fs::metadata(server.object_path(&k)).unwrap().len())
+        .map(|k| server.object_size(&k).unwrap())
         .sum()
 }
 

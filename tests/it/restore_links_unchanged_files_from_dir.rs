@@ -64,11 +64,11 @@ fn unchanged_files_keep_their_inode_and_a_failed_restore_leaves_dir_as_it_was() 
         .map(|s| s["range"][0].as_u64().unwrap())
         .min()
         .expect("a segment in the delta pack");
-    let pack_path = server.object_path(&format!("{KEY}/packs/{token}.tar.zst"));
-    let original = std::fs::read(&pack_path).unwrap();
+    let pack_key = format!("{KEY}/packs/{token}.tar.zst");
+    let original = server.get_object(&pack_key).unwrap();
     let mut altered = original.clone();
     altered[data_end as usize / 2] ^= 0x01;
-    let arm = || std::fs::write(&pack_path, &altered).unwrap();
+    let arm = || server.put_object(&pack_key, &altered);
     assert_restore_leaves_dir_untouched(&server, &cache, &dir, KEY, RESTORE, &arm, "packs/");
     assert_eq!(meta(&dir, kept).ino(), old_ino);
     assert_eq!(
@@ -77,7 +77,7 @@ fn unchanged_files_keep_their_inode_and_a_failed_restore_leaves_dir_as_it_was() 
         "the link into the stage was removed with it"
     );
 
-    std::fs::write(&pack_path, &original).unwrap();
+    server.put_object(&pack_key, &original);
     let report = json_ok(&restore(&server, &cache, &dir, KEY, RESTORE));
     assert_eq!(report["status"], "restored", "{report}");
     assert_eq!(describe_tree(&dir), describe_tree(&src));

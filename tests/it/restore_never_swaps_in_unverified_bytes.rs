@@ -10,7 +10,7 @@ use crate::support;
 use crate::support::json_ok;
 use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{
-    assert_restore_leaves_dir_untouched, current_pack, restore, snapshot, staging_leftovers,
+    assert_restore_leaves_dir_untouched, current_pack_key, restore, snapshot, staging_leftovers,
 };
 
 const KEY: &str = "ci/large/node_modules";
@@ -24,8 +24,8 @@ struct Setup {
     dir: PathBuf,
     /// A directory that does not exist.
     missing: PathBuf,
-    /// Where the archive is on the server's disk, and its size.
-    archive: PathBuf,
+    /// The archive's key on the server, and its size.
+    archive: String,
     archive_bytes: usize,
 }
 
@@ -42,8 +42,8 @@ fn setup() -> Setup {
         std::fs::write(src.join(format!("big{i}.bin")), rng.bytes(2 * 1024 * 1024)).unwrap();
     }
     json_ok(&snapshot(&server, &cache, &src, KEY, &[]));
-    let archive = current_pack(&server, KEY);
-    let archive_bytes = std::fs::metadata(&archive).unwrap().len() as usize;
+    let archive = current_pack_key(&server, KEY);
+    let archive_bytes = server.object_size(&archive).unwrap() as usize;
     assert!(archive_bytes > 16 << 20, "the archive must span many parts");
     let work = tmp.path().join("work");
     let dir = support::make_tree(&work.join("node_modules"), 10, 1024, 77);
@@ -77,15 +77,15 @@ fn assert_restores(s: &Setup, dir: &Path) {
 #[test]
 fn a_byte_altered_in_the_middle_of_a_large_archive_is_caught_and_nothing_is_swapped_in() {
     let s = setup();
-    let original = std::fs::read(&s.archive).unwrap();
+    let original = s.server.get_object(&s.archive).unwrap();
     let mut altered = original.clone();
     altered[s.archive_bytes / 2] ^= 0x40;
-    std::fs::write(&s.archive, &altered).unwrap();
+    s.server.put_object(&s.archive, &altered);
     let nothing = || {};
     assert_untouched(&s, &s.dir, &nothing, "digest mismatch");
     assert_untouched(&s, &s.missing, &nothing, "digest mismatch");
 
-    std::fs::write(&s.archive, &original).unwrap();
+    s.server.put_object(&s.archive, &original);
     assert_restores(&s, &s.dir);
 }
 

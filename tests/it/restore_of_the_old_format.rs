@@ -19,7 +19,9 @@ fn write_old_snapshot(server: &TestS3, cache: &Path, src: &Path) -> String {
     json_ok(&snapshot(server, cache, src, KEY, &["--strict"]));
     let current = current_manifest(server, KEY);
     let digest = current["digest"].as_str().unwrap().to_owned();
-    std::fs::remove_dir_all(server.object_path(&format!("{KEY}/packs"))).unwrap();
+    for pack in server.list_objects(&format!("{KEY}/packs")).into_keys() {
+        server.delete_object(&pack);
+    }
 
     let mut builder = tar::Builder::new(zstd::Encoder::new(Vec::new(), 3).unwrap());
     builder.follow_symlinks(false);
@@ -29,9 +31,7 @@ fn write_old_snapshot(server: &TestS3, cache: &Path, src: &Path) -> String {
     let archive = builder.into_inner().unwrap().finish().unwrap();
     let archive_name = format!("snapshots/{digest}-0123456789abcdef.tar.zst");
     let put = |key: &str, bytes: &[u8]| {
-        let path = server.object_path(&format!("{KEY}/{key}"));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
+        server.put_object(&format!("{KEY}/{key}"), bytes);
     };
     put(&archive_name, &archive);
     let manifest = serde_json::json!({

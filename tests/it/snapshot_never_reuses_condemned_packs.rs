@@ -22,12 +22,12 @@ fn content_in_a_condemned_pack_is_uploaded_again() {
         .to_owned();
 
     // The remote gc condemned the first pack (as if no kept snapshot reached it).
-    let gc = server.object_path(&format!("{KEY}/gc.json"));
+
     let state = serde_json::json!({
         "version": 1,
         "condemned": { format!("packs/{first}.tar.zst"): 1 },
     });
-    std::fs::write(&gc, serde_json::to_vec(&state).unwrap()).unwrap();
+    server.put_object(&format!("{KEY}/gc.json"), &serde_json::to_vec(&state).unwrap());
 
     std::fs::write(src.join("d1/s1/f1.bin"), b"changed").unwrap();
     let report = json_ok(&snapshot(&server, &cache, &src, KEY, &[]));

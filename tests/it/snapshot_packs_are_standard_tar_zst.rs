@@ -33,11 +33,17 @@ fn extract(pack: &Path, into: &Path) {
     );
 }
 
-fn pack_paths(server: &TestS3) -> Vec<PathBuf> {
+/// Every pack under KEY, copied into files in `into` (named by their keys' last part).
+fn pack_paths(server: &TestS3, into: &Path) -> Vec<PathBuf> {
+    std::fs::create_dir_all(into).unwrap();
     objects(server)
         .into_keys()
         .filter(|k| k.starts_with(&format!("{KEY}/packs/")))
-        .map(|k| server.object_path(&k))
+        .map(|k| {
+            let path = into.join(k.rsplit('/').next().unwrap());
+            std::fs::write(&path, server.get_object(&k).unwrap()).unwrap();
+            path
+        })
         .collect()
 }
 
@@ -61,7 +67,7 @@ fn packs_extract_with_zstd_and_tar() {
 
     let first = json_ok(&snapshot(&server, &cache, &src, KEY, &[]));
     assert_eq!(first["full"], true, "{first}");
-    let full = pack_paths(&server);
+    let full = pack_paths(&server, &tmp.path().join("packs"));
     assert_eq!(full.len(), 1);
     let out = tmp.path().join("from-full");
     extract(&full[0], &out);
@@ -75,7 +81,7 @@ fn packs_extract_with_zstd_and_tar() {
     std::fs::write(src.join("d1/large.bin"), &large).unwrap();
     let second = json_ok(&snapshot(&server, &cache, &src, KEY, &[]));
     assert_eq!(second["full"], false, "{second}");
-    let delta: Vec<PathBuf> = pack_paths(&server)
+    let delta: Vec<PathBuf> = pack_paths(&server, &tmp.path().join("packs"))
         .into_iter()
         .filter(|p| *p != full[0])
         .collect();

@@ -79,8 +79,11 @@ fn the_uploaded_object_is_a_standard_tar_zst() {
     assert_eq!(packs.len(), 1, "{manifest}");
     assert_eq!(packs[0]["full"], true, "{manifest}");
     let token = packs[0]["token"].as_str().unwrap();
-    let archive = server.object_path(&format!("{KEY}/packs/{token}.tar.zst"));
-    let bytes = std::fs::read(&archive).unwrap();
+    let bytes = server
+        .get_object(&format!("{KEY}/packs/{token}.tar.zst"))
+        .unwrap();
+    let archive = tmp.path().join("pack.tar.zst");
+    std::fs::write(&archive, &bytes).unwrap();
     assert_eq!(packs[0]["bytes"], bytes.len() as u64);
     assert_eq!(packs[0]["blake3"], blake3::hash(&bytes).to_hex().as_str());
 

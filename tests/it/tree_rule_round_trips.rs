@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::machine::Machine;
-use crate::support::s3_server::{BUCKET, TestS3};
+use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{objects, restore, snapshot};
 use crate::support::*;
 
@@ -60,7 +60,7 @@ ln -s /usr/bin/env "$WARMCACHE_OUT/bin/python"
     let server = TestS3::start();
     let a = Machine::new(RECIPE, &[("src/app.txt", "v1\n")]);
     let b = Machine::new(RECIPE, &[("src/app.txt", "v1\n")]);
-    let url = format!("s3://{BUCKET}/shared");
+    let url = server.url("shared");
     let built = json_ok(&run(a.cmd(&server).args(["ensure", "venv", "--json"])));
     assert_eq!(built["status"], "built", "{built}");
     let pushed = json_ok(&run(a

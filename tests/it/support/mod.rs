@@ -3,6 +3,7 @@
 //! server ([`s3_server`]), simulated machines sharing it ([`machine`]) and the snapshot and
 //! restore commands pointed at it ([`snapshots`]).
 
+pub mod backend;
 pub mod machine;
 pub mod s3_server;
 pub mod schemas;
@@ -24,12 +25,17 @@ pub fn warmcache(root: &Path) -> Command {
     cmd
 }
 
-/// `warmcache` on `root`, talking to `server` through the AWS environment variables only: any
-/// ambient `AWS_*` of the test's own environment is removed first.
+/// `warmcache` on `root`, talking to `server` through the environment variables only (the AWS
+/// ones, an Azure connection string on Azurite): any ambient `AWS_*`, `AZURE_*` or `GOOGLE_*` of
+/// the test's own environment is removed first.
 pub fn warmcache_s3(server: &TestS3, root: &Path) -> Command {
     let mut cmd = warmcache(root);
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("AWS_") {
+        let name_str = name.to_string_lossy();
+        if ["AWS_", "AZURE_", "AZURITE_", "GOOGLE_"]
+            .iter()
+            .any(|p| name_str.starts_with(p))
+        {
             cmd.env_remove(name);
         }
     }
