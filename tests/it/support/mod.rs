@@ -3,6 +3,7 @@
 //! server ([`s3_server`]), simulated machines sharing it ([`machine`]) and the snapshot and
 //! restore commands pointed at it ([`snapshots`]).
 
+pub mod gcs_proxy;
 pub mod machine;
 pub mod s3_server;
 pub mod snapshots;
