@@ -18,8 +18,9 @@ use warmcache::remote::RemoteUrl;
 /// Where the remote is and how strictly to treat its problems.
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
-    /// The remote for shared artifacts, e.g. s3://bucket/prefix (default: $WARMCACHE_REMOTE, else
-    /// `[remote] url` in warmcache.toml). Endpoint and credentials follow the AWS variables.
+    /// The remote for shared artifacts, e.g. s3://bucket/prefix, gs://bucket/prefix or
+    /// az://container/prefix (default: $WARMCACHE_REMOTE, else `[remote] url` in warmcache.toml).
+    /// Endpoint and credentials follow each cloud's variables (README, "Remote storage").
     #[arg(long, value_name = "URL", value_parser = parse_url)]
     pub remote: Option<RemoteUrl>,
     /// Make remote problems (unreachable, timed out, corrupt or unverifiable data) errors with exit

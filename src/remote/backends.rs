@@ -169,9 +169,6 @@ fn gcs(bucket: &str, gcs: &GcsOverrides) -> GoogleCloudStorageBuilder {
     if let Some(key) = &gcs.service_account_key {
         builder = builder.with_service_account_key(key);
     }
-    if let Some(skip) = gcs.skip_signature {
-        builder = builder.with_config(GoogleConfigKey::SkipSignature, skip.to_string());
-    }
     builder
 }
 

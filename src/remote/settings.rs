@@ -126,11 +126,11 @@ pub struct GcsOverrides {
     /// The JSON/XML API base URL, e.g. `http://127.0.0.1:4443` for an emulator (like
     /// `GOOGLE_BASE_URL`, or `gcs_base_url` in a service-account file).
     pub base_url: Option<String>,
-    /// A service-account key, as JSON (like `GOOGLE_SERVICE_ACCOUNT_KEY`).
+    /// A service-account key, as JSON (like `GOOGLE_SERVICE_ACCOUNT_KEY`). For an emulator,
+    /// `{"disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}`
+    /// sends no token: object_store's emulator switch (`GOOGLE_SKIP_SIGNATURE` is not enough,
+    /// object_store 0.14 still fetches a token for uploads with it).
     pub service_account_key: Option<String>,
-    /// Send unsigned requests (like `GOOGLE_SKIP_SIGNATURE=true`): for emulators and public
-    /// buckets; no credential is looked up.
-    pub skip_signature: Option<bool>,
     /// Allow plain HTTP (like `GOOGLE_ALLOW_HTTP`). `None`: allowed when the base URL is
     /// `http://`.
     pub allow_http: Option<bool>,
@@ -145,7 +145,6 @@ impl std::fmt::Debug for GcsOverrides {
                 "service_account_key",
                 &self.service_account_key.as_ref().map(|_| "<redacted>"),
             )
-            .field("skip_signature", &self.skip_signature)
             .field("allow_http", &self.allow_http)
             .finish()
     }

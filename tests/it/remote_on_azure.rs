@@ -19,7 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
-use warmcache::remote::{AzureOverrides, CondPut, NoProgress, PutOutcome, Remote, RemoteSettings, RemoteUrl};
+use warmcache::remote::{
+    AzureOverrides, CondPut, NoProgress, PutOutcome, Remote, RemoteError, RemoteSettings, RemoteUrl,
+};
 
 use crate::support;
 use crate::support::machine::Machine;
@@ -375,6 +377,7 @@ fn conditional_pointer_and_create_only_objects_hold_on_azure() {
     let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 64]);
     let denied = Remote::new(&url(""), azurite.settings(&wrong)).unwrap();
     let err = denied.head("immutable").unwrap_err();
+    assert!(matches!(err, RemoteError::Denied { .. }), "{err}");
     assert!(!err.is_outage(), "{err}");
     assert!(
         err.to_string().contains(&format!("az://{CONTAINER}/immutable")),

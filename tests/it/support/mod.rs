@@ -4,6 +4,7 @@
 //! restore commands pointed at it ([`snapshots`]).
 
 pub mod backend;
+pub mod gcs_proxy;
 pub mod machine;
 pub mod s3_server;
 pub mod schemas;
