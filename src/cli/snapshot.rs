@@ -65,7 +65,7 @@ pub struct RestoreArgs {
 
 /// The URL from the flag or environment, else from `warmcache.toml`, with the transfer settings
 /// and the configured timeout.
-fn remote_url(flag: Option<&RemoteUrl>) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>)> {
+fn remote_url(cli: &Cli, flag: Option<&RemoteUrl>) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>)> {
     let remote = super::context::configured_remote()?;
     let url = match (flag, &remote) {
         (Some(url), _) => url.clone(),
@@ -75,7 +75,7 @@ fn remote_url(flag: Option<&RemoteUrl>) -> Result<(RemoteUrl, RemoteSettings, Op
              `[remote] url = \"s3://...\"` to a warmcache.toml"
         ),
     };
-    let settings = super::context::remote_settings(remote.as_ref());
+    let settings = super::context::remote_settings(cli, remote.as_ref());
     Ok((url, settings, remote.and_then(|r| r.timeout)))
 }
 
@@ -93,7 +93,7 @@ pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> 
             root.display()
         );
     }
-    let (url, settings, _) = remote_url(args.remote.as_ref())?;
+    let (url, settings, _) = remote_url(cli, args.remote.as_ref())?;
     let options = SnapshotOptions {
         force: args.force,
         strict: args.strict,
@@ -107,6 +107,22 @@ pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> 
     bars.clear();
     let report = match result {
         Ok(report) => report,
+        Err(e) if e.is_read_only() => {
+            // docs/DESIGN.md, "Read-only writers": advisory (exit 0) unless --strict.
+            let message = format!(
+                "snapshot of `{}` not uploaded, nothing was written to the remote: {e}",
+                args.dir.display()
+            );
+            if args.strict {
+                anyhow::bail!(message);
+            }
+            out.warn(&message);
+            out.result(
+                &json!({ "status": "read_only", "dir": args.dir, "url": url.to_string(), "warning": message }),
+                || format!("read-only: nothing uploaded to {url}"),
+            );
+            return Ok(());
+        }
         Err(e) if e.is_local() || args.strict => return Err(e.into()),
         Err(e) => {
             out.warn(&format!(
@@ -202,7 +218,7 @@ fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<PathBuf> {
 /// `warmcache restore DIR`.
 pub fn run_restore(cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
     let root = refuse_inside_cache(cli, &args.dir)?;
-    let (url, settings, timeout) = remote_url(args.remote.as_ref())?;
+    let (url, settings, timeout) = remote_url(cli, args.remote.as_ref())?;
     let options = RestoreOptions {
         timeout: args.timeout.or(timeout),
         strict: args.strict,

@@ -47,6 +47,11 @@ pub struct RemoteSettings {
     pub max_small_object: u64,
     /// Connection settings that override the AWS environment.
     pub s3: S3Overrides,
+    /// Never write to the remote (docs/DESIGN.md, "Read-only writers"): every write operation
+    /// of the client (uploads, pointer updates, copies, deletes) fails with
+    /// [`super::RemoteError::ReadOnly`] before any request is made; reads work as usual.
+    /// Default false.
+    pub read_only: bool,
 }
 
 impl Default for RemoteSettings {
@@ -64,6 +69,7 @@ impl Default for RemoteSettings {
             parallelism: 4,
             max_small_object: 16 * 1024 * 1024,
             s3: S3Overrides::default(),
+            read_only: false,
         }
     }
 }

@@ -430,6 +430,12 @@ impl SnapshotError {
         )
     }
 
+    /// Whether the snapshot wrote nothing because the remote is read-only (configured, or the
+    /// credentials may not write): docs/DESIGN.md, "Read-only writers".
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::Remote(e) if e.is_read_only())
+    }
+
     /// Whether this is a problem with the local directory (always reported as an error) rather
     /// than with the remote or its data (advisory: a warning unless `--strict`).
     pub fn is_local(&self) -> bool {

@@ -10,6 +10,8 @@
 //!   off and every later request is dropped without an answer, as when a server dies.
 //! - fail parts: every multipart part upload gets `500 InternalError` (the upload started, and
 //!   fails midway).
+//! - deny writes: every PUT, POST and DELETE gets `403 AccessDenied` (credentials that may read
+//!   the bucket but not write it); [`TestS3::write_attempts`] counts the writes it saw.
 //!
 //! It counts the body bytes it received in PUTs and POSTs ([`TestS3::bytes_uploaded`]) and sent
 //! in successful GETs ([`TestS3::bytes_downloaded`]), from their `Content-Length`, so tests can
@@ -79,7 +81,10 @@ struct Faults {
     sent: AtomicUsize,
     dead: AtomicBool,
     fail_parts: AtomicBool,
+    deny_writes: AtomicBool,
     requests: AtomicUsize,
+    /// PUT, POST and DELETE requests received (denied or not).
+    writes: AtomicUsize,
     uploaded: AtomicU64,
     downloaded: AtomicU64,
     conditional_puts: tokio::sync::Mutex<()>,
@@ -153,6 +158,7 @@ impl TestS3 {
             parallelism: 4,
             max_small_object: 1024 * 1024,
             s3: self.overrides(),
+            ..RemoteSettings::default()
         }
     }
 
@@ -220,6 +226,18 @@ impl TestS3 {
     /// Answers every multipart part upload (`PUT ...?partNumber=N`) with `500 InternalError`.
     pub fn fail_part_uploads(&self, on: bool) {
         self.faults.fail_parts.store(on, Ordering::SeqCst);
+    }
+
+    /// Answers every PUT, POST and DELETE with `403 AccessDenied` and an S3 XML error body, as
+    /// S3 does for credentials without `s3:PutObject`/`s3:DeleteObject`; reads still work.
+    pub fn deny_writes(&self, on: bool) {
+        self.faults.deny_writes.store(on, Ordering::SeqCst);
+    }
+
+    /// PUT, POST and DELETE requests received so far, denied or not (uploads, parts, pointer
+    /// updates, copies, deletes).
+    pub fn write_attempts(&self) -> usize {
+        self.faults.writes.load(Ordering::SeqCst)
     }
 
     /// Body bytes received in PUT and POST requests so far (uploads, parts, small objects).
@@ -293,6 +311,17 @@ async fn handle(
     if faults.dead.load(Ordering::SeqCst) {
         // hyper closes the connection without an answer.
         return Err(HttpError::new("injected fault: the server died".into()));
+    }
+    let write = [Method::PUT, Method::POST, Method::DELETE].contains(req.method());
+    if write {
+        faults.writes.fetch_add(1, Ordering::SeqCst);
+    }
+    if write && faults.deny_writes.load(Ordering::SeqCst) {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                    <Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        let mut response = Response::new(Body::from(body.to_owned()));
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return Ok(response);
     }
     let part_upload = req.method() == Method::PUT
         && req
