@@ -5,7 +5,9 @@
 mod support;
 
 mod a_damaged_snapshot_is_replaced_with_force;
+mod a_fallback_restore_seeds_the_exact_keys_snapshot;
 mod a_hit_only_reads;
+mod a_remote_error_at_the_exact_key_is_not_hidden_by_a_fallback;
 mod activate_hook_failure;
 mod activate_never_shares_the_store;
 mod activate_refuses_a_destination_inside_the_cache;
@@ -54,6 +56,7 @@ mod remote_transport;
 mod restore_advisory;
 mod restore_detects_altered_packs_and_manifests;
 mod restore_downloads_only_the_delta;
+mod restore_falls_back_to_the_first_key_that_holds_a_snapshot;
 mod restore_leaves_what_the_next_snapshot_needs;
 mod restore_links_unchanged_files_from_dir;
 mod restore_never_swaps_in_unverified_bytes;
