@@ -95,7 +95,8 @@ pub enum Command {
     Pull(PullArgs),
     /// Upload DIR as the current snapshot at --remote (a tar.zst; nothing if unchanged).
     Snapshot(snapshot::SnapshotArgs),
-    /// Replace DIR atomically with the snapshot at --remote (DIR untouched on any failure).
+    /// Replace DIR atomically with the snapshot at --remote, or at the first --fallback key holding
+    /// one (DIR untouched on any failure).
     Restore(snapshot::RestoreArgs),
 }
 

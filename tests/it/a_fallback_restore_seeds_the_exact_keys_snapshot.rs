@@ -16,7 +16,7 @@ fn tree_bytes(report: &serde_json::Value) -> u64 {
 }
 
 #[test]
-fn an_unchanged_tree_uploads_no_pack_and_reads_no_file() {
+fn an_unchanged_tree_uploads_no_pack() {
     let server = TestS3::start();
     let tmp = tempfile::tempdir().unwrap();
     let main = support::make_tree(&tmp.path().join("main"), 60, 64 * 1024, 1);

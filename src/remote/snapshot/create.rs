@@ -279,9 +279,20 @@ fn seed_from_fallback(
         if remote.head(&to)?.is_some() {
             continue;
         }
-        if !remote.copy(&pack_key(&from, &pack.token), &to)? {
-            tracing::info!("not seeding {url}: pack {} of {from} is gone", pack.token);
-            return Ok(None);
+        match remote.copy(&pack_key(&from, &pack.token), &to) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("not seeding {url}: pack {} of {from} is gone", pack.token);
+                return Ok(None);
+            }
+            // An outage or a read-only remote stops the snapshot as it would any other write.
+            Err(e) if e.is_outage() || e.is_read_only() => return Err(e.into()),
+            // A store that cannot copy this object (S3 copies at most 5 GiB in one request, for
+            // one): the snapshot uploads the whole tree instead.
+            Err(e) => {
+                tracing::warn!("not seeding {url} from {from}: {e}; uploading the whole tree");
+                return Ok(None);
+            }
         }
     }
     // Create-only: a manifest already there describes the same tree.
