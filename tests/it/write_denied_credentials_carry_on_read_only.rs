@@ -2,12 +2,14 @@
 //! AccessDenied`, as S3 does without `s3:PutObject`): the first refused write is reported once,
 //! naming the bucket and the fix, and the process carries on read-only: `snapshot` says
 //! `"status": "read_only"` and exits 0 (1 with `--strict`), having provoked exactly one 403;
+//! `ensure --push` builds and skips its push with that one warning, even with `--strict`;
 //! every later write of the process, through any client of that bucket, is not attempted.
 
 use bytes::Bytes;
 use warmcache::remote::{Remote, RemoteUrl};
 
 use crate::support;
+use crate::support::machine::Machine;
 use crate::support::s3_server::{BUCKET, TestS3};
 use crate::support::snapshots::{objects, restore, snapshot};
 use crate::support::{json_ok, stderr};
@@ -55,6 +57,46 @@ fn snapshot_reports_it_once_and_writes_nothing() {
         json_ok(&restore(&server, &root, &restored, KEY, &[]))["status"],
         "restored"
     );
+}
+
+const CONFIG: &str = r#"
+[entry.app]
+inputs = ["src/*"]
+build = """
+echo built >> "$COUNTER_FILE"
+cp src/app.txt "$WARMCACHE_OUT"
+"""
+"#;
+
+#[test]
+fn ensure_builds_and_skips_its_push_with_one_warning() {
+    let server = TestS3::start();
+    server.deny_writes(true);
+    let machine = Machine::new(CONFIG, &[("src/app.txt", "v1")]);
+    let url = server.url("shared");
+    for strict in [false, true] {
+        let writes = server.write_attempts();
+        let mut cmd = machine.cmd(&server);
+        cmd.args(["ensure", "app", "--push", "--remote", &url, "--json", "--refresh"]);
+        if strict {
+            cmd.arg("--strict");
+        }
+        let out = support::run(&mut cmd);
+        json_ok(&out);
+        assert_eq!(
+            server.write_attempts() - writes,
+            1,
+            "one 403 per process, no more"
+        );
+        let err = stderr(&out);
+        assert_eq!(err.matches("access denied").count(), 1, "reported once: {err}");
+        assert!(!err.contains("warning:"), "a second report: {err}");
+        assert!(
+            err.contains("access denied") && err.contains("s3:PutObject"),
+            "{err}"
+        );
+    }
+    assert_eq!(machine.builds(), 2);
 }
 
 #[test]
