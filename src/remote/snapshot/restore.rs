@@ -104,12 +104,13 @@ pub fn restore(
     };
     let keys: Vec<&RemoteUrl> = std::iter::once(url).chain(&options.fallbacks).collect();
     for (i, key) in keys.into_iter().enumerate() {
-        let mut attempt = options.clone();
         // Every key gets what is left of the one deadline; strictness is judged once all were
         // tried.
-        attempt.timeout = Some(deadline.saturating_duration_since(Instant::now()));
-        attempt.strict = false;
-        let run = Restore::new(dir.clone(), key, &attempt, stat_path.clone())?;
+        let attempt = RestoreOptions {
+            strict: false,
+            ..options.clone()
+        };
+        let run = Restore::new(dir.clone(), key, &attempt, deadline, stat_path.clone())?;
         let mut tried = RestoreReport {
             status: RestoreStatus::Restored,
             url: url.to_string(),
@@ -234,12 +235,14 @@ impl<'a> Restore<'a> {
         dir: PathBuf,
         url: &'a RemoteUrl,
         options: &RestoreOptions,
+        deadline: Instant,
         stat_path: Option<PathBuf>,
     ) -> Result<Self> {
         let started = Instant::now();
         let started_ns = stat::now_ns();
+        // The whole restore's bound (for messages), and what is left of it for this key.
         let timeout = options.timeout.unwrap_or(options.settings.overall_timeout);
-        let deadline = started + timeout;
+        let left = deadline.saturating_duration_since(started);
         let stage = Stage::beside(&dir)?;
         // Creating the staging directory now checks that DIR's directory is writable before
         // anything is downloaded; dropping the stage removes it.
@@ -249,7 +252,7 @@ impl<'a> Restore<'a> {
             source,
         })?;
         let mut settings = options.settings.clone();
-        settings.overall_timeout = settings.overall_timeout.min(timeout);
+        settings.overall_timeout = settings.overall_timeout.min(left.max(Duration::from_millis(1)));
         settings.part_size = settings.part_size.clamp(1, MAX_PART);
         let remote = Remote::new(url, settings)?.with_deadline(deadline);
         let clock = Clock {
