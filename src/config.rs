@@ -16,6 +16,8 @@
 //! [remote]
 //! url = "s3://bucket/prefix"
 //! push = true
+//! # read_only = true             # never write the remote (forks, laptops)
+//! # fallback = ["s3://bucket/main/node_modules"]   # restore's keys after its own
 //!
 //! [cache]
 //! max_size = "10GiB"
@@ -84,6 +86,15 @@ pub struct RemoteConfig {
     /// Bound on each remote operation.
     #[serde(default, deserialize_with = "serde_units::opt_duration")]
     pub timeout: Option<Duration>,
+    /// Never write to the remote (docs/DESIGN.md, "Read-only writers"): for machines that may
+    /// read the shared cache but must not write it (forks' pull requests, laptops).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Snapshot keys `restore` tries, in order, when its key holds no snapshot yet
+    /// (docs/DESIGN.md, "Fallback keys"), e.g. `["s3://bucket/main/node_modules"]`. Used when
+    /// `restore` is given no `--fallback`.
+    #[serde(default)]
+    pub fallback: Vec<String>,
 }
 
 /// `[cache]`: the local cache's budget.

@@ -202,6 +202,15 @@ test("snapshot, restore, push and pull through S3", LONG, async (t) => {
   const rest = await wc.restore(join(dir, "copy"), { remote: `${remote}/snap`, restoreTimeout: "2m" });
   assert.equal(rest.status, "restored");
   assert.equal(readFileSync(join(dir, "copy", "a.txt"), "utf8"), "a");
+  assert.equal(rest.matched, `${remote}/snap`);
+  assert.equal(rest.exact, true);
+  const fell = await wc.restore(join(dir, "branch"), { remote: `${remote}/branch`, fallback: [`${remote}/snap`] });
+  assert.equal(fell.status, "restored");
+  assert.equal(fell.matched, `${remote}/snap`);
+  assert.equal(fell.exact, false);
+  writeFileSync(join(dir, "tree", "b.txt"), "b");
+  const refused = await wc.snapshot(join(dir, "tree"), { remote: `${remote}/snap`, readOnly: true });
+  assert.equal(refused.status, "read_only");
 
   writeFileSync(join(dir, "in.txt"), "shared");
   const recipe = { cwd: dir, inputs: ["in.txt"], build: 'cp in.txt "$WARMCACHE_OUT"' };

@@ -568,6 +568,9 @@ pub fn ensure_push(
             activity.pushed = Some(report);
             Ok(())
         }
+        // Credentials that may not write: the client reported it once for the process
+        // (docs/DESIGN.md, "Read-only writers"); the push is skipped, even when strict.
+        Err(ShareError::Remote(e)) if e.is_read_only() => Ok(()),
         Err(e) if e.is_local() || sharing.strict => Err(e),
         Err(e) => {
             let message = degraded(sharing, &e, &format!("`{name}` was built locally but not pushed"));

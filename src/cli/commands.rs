@@ -75,7 +75,7 @@ pub(super) fn ensure(cli: &Cli, out: &Output, args: &EnsureArgs) -> Result<()> {
         } else {
             warmcache::cache::WaitPolicy::Wait
         },
-        remote: super::share::ensure_sharing(out, &args.share)?,
+        remote: super::share::ensure_sharing(cli, out, &args.share)?,
         // A lease belongs to the caller that uses the path, never to the background build.
         lease: args.lease.filter(|_| !cli.background_build),
     };
@@ -320,7 +320,7 @@ pub(super) fn activate(cli: &Cli, out: &Output, args: &ActivateArgs) -> Result<(
 
 pub(super) fn gc(cli: &Cli, out: &Output, args: &GcArgs) -> Result<()> {
     if let Some(url) = &args.remote {
-        return super::remote_gc::run(out, url, args);
+        return super::remote_gc::run(cli, out, url, args);
     }
     let cache = super::context::open_for_gc(cli)?;
     let options = warmcache::cache::GcOptions {

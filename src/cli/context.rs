@@ -112,9 +112,14 @@ pub(super) fn configured_remote() -> Result<Option<warmcache::config::RemoteConf
     Ok(config()?.and_then(|c| c.remote.clone()))
 }
 
-/// Transfer settings, with `[remote] timeout` bounding the whole operation and each of its steps.
-pub(super) fn remote_settings(config: Option<&warmcache::config::RemoteConfig>) -> RemoteSettings {
-    let mut settings = RemoteSettings::default();
+/// Transfer settings, with `[remote] timeout` bounding the whole operation and each of its steps,
+/// and read-only when `--read-only`, WARMCACHE_REMOTE_READ_ONLY or `[remote] read_only` says so
+/// (the client then refuses every write: docs/DESIGN.md, "Read-only writers").
+pub(super) fn remote_settings(cli: &Cli, config: Option<&warmcache::config::RemoteConfig>) -> RemoteSettings {
+    let mut settings = RemoteSettings {
+        read_only: cli.global.read_only || config.is_some_and(|c| c.read_only),
+        ..RemoteSettings::default()
+    };
     if let Some(timeout) = config.and_then(|c| c.timeout) {
         settings.overall_timeout = timeout;
         settings.request_timeout = settings.request_timeout.min(timeout);

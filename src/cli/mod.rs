@@ -55,6 +55,19 @@ pub struct GlobalArgs {
     /// Only errors and warnings on stderr; no progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Never write to the remote: reads (restore, pull, ensure's remote hits) still work;
+    /// snapshot and push say so and do nothing, ensure does not push, `gc --remote` is
+    /// refused (also `[remote] read_only = true`, WARMCACHE_REMOTE_READ_ONLY=1).
+    #[arg(
+        long,
+        global = true,
+        env = "WARMCACHE_REMOTE_READ_ONLY",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_missing_value = "true",
+        num_args = 0,
+        default_value = "false"
+    )]
+    pub read_only: bool,
     /// How long to wait for a lock held by another process (e.g. 30s, 10m).
     #[arg(long, global = true, env = "WARMCACHE_LOCK_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
@@ -83,7 +96,8 @@ pub enum Command {
     Pull(PullArgs),
     /// Upload DIR as the current snapshot at --remote (a tar.zst; nothing if unchanged).
     Snapshot(snapshot::SnapshotArgs),
-    /// Replace DIR atomically with the snapshot at --remote (DIR untouched on any failure).
+    /// Replace DIR atomically with the snapshot at --remote, or at the first --fallback key holding
+    /// one (DIR untouched on any failure).
     Restore(snapshot::RestoreArgs),
 }
 

@@ -9,12 +9,21 @@ use warmcache::remote::RemoteUrl;
 use warmcache::remote::snapshot::{self, RemoteGcOptions};
 use warmcache::units::{format_duration, format_size};
 
-use super::{GcArgs, Output};
+use super::{Cli, GcArgs, Output};
 
 /// `warmcache gc --remote URL [--keep N] [--max-age DUR] [--grace DUR] [--dry-run]`.
-pub(super) fn run(out: &Output, url: &RemoteUrl, args: &GcArgs) -> Result<()> {
+pub(super) fn run(cli: &Cli, out: &Output, url: &RemoteUrl, args: &GcArgs) -> Result<()> {
     let config = super::context::configured_remote()?;
-    let settings = super::context::remote_settings(config.as_ref());
+    let settings = super::context::remote_settings(cli, config.as_ref());
+    // Collecting deletes; a read-only machine must not (docs/DESIGN.md, "Read-only writers").
+    // Refused before anything is read, even for --dry-run: its report is what a delete would do.
+    if settings.read_only {
+        anyhow::bail!(
+            "cannot collect {url}: the remote is read-only here (--read-only, `[remote] read_only = \
+             true` or WARMCACHE_REMOTE_READ_ONLY=1) and the remote gc deletes; run it from a machine \
+             that may write the bucket, without the read-only setting"
+        );
+    }
     let grace = args.grace.unwrap_or(snapshot::DEFAULT_GRACE);
     // A grace shorter than a snapshot or restore may last lets the gc delete what one of them
     // still needs. Allowed (tests and quiet keys use short ones), never silently.

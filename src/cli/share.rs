@@ -74,12 +74,18 @@ pub(super) fn parse_url(s: &str) -> Result<RemoteUrl, String> {
 /// The remote for `ensure`, or `None` when none is configured. A remote that is configured but
 /// unusable (a malformed URL in the environment or the config file) is a warning, and `ensure`
 /// runs locally, unless `--strict`.
-pub(super) fn ensure_sharing(out: &Output, args: &EnsureRemoteArgs) -> Result<Option<Sharing>> {
-    sharing(out, &args.remote, args.push, false)
+pub(super) fn ensure_sharing(cli: &Cli, out: &Output, args: &EnsureRemoteArgs) -> Result<Option<Sharing>> {
+    sharing(cli, out, &args.remote, args.push, false)
 }
 
 /// Resolves the remote; `required` makes its absence an error.
-fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> Result<Option<Sharing>> {
+fn sharing(
+    cli: &Cli,
+    out: &Output,
+    args: &RemoteArgs,
+    push_flag: bool,
+    required: bool,
+) -> Result<Option<Sharing>> {
     let config = configured_remote()?;
     let env = std::env::var("WARMCACHE_REMOTE")
         .ok()
@@ -93,14 +99,17 @@ fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> 
         (None, None, None) if required => return Err(ShareError::NoRemote.into()),
         (None, None, None) => return Ok(None),
     };
-    let settings = remote_settings(config.as_ref());
+    let settings = remote_settings(cli, config.as_ref());
+    let read_only = settings.read_only;
     // No client is built here: the remote is contacted (and its client built) only when a
     // command needs it, never on a local `ensure` hit.
     match parsed {
         Ok(url) => {
             let warn = out.clone();
             let mut sharing = Sharing::new(url, settings).on_warning(move |message| warn.warn(message));
-            sharing.push = push_flag || config.as_ref().is_some_and(|c| c.push);
+            // A read-only machine never pushes what it builds: skipped without a word, as
+            // asked (docs/DESIGN.md, "Read-only writers").
+            sharing.push = !read_only && (push_flag || config.as_ref().is_some_and(|c| c.push));
             sharing.strict = args.strict;
             sharing.min_free = super::context::min_free(None)?;
             Ok(Some(sharing))
@@ -115,12 +124,21 @@ fn sharing(out: &Output, args: &RemoteArgs, push_flag: bool, required: bool) -> 
 
 /// `warmcache push NAME`.
 pub(super) fn push(cli: &Cli, out: &Output, args: &PushArgs) -> Result<()> {
-    let Some(sharing) = sharing(out, &args.remote, false, true)? else {
+    let Some(sharing) = sharing(cli, out, &args.remote, false, true)? else {
         return Err(ShareError::NoRemote.into());
     };
     let cache = open(cli)?;
     let report = match cache.push(&args.name, &sharing) {
         Ok(report) => report,
+        Err(ShareError::Remote(e)) if e.is_read_only() => {
+            return read_only(
+                out,
+                &sharing,
+                &e,
+                args.remote.strict,
+                &format!("`{}` was not pushed", args.name),
+            );
+        }
         Err(e) if e.is_local() || args.remote.strict => {
             return Err(e).with_context(|| format!("could not push `{}`", args.name));
         }
@@ -169,7 +187,7 @@ pub(super) fn push(cli: &Cli, out: &Output, args: &PushArgs) -> Result<()> {
 /// `warmcache pull NAME`.
 pub(super) fn pull(cli: &Cli, out: &Output, args: &PullArgs) -> Result<()> {
     let recipe = recipe(&args.name, &args.recipe)?;
-    let Some(mut sharing) = sharing(out, &args.remote, false, true)? else {
+    let Some(mut sharing) = sharing(cli, out, &args.remote, false, true)? else {
         return Err(ShareError::NoRemote.into());
     };
     sharing.min_free = super::context::min_free(args.min_free)?;
@@ -205,6 +223,28 @@ pub(super) fn pull(cli: &Cli, out: &Output, args: &PullArgs) -> Result<()> {
         }
         Err(e) => degraded(out, &sharing, &e, "nothing pulled"),
     }
+}
+
+/// Reports a push that wrote nothing because the remote is read-only (configured, or the
+/// credentials may not write): a warning and `"status": "read_only"` with exit 0, or an error
+/// (exit 1) with `--strict` (docs/DESIGN.md, "Read-only writers").
+pub(super) fn read_only(
+    out: &Output,
+    sharing: &Sharing,
+    err: &warmcache::remote::RemoteError,
+    strict: bool,
+    what: &str,
+) -> Result<()> {
+    let message = format!("{what}: nothing was written to {}: {err}", sharing.url());
+    if strict {
+        bail!(message);
+    }
+    out.warn(&message);
+    out.result(
+        &json!({ "status": "read_only", "url": sharing.url().to_string(), "warning": message }),
+        || format!("read-only: nothing written to {}", sharing.url()),
+    );
+    Ok(())
 }
 
 /// Reports a remote problem that did not fail the command: a warning, and `"status":

@@ -50,6 +50,11 @@ pub struct RestoreArgs {
     /// warmcache.toml).
     #[arg(long, env = "WARMCACHE_REMOTE", value_name = "URL", value_parser = super::share::parse_url)]
     pub remote: Option<RemoteUrl>,
+    /// A key to restore from when the ones before it hold no snapshot yet, e.g. the main
+    /// branch's (repeatable, tried in order; replaces `[remote] fallback`, which applies only
+    /// to the `[remote] url` key of the same file). A remote error at a key stops the search.
+    #[arg(long = "fallback", value_name = "URL", value_parser = super::share::parse_url)]
+    pub fallbacks: Vec<RemoteUrl>,
     /// Give up after this long, leaving DIR untouched (default: `[remote] timeout`, else 5m).
     #[arg(long, value_name = "DUR", value_parser = super::parse_time_limit)]
     pub timeout: Option<Duration>,
@@ -63,20 +68,34 @@ pub struct RestoreArgs {
     pub min_free: Option<u64>,
 }
 
-/// The URL from the flag or environment, else from `warmcache.toml`, with the transfer settings
-/// and the configured timeout.
-fn remote_url(flag: Option<&RemoteUrl>) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>)> {
+/// The URL from the flag or environment, else from `warmcache.toml`, with the transfer settings,
+/// the configured timeout, and the configured fallback keys: `[remote] fallback` applies only
+/// when the key is `[remote] url` of the same file (docs/DESIGN.md, "Fallback keys"), since
+/// they were written for that key; another key restored with them would put another tree in DIR.
+fn remote_url(
+    cli: &Cli,
+    flag: Option<&RemoteUrl>,
+) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>, Vec<RemoteUrl>)> {
     let remote = super::context::configured_remote()?;
-    let url = match (flag, &remote) {
-        (Some(url), _) => url.clone(),
-        (None, Some(remote)) => RemoteUrl::parse(&remote.url).context("`[remote] url` in warmcache.toml")?,
-        (None, None) => anyhow::bail!(
-            "no remote given: pass --remote s3://bucket/prefix/KEY, set WARMCACHE_REMOTE, or add \
+    let mut fallbacks = Vec::new();
+    let url =
+        match (flag, &remote) {
+            (Some(url), _) => url.clone(),
+            (None, Some(remote)) => {
+                for fallback in &remote.fallback {
+                    fallbacks.push(RemoteUrl::parse(fallback).with_context(|| {
+                        format!("`[remote] fallback` entry `{fallback}` in warmcache.toml")
+                    })?);
+                }
+                RemoteUrl::parse(&remote.url).context("`[remote] url` in warmcache.toml")?
+            }
+            (None, None) => anyhow::bail!(
+                "no remote given: pass --remote s3://bucket/prefix/KEY, set WARMCACHE_REMOTE, or add \
              `[remote] url = \"s3://...\"` to a warmcache.toml"
-        ),
-    };
-    let settings = super::context::remote_settings(remote.as_ref());
-    Ok((url, settings, remote.and_then(|r| r.timeout)))
+            ),
+        };
+    let settings = super::context::remote_settings(cli, remote.as_ref());
+    Ok((url, settings, remote.and_then(|r| r.timeout), fallbacks))
 }
 
 /// `warmcache snapshot DIR`.
@@ -93,7 +112,7 @@ pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> 
             root.display()
         );
     }
-    let (url, settings, _) = remote_url(args.remote.as_ref())?;
+    let (url, settings, _, _) = remote_url(cli, args.remote.as_ref())?;
     let options = SnapshotOptions {
         force: args.force,
         strict: args.strict,
@@ -107,6 +126,22 @@ pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> 
     bars.clear();
     let report = match result {
         Ok(report) => report,
+        Err(e) if e.is_read_only() => {
+            // docs/DESIGN.md, "Read-only writers": advisory (exit 0) unless --strict.
+            let message = format!(
+                "snapshot of `{}` not uploaded, nothing was written to the remote: {e}",
+                args.dir.display()
+            );
+            if args.strict {
+                anyhow::bail!(message);
+            }
+            out.warn(&message);
+            out.result(
+                &json!({ "status": "read_only", "dir": args.dir, "url": url.to_string(), "warning": message }),
+                || format!("read-only: nothing uploaded to {url}"),
+            );
+            return Ok(());
+        }
         Err(e) if e.is_local() || args.strict => return Err(e.into()),
         Err(e) => {
             out.warn(&format!(
@@ -202,11 +237,24 @@ fn refuse_inside_cache(cli: &Cli, dir: &std::path::Path) -> Result<PathBuf> {
 /// `warmcache restore DIR`.
 pub fn run_restore(cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
     let root = refuse_inside_cache(cli, &args.dir)?;
-    let (url, settings, timeout) = remote_url(args.remote.as_ref())?;
+    let (url, settings, timeout, configured) = remote_url(cli, args.remote.as_ref())?;
+    let mut fallbacks: Vec<RemoteUrl> = Vec::new();
+    let given = if args.fallbacks.is_empty() {
+        configured
+    } else {
+        args.fallbacks.clone()
+    };
+    for fallback in given {
+        // The exact key is tried first anyway; a key listed twice is tried once.
+        if fallback != url && !fallbacks.contains(&fallback) {
+            fallbacks.push(fallback);
+        }
+    }
     let options = RestoreOptions {
         timeout: args.timeout.or(timeout),
         strict: args.strict,
         settings,
+        fallbacks,
         min_free: super::context::min_free(args.min_free)?,
         // The store's files may supply content a restore would otherwise download; read only.
         store_root: Some(root),
@@ -236,20 +284,29 @@ pub fn run_restore(cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
             return Ok(());
         }
     };
+    let keys = std::iter::once(url.to_string())
+        .chain(options.fallbacks.iter().map(ToString::to_string))
+        .collect::<Vec<_>>()
+        .join(", ");
     if report.status == RestoreStatus::NoSnapshot {
-        out.warn(&format!("no snapshot at {url} yet; `{dir}` was left as it was"));
+        out.warn(&format!("no snapshot at {keys} yet; `{dir}` was left as it was"));
     }
+    let matched = report.matched.clone().unwrap_or_default();
+    let from = match report.exact {
+        true => matched,
+        false => format!("{matched} (fallback: {url} holds no snapshot yet)"),
+    };
     out.result(&json!(report), || match report.status {
         RestoreStatus::Restored => format!(
-            "restored `{dir}` from {url}: {} files, {} (downloaded {})",
+            "restored `{dir}` from {from}: {} files, {} (downloaded {})",
             report.files,
             format_size(report.bytes),
             format_size(report.downloaded_bytes)
         ),
         RestoreStatus::Unchanged => {
-            format!("unchanged: `{dir}` already holds the snapshot, nothing downloaded")
+            format!("unchanged: `{dir}` already holds the snapshot of {from}, nothing downloaded")
         }
-        RestoreStatus::NoSnapshot => format!("no snapshot at {url}; nothing restored"),
+        RestoreStatus::NoSnapshot => format!("no snapshot at {keys}; nothing restored"),
     });
     Ok(())
 }

@@ -2,7 +2,9 @@
 //!
 //! One breaker exists per endpoint and bucket per process (a process-wide registry), so every
 //! [`super::Remote`] built for the same place shares it: a CLI command that looks up many
-//! artifacts pays for an outage a few times, not once per artifact.
+//! artifacts pays for an outage a few times, not once per artifact. It also remembers a write
+//! refused for lack of permission, so the process carries on read-only after one such refusal
+//! (docs/DESIGN.md, "Read-only writers").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -19,6 +21,8 @@ struct State {
     consecutive_failures: u32,
     open_until: Option<Instant>,
     last_error: String,
+    /// Why writes to this place are refused for the rest of the process (a write was denied).
+    writes_denied: Option<String>,
 }
 
 /// Why a call was refused: the breaker is open.
@@ -65,6 +69,23 @@ impl Breaker {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.consecutive_failures = 0;
         state.open_until = None;
+    }
+
+    /// A write was refused for lack of permission: no more writes are attempted here by this
+    /// process. `true` the first time, so the caller reports it once.
+    pub(crate) fn deny_writes(&self, detail: &str) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = state.writes_denied.is_none();
+        if first {
+            state.writes_denied = Some(detail.to_owned());
+        }
+        first
+    }
+
+    /// Why writes are refused here, when an earlier one was denied.
+    pub(crate) fn writes_denied(&self) -> Option<String> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.writes_denied.clone()
     }
 
     /// An outage failure; opens the breaker for `cooldown` once `threshold` are consecutive.

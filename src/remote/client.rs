@@ -1,6 +1,7 @@
 //! [`Remote`]: a client for one bucket, and the one place where its operations are bounded in
 //! time (its own overall timeout, or a whole operation's deadline: [`Remote::with_deadline`]),
-//! refused while the outage breaker is open, and driven on the process's runtime.
+//! refused while the outage breaker is open, and driven on the process's runtime; and the one
+//! place where writes are refused when the remote is read-only ([`Remote::run_write`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -254,6 +255,73 @@ impl Remote {
         result
     }
 
+    /// Whether writes to this remote are refused: configured read-only
+    /// ([`RemoteSettings::read_only`]), or an earlier write to the same endpoint and bucket in
+    /// this process was denied. Reads still work.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only_reason().is_some()
+    }
+
+    /// Why writes are refused, when they are.
+    pub fn read_only_reason(&self) -> Option<String> {
+        if self.inner.settings.read_only {
+            return Some(
+                "the remote is read-only here (--read-only, `[remote] read_only = true` or \
+                 WARMCACHE_REMOTE_READ_ONLY=1); nothing is written to it"
+                    .to_owned(),
+            );
+        }
+        self.inner.breaker.writes_denied().map(|detail| {
+            format!(
+                "an earlier write to bucket `{}` was refused (access denied: {detail}), so this \
+                 process carries on read-only; {}",
+                self.inner.bucket, WRITE_FIX
+            )
+        })
+    }
+
+    /// Refuses a write `op` on `target` when the remote is read-only, before any request.
+    pub(super) fn check_writable(&self, op: &'static str, target: &str) -> Result<()> {
+        match self.read_only_reason() {
+            Some(reason) => Err(RemoteError::ReadOnly {
+                target: target.to_owned(),
+                op,
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::run`] for an operation that writes (an upload, a pointer update, a copy, a
+    /// delete): every write goes through here, so none can forget the read-only rule
+    /// (docs/DESIGN.md, "Read-only writers"). Refused without a request when the remote is
+    /// read-only; a write denied for lack of permission makes the whole process read-only for
+    /// this endpoint and bucket (reported once, as a warning), so no further write is attempted.
+    pub(super) fn run_write<T: Send>(
+        &self,
+        op: &'static str,
+        target: &str,
+        deadline: Instant,
+        fut: impl Future<Output = Result<T>> + Send,
+    ) -> Result<T> {
+        self.check_writable(op, target)?;
+        match self.run(op, target, deadline, fut) {
+            Err(RemoteError::Denied { target, op, detail }) => {
+                if self.inner.breaker.deny_writes(&detail) {
+                    tracing::warn!(
+                        "{target}: {op} refused (access denied): these credentials may read bucket `{}` \
+                         but not write it; carrying on read-only, nothing more will be written to it by \
+                         this process; {WRITE_FIX}",
+                        self.inner.bucket
+                    );
+                }
+                let reason = self.read_only_reason().unwrap_or_default();
+                Err(RemoteError::ReadOnly { target, op, reason })
+            }
+            other => other,
+        }
+    }
+
     /// Drives `fut` to completion on the process's remote runtime (`runtime`).
     pub(super) fn block_on<F>(&self, fut: F) -> Result<F::Output>
     where
@@ -268,3 +336,9 @@ impl Remote {
         super::runtime::enter()
     }
 }
+
+/// What to do about credentials that may not write, for messages.
+const WRITE_FIX: &str = "grant them write access to the bucket (S3: s3:PutObject, and s3:DeleteObject for \
+                         `gc --remote`; GCS: roles/storage.objectUser; Azure: Storage Blob Data Contributor), \
+                         or say this machine only reads: --read-only, `[remote] read_only = true` or \
+                         WARMCACHE_REMOTE_READ_ONLY=1";

@@ -147,6 +147,16 @@ pub enum RemoteError {
         source: io::Error,
     },
 
+    /// A write that was not made: the remote is read-only for this process, because it was
+    /// configured so ([`super::RemoteSettings::read_only`]) or because an earlier write to the
+    /// bucket was refused for lack of permission (docs/DESIGN.md, "Read-only writers").
+    #[error("{target}: {op} not done: {reason}")]
+    ReadOnly {
+        target: String,
+        op: &'static str,
+        reason: String,
+    },
+
     /// Anything else the store reported.
     #[error("{target}: {op} failed: {detail}")]
     Other {
@@ -168,6 +178,11 @@ impl RemoteError {
             Self::Status { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
+    }
+
+    /// Whether a write was not made because the remote is read-only for this process.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::ReadOnly { .. })
     }
 
     /// Whether the object does not exist.

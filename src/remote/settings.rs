@@ -59,6 +59,11 @@ pub struct RemoteSettings {
     pub gcs: GcsOverrides,
     /// Connection settings that override the Azure environment (`az://` URLs).
     pub azure: AzureOverrides,
+    /// Never write to the remote (docs/DESIGN.md, "Read-only writers"): every write operation
+    /// of the client (uploads, pointer updates, copies, deletes) fails with
+    /// [`super::RemoteError::ReadOnly`] before any request is made; reads work as usual.
+    /// Default false.
+    pub read_only: bool,
 }
 
 impl Default for RemoteSettings {
@@ -78,6 +83,7 @@ impl Default for RemoteSettings {
             s3: S3Overrides::default(),
             gcs: GcsOverrides::default(),
             azure: AzureOverrides::default(),
+            read_only: false,
         }
     }
 }

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::path::Path as StorePath;
-use object_store::{GetOptions, GetRange, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    CopyMode, CopyOptions, GetOptions, GetRange, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
 
 use super::client::{CondPut, GetReport, NoProgress, ObjectMeta, ObjectVersion, Progress, Remote};
 use super::error::RemoteError;
@@ -393,7 +396,7 @@ impl Remote {
             }
         };
         let store = &self.inner.store;
-        self.run("conditional put", &target, self.deadline(), async {
+        self.run_write("conditional put", &target, self.deadline(), async {
             let options = PutOptions {
                 mode,
                 ..Default::default()
@@ -455,12 +458,31 @@ impl Remote {
         })
     }
 
+    /// Copies the object `from` to `to` inside the bucket, on the server (no byte passes through
+    /// this process): how a fallback restore seeds the exact key with the fallback's packs
+    /// (docs/DESIGN.md, "Fallback keys"). Overwrites `to`; callers copy to a key they found
+    /// absent, and copy immutable objects, so an overwrite writes the same bytes. `Ok(false)`
+    /// when `from` does not exist.
+    pub fn copy(&self, from: &str, to: &str) -> Result<bool> {
+        let (source, path) = (self.path(from)?, self.path(to)?);
+        let target = self.describe(to);
+        let store = &self.inner.store;
+        self.run_write("copy", &target, self.deadline(), async {
+            let options = CopyOptions::new().with_mode(CopyMode::Overwrite);
+            match store.copy_opts(&source, &path, options).await {
+                Ok(()) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(RemoteError::from_store(e, &target, "copy")),
+            }
+        })
+    }
+
     /// Deletes `key` (a missing object is not an error).
     pub fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         let target = self.describe(key);
         let store = &self.inner.store;
-        self.run("delete", &target, self.deadline(), async {
+        self.run_write("delete", &target, self.deadline(), async {
             match store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(RemoteError::from_store(e, &target, "delete")),

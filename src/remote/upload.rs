@@ -90,6 +90,7 @@ impl Remote {
     /// [`RemoteWriter::finish`]; dropping it unfinished aborts the upload and writes nothing.
     /// The whole upload must finish within [`super::RemoteSettings::overall_timeout`] of this call.
     pub fn writer(&self, key: &str) -> Result<Option<RemoteWriter>> {
+        self.check_writable("upload", &self.describe(key))?;
         if self.head(key)?.is_some() {
             return Ok(None);
         }
@@ -182,7 +183,7 @@ impl RemoteWriter {
             let target = self.target.clone();
             let upload = self
                 .remote
-                .run("upload", &self.target, self.deadline, async move {
+                .run_write("upload", &self.target, self.deadline, async move {
                     store
                         .put_multipart_opts(&path, PutMultipartOptions::default())
                         .await
@@ -202,12 +203,13 @@ impl RemoteWriter {
             return Ok(());
         };
         let target = self.target.clone();
-        self.remote.run("upload", &self.target, self.deadline, async {
-            multipart
-                .wait_for_capacity(parallelism)
-                .await
-                .map_err(|e| RemoteError::from_store(e, &target, "upload"))
-        })?;
+        self.remote
+            .run_write("upload", &self.target, self.deadline, async {
+                multipart
+                    .wait_for_capacity(parallelism)
+                    .await
+                    .map_err(|e| RemoteError::from_store(e, &target, "upload"))
+            })?;
         let _runtime = self.remote.enter()?;
         multipart.put(bytes);
         Ok(())
@@ -226,7 +228,7 @@ impl RemoteWriter {
         let target = self.target.clone();
         let deadline = self.deadline;
         match self.multipart.take() {
-            Some(multipart) => self.remote.run("upload", &target, deadline, async {
+            Some(multipart) => self.remote.run_write("upload", &target, deadline, async {
                 multipart
                     .finish()
                     .await
@@ -237,7 +239,7 @@ impl RemoteWriter {
                 let payload = PutPayload::from_bytes(std::mem::take(&mut self.pending).freeze());
                 let store = self.remote.inner.store.clone();
                 let path = self.path.clone();
-                self.remote.run("upload", &target, deadline, async {
+                self.remote.run_write("upload", &target, deadline, async {
                     let options = PutOptions {
                         mode: PutMode::Create,
                         ..Default::default()

@@ -25,9 +25,6 @@ use crate::support::gcs_proxy::{self, GcsProxy};
 use crate::support::machine::Machine;
 
 const BUCKET: &str = "warmcache-test";
-/// A service-account key that tells object_store to send no OAuth token (its emulator switch).
-const NO_OAUTH_KEY: &str =
-    r#"{"disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}"#;
 
 /// A running fake-gcs-server and its proxy, stopped on drop.
 struct FakeGcs {
@@ -114,7 +111,7 @@ impl FakeGcs {
             part_size: 5 * 1024 * 1024,
             gcs: GcsOverrides {
                 base_url: Some(self.proxy.base_url()),
-                service_account_key: Some(NO_OAUTH_KEY.to_owned()),
+                service_account_key: Some(gcs_proxy::NO_OAUTH_KEY.to_owned()),
                 ..GcsOverrides::default()
             },
             ..RemoteSettings::default()
@@ -133,7 +130,7 @@ impl FakeGcs {
             }
         }
         cmd.env("GOOGLE_BASE_URL", self.proxy.base_url())
-            .env("GOOGLE_SERVICE_ACCOUNT_KEY", NO_OAUTH_KEY);
+            .env("GOOGLE_SERVICE_ACCOUNT_KEY", gcs_proxy::NO_OAUTH_KEY);
         cmd
     }
 

@@ -273,6 +273,8 @@ export interface SnapshotResult extends Warned {
   reused_segments: number;
   files_read: number;
   files_trusted: number;
+  /** The fallback key this key's first snapshot was seeded from (after a restore from it). */
+  seeded_from?: string | null;
   remote: SnapshotPointer | null;
   elapsed_ms: number;
   /** Where the time went, in milliseconds (see the README, "JSON output"). */
@@ -298,7 +300,12 @@ export interface RestoreResult extends Warned {
   schema: SchemaId<"restore">;
   status: "restored" | "unchanged" | "no-snapshot";
   dir: string;
+  /** The key asked for (the exact key). */
   url: string;
+  /** The key restored from: the exact key or a fallback; `null` when none held a snapshot. */
+  matched: string | null;
+  /** Whether `matched` is the exact key. */
+  exact: boolean;
   digest: string | null;
   files: number;
   bytes: number;
@@ -333,6 +340,16 @@ export interface SnapshotDegraded extends Warned {
   url: string;
   error: string;
   warning: string;
+}
+
+/** `snapshot`/`push` on a read-only machine (`readOnly`, `[remote] read_only`, or credentials
+ * that may not write): nothing was written to the remote. */
+export interface ReadOnly extends Warned {
+  status: "read_only";
+  url: string;
+  warning: string;
+  /** `snapshot` only. */
+  dir?: string;
 }
 
 /** `pull` result. */
@@ -452,6 +469,8 @@ export interface RemoteOptions {
   remote?: string;
   /** Make remote problems failures instead of warnings (`--strict`). */
   strict?: boolean;
+  /** Never write to the remote (`--read-only`; also `WARMCACHE_REMOTE_READ_ONLY=1`). */
+  readOnly?: boolean;
 }
 
 export interface EnsureOptions extends CallOptions, RecipeOptions, RemoteOptions {
@@ -514,6 +533,8 @@ export interface SnapshotOptions extends CallOptions, RemoteOptions {
 export interface RestoreOptions extends CallOptions, RemoteOptions {
   /** Give up after this long, leaving DIR untouched (`--timeout`). */
   restoreTimeout?: Duration;
+  /** Keys to restore from, in order, when the ones before hold no snapshot (`--fallback`). */
+  fallback?: string[];
 }
 
 export interface PullOptions extends CallOptions, RecipeOptions, RemoteOptions {}
@@ -581,22 +602,26 @@ export function gc(options: GcOptions = {}): Promise<GcResult> {
 }
 
 /** Uploads `dir` as the current snapshot (advisory: `status: "degraded"` when the remote is down). */
-export function snapshot(dir: string, options: SnapshotOptions = {}): Promise<SnapshotResult | SnapshotDegraded> {
+export function snapshot(
+  dir: string,
+  options: SnapshotOptions = {},
+): Promise<SnapshotResult | SnapshotDegraded | ReadOnly> {
   const args = ["snapshot", dir, ...remoteArgs(options)];
   flag(args, "--force", options.force);
-  return run<SnapshotResult | SnapshotDegraded>(args, options);
+  return run<SnapshotResult | SnapshotDegraded | ReadOnly>(args, options);
 }
 
 /** Replaces `dir` atomically with the remote snapshot (advisory: `dir` untouched when it cannot). */
 export function restore(dir: string, options: RestoreOptions = {}): Promise<RestoreResult | SnapshotDegraded> {
   const args = ["restore", dir, ...remoteArgs(options)];
   value(args, "--timeout", duration(options.restoreTimeout));
+  for (const url of options.fallback ?? []) args.push("--fallback", url);
   return run<RestoreResult | SnapshotDegraded>(args, options);
 }
 
 /** Uploads an entry's last good artifact to the remote. */
-export function push(name: string, options: RemoteOptions & CallOptions = {}): Promise<PushResult | Degraded> {
-  return run<PushResult | Degraded>(["push", name, ...remoteArgs(options)], options);
+export function push(name: string, options: RemoteOptions & CallOptions = {}): Promise<PushResult | Degraded | ReadOnly> {
+  return run<PushResult | Degraded | ReadOnly>(["push", name, ...remoteArgs(options)], options);
 }
 
 /** Downloads the artifact built elsewhere from the recipe's current inputs; never builds. */
@@ -803,5 +828,6 @@ function remoteArgs(o: RemoteOptions): string[] {
   const args: string[] = [];
   value(args, "--remote", o.remote);
   flag(args, "--strict", o.strict);
+  flag(args, "--read-only", o.readOnly);
   return args;
 }

@@ -70,6 +70,17 @@ pub fn snapshot(
     let mut phases = SnapshotPhases::default();
     check_source(dir)?;
     let remote = Remote::new(url, options.settings.clone())?;
+    // A read-only machine writes nothing: say so before reading the tree or the remote
+    // (docs/DESIGN.md, "Read-only writers"). Credentials found unable to write later stop the
+    // snapshot at its first write, in the client.
+    if let Some(reason) = remote.read_only_reason() {
+        return Err(RemoteError::ReadOnly {
+            target: url.to_string(),
+            op: "snapshot",
+            reason,
+        }
+        .into());
+    }
     // Read first: the version read here is what the final conditional put is checked against,
     // so anything another machine publishes while we hash and upload is detected.
     let (before, before_version) = timed(&mut phases.remote_ms, || read_pointer(&remote, url))?;
@@ -94,6 +105,7 @@ pub fn snapshot(
         reused_segments: 0,
         files_read: 0,
         files_trusted: 0,
+        seeded_from: None,
         remote: before.clone(),
         elapsed_ms: 0,
         phases: SnapshotPhases::default(),
@@ -134,8 +146,18 @@ pub fn snapshot(
         Layout::new(root).snapshot_stat(&canonical, &url.to_string())
     });
     let stats = Arc::new(stat_path.as_deref().map(StatCache::load).unwrap_or_default());
+    // A key without a snapshot whose DIR was restored from a fallback key starts from that
+    // snapshot, copied into this key on the server (docs/DESIGN.md, "Fallback keys").
+    let seeded = match (&before, stat_path.as_deref(), options.force) {
+        (None, Some(stat_path), false) => timed(&mut phases.remote_ms, || {
+            seed_from_fallback(url, &remote, stat_path)
+        })?,
+        _ => None,
+    };
+    report.seeded_from = seeded.as_ref().map(|(from, _)| from.to_string());
+    let start = before.clone().or(seeded.map(|(_, pointer)| pointer));
     let maybe_known = timed(&mut phases.remote_ms, || {
-        may_be_known(url, &remote, &totals, before.as_ref())
+        may_be_known(url, &remote, &totals, start.as_ref())
     })?;
     let known = if maybe_known {
         let vouched = |rel: &str, stat: &FileStat| stats.digest(rel, stat);
@@ -184,7 +206,7 @@ pub fn snapshot(
             let base = match options.force {
                 true => None,
                 false => timed(&mut phases.remote_ms, || {
-                    load_base(url, &remote, before.as_ref(), &segments)
+                    load_base(url, &remote, start.as_ref(), &segments)
                 })?,
             };
             drop(segments);
@@ -214,6 +236,81 @@ pub fn snapshot(
         )
     })?;
     finish(report, phases, status)
+}
+
+/// When DIR was last restored from a fallback key (the note [`stat::Seed`] beside its stat
+/// cache for this key), copies that snapshot into this key, which holds none: its packs (on
+/// the server, `CopyObject`: no byte passes through this machine) and its manifest. Returns the
+/// fallback key and a pointer to the copy, for the snapshot to build on as on its own
+/// previous one: files the stat cache vouches for are not read, and only what changed is
+/// uploaded. The copy makes this key self-contained: the remote gc of the fallback key, which
+/// knows nothing of this one, can never take away what it references. `None` (a full upload)
+/// when there is no note, the fallback is in another bucket, or its snapshot is gone or of
+/// the old format.
+fn seed_from_fallback(
+    url: &RemoteUrl,
+    remote: &Remote,
+    stat_path: &Path,
+) -> Result<Option<(RemoteUrl, Pointer)>> {
+    let Some(seed) = stat::Seed::load(stat_path) else {
+        return Ok(None);
+    };
+    let from = match RemoteUrl::parse(&seed.url) {
+        Ok(from) if from.bucket() == url.bucket() && from != *url => from,
+        _ => {
+            tracing::info!(
+                "not seeding {url} from {}: server-side copies stay within one bucket",
+                seed.url
+            );
+            return Ok(None);
+        }
+    };
+    let key = manifest_key(&from, &seed.digest);
+    let Some(bytes) = remote.get_bytes(&key)? else {
+        tracing::info!("not seeding {url}: {} is gone", remote.describe(&key));
+        return Ok(None);
+    };
+    let manifest = match parse_manifest(&bytes, &seed.digest) {
+        Ok(AnyManifest::Packed(m)) => m,
+        _ => return Ok(None),
+    };
+    for pack in &manifest.packs {
+        let to = pack_key(url, &pack.token);
+        if remote.head(&to)?.is_some() {
+            continue;
+        }
+        match remote.copy(&pack_key(&from, &pack.token), &to) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("not seeding {url}: pack {} of {from} is gone", pack.token);
+                return Ok(None);
+            }
+            // An outage or a read-only remote stops the snapshot as it would any other write.
+            Err(e) if e.is_outage() || e.is_read_only() => return Err(e.into()),
+            // A store that cannot copy this object (S3 copies at most 5 GiB in one request, for
+            // one): the snapshot uploads the whole tree instead.
+            Err(e) => {
+                tracing::warn!("not seeding {url} from {from}: {e}; uploading the whole tree");
+                return Ok(None);
+            }
+        }
+    }
+    // Create-only: a manifest already there describes the same tree.
+    remote.put_if(&manifest_key(url, &seed.digest), bytes, None)?;
+    tracing::info!(
+        "{url}: seeded from {from} ({} packs copied on the server)",
+        manifest.packs.len()
+    );
+    let pointer = Pointer {
+        version: POINTER_VERSION,
+        digest: manifest.digest.clone(),
+        files: manifest.files,
+        bytes: manifest.bytes,
+        created_at_ms: manifest.created_at_ms,
+        host: manifest.host.clone(),
+        nonce: String::new(),
+    };
+    Ok(Some((from, pointer)))
 }
 
 /// Runs `f`, adding its wall time to `ms`.

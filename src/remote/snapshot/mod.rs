@@ -107,6 +107,9 @@ pub struct RestoreOptions {
     pub strict: bool,
     /// Connection, timeouts and transfer sizes.
     pub settings: RemoteSettings,
+    /// Keys tried in order when the URL holds no snapshot yet (docs/DESIGN.md, "Fallback
+    /// keys"); a remote error at any key ends the search.
+    pub fallbacks: Vec<crate::remote::RemoteUrl>,
     /// Free space to keep on DIR's volume while extracting (`--min-free`, `[cache] min_free`);
     /// `None` is the proportional default ([`crate::archive::default_reserve`]).
     pub min_free: Option<u64>,
@@ -205,6 +208,9 @@ pub struct SnapshotReport {
     /// Files not read: their stat was the one the last snapshot read, and the previous
     /// snapshot holds their content.
     pub files_trusted: u64,
+    /// The fallback key this key's first snapshot was seeded from (its packs copied on the
+    /// server), after a restore from it (docs/DESIGN.md, "Fallback keys").
+    pub seeded_from: Option<String>,
     /// The pointer before this snapshot (or, on a conflict, the one that won).
     pub remote: Option<Pointer>,
     /// Wall time.
@@ -262,8 +268,14 @@ pub struct RestoreReport {
     pub status: RestoreStatus,
     /// The directory.
     pub dir: PathBuf,
-    /// The snapshot URL.
+    /// The snapshot URL asked for (the exact key).
     pub url: String,
+    /// The key restored from: the exact key or one of the fallbacks; `None` when no key held a
+    /// snapshot.
+    pub matched: Option<String>,
+    /// Whether the key restored from is the exact key (`false` for a fallback, or when none
+    /// held a snapshot).
+    pub exact: bool,
     /// Content digest of the snapshot (None when there is none).
     pub digest: Option<String>,
     /// Files in the snapshot.
@@ -428,6 +440,12 @@ impl SnapshotError {
                 | Self::Extract { .. }
                 | Self::Remote(RemoteError::DigestMismatch { .. } | RemoteError::SizeMismatch { .. })
         )
+    }
+
+    /// Whether the snapshot wrote nothing because the remote is read-only (configured, or the
+    /// credentials may not write): docs/DESIGN.md, "Read-only writers".
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::Remote(e) if e.is_read_only())
     }
 
     /// Whether this is a problem with the local directory (always reported as an error) rather

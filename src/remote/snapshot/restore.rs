@@ -67,6 +67,15 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// whole operation: reading the pointer, downloading and extracting), `dir` is untouched and
 /// staging is removed (by the extraction thread once it stops, if the time ran out while it
 /// worked).
+///
+/// With [`RestoreOptions::fallbacks`] (docs/DESIGN.md, "Fallback keys"), a key that holds no
+/// snapshot yet is followed by the next, in order: the first key holding one is restored
+/// ([`RestoreReport::matched`], [`RestoreReport::exact`]). A remote error at a key (unreachable,
+/// damaged, timed out) ends the search with that error instead of falling through, so a broken
+/// key is reported rather than hidden behind an older snapshot. The whole search shares one
+/// deadline. A restore from a fallback leaves the stat cache of DIR and `url` (the exact key)
+/// and a note of the snapshot it restored, so the exact key's next snapshot reads no unchanged
+/// file and builds on the fallback's packs (copied on the server, see [`super::snapshot`]).
 pub fn restore(
     dir: &Path,
     url: &RemoteUrl,
@@ -74,12 +83,16 @@ pub fn restore(
     progress: Arc<dyn SnapshotProgress>,
 ) -> Result<RestoreReport> {
     let (dir, exists) = check_destination(dir)?;
-    let run = Restore::new(dir, url, options)?;
-    let started = run.started;
+    let started = Instant::now();
+    let timeout = options.timeout.unwrap_or(options.settings.overall_timeout);
+    let deadline = started + timeout;
+    let stat_path = stat_path(&dir, url, options);
     let mut report = RestoreReport {
-        status: RestoreStatus::Restored,
-        dir: run.dir.clone(),
+        status: RestoreStatus::NoSnapshot,
+        dir: dir.clone(),
         url: url.to_string(),
+        matched: None,
+        exact: false,
         digest: None,
         files: 0,
         bytes: 0,
@@ -89,11 +102,65 @@ pub fn restore(
         elapsed_ms: 0,
         phases: RestorePhases::default(),
     };
-    let status = run.run(exists, options, &progress, &mut report)?;
-    report.status = status;
+    let keys: Vec<&RemoteUrl> = std::iter::once(url).chain(&options.fallbacks).collect();
+    for (i, key) in keys.into_iter().enumerate() {
+        // Every key gets what is left of the one deadline; strictness is judged once all were
+        // tried.
+        let attempt = RestoreOptions {
+            strict: false,
+            ..options.clone()
+        };
+        let run = Restore::new(dir.clone(), key, &attempt, deadline, stat_path.clone())?;
+        let mut tried = RestoreReport {
+            status: RestoreStatus::Restored,
+            url: url.to_string(),
+            matched: Some(key.to_string()),
+            exact: i == 0,
+            ..report.clone()
+        };
+        let status = run.run(exists, &attempt, &progress, &mut tried)?;
+        tried.status = status;
+        report = tried;
+        if status == RestoreStatus::NoSnapshot {
+            report.matched = None;
+            report.exact = false;
+            continue;
+        }
+        if let Some(stat_path) = &stat_path {
+            let seed = (i > 0).then(|| stat::Seed {
+                url: key.to_string(),
+                digest: report.digest.clone().unwrap_or_default(),
+            });
+            stat::Seed::record(stat_path, seed.as_ref());
+        }
+        break;
+    }
+    if options.strict && report.status == RestoreStatus::NoSnapshot {
+        let remote = Remote::new(url, options.settings.clone())?;
+        let mut target = remote.describe(&pointer_key(url));
+        if !options.fallbacks.is_empty() {
+            let others: Vec<String> = options.fallbacks.iter().map(ToString::to_string).collect();
+            target = format!("{target} (nor at the fallback keys {})", others.join(", "));
+        }
+        return Err(SnapshotError::NoSnapshot { target, dir });
+    }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.phases.wall_ms = report.elapsed_ms;
     Ok(report)
+}
+
+/// The stat cache `snapshot` keeps for DIR and URL (and a restore leaves for it): DIR by its
+/// canonical path (or its parent's, when DIR does not exist yet), as `snapshot` names it.
+fn stat_path(dir: &Path, url: &RemoteUrl, options: &RestoreOptions) -> Option<PathBuf> {
+    options.store_root.as_ref().map(|root| {
+        let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| {
+            match (dir.parent().map(std::fs::canonicalize), dir.file_name()) {
+                (Some(Ok(parent)), Some(name)) => parent.join(name),
+                _ => dir.to_path_buf(),
+            }
+        });
+        crate::layout::Layout::new(root).snapshot_stat(&canonical, &url.to_string())
+    })
 }
 
 /// The restore's deadline, which bounds every step (one client, [`Remote::with_deadline`], for
@@ -154,7 +221,8 @@ struct Restore<'a> {
     /// When the restore started, in nanoseconds since the epoch: the recording time of the stat
     /// cache it leaves (every file's state is taken after it).
     started_ns: i64,
-    /// The stat cache of DIR and URL, beside which the segment cache is
+    /// The stat cache of DIR and the exact key (the URL asked for, even when this restores a
+    /// fallback), beside which the segment cache is
     /// ([`crate::layout::Layout::snapshot_stat`]; `None`: no cache root).
     stat_path: Option<PathBuf>,
     clock: Clock,
@@ -163,11 +231,18 @@ struct Restore<'a> {
 }
 
 impl<'a> Restore<'a> {
-    fn new(dir: PathBuf, url: &'a RemoteUrl, options: &RestoreOptions) -> Result<Self> {
+    fn new(
+        dir: PathBuf,
+        url: &'a RemoteUrl,
+        options: &RestoreOptions,
+        deadline: Instant,
+        stat_path: Option<PathBuf>,
+    ) -> Result<Self> {
         let started = Instant::now();
         let started_ns = stat::now_ns();
+        // The whole restore's bound (for messages), and what is left of it for this key.
         let timeout = options.timeout.unwrap_or(options.settings.overall_timeout);
-        let deadline = started + timeout;
+        let left = deadline.saturating_duration_since(started);
         let stage = Stage::beside(&dir)?;
         // Creating the staging directory now checks that DIR's directory is writable before
         // anything is downloaded; dropping the stage removes it.
@@ -177,7 +252,7 @@ impl<'a> Restore<'a> {
             source,
         })?;
         let mut settings = options.settings.clone();
-        settings.overall_timeout = settings.overall_timeout.min(timeout);
+        settings.overall_timeout = settings.overall_timeout.min(left.max(Duration::from_millis(1)));
         settings.part_size = settings.part_size.clamp(1, MAX_PART);
         let remote = Remote::new(url, settings)?.with_deadline(deadline);
         let clock = Clock {
@@ -186,17 +261,6 @@ impl<'a> Restore<'a> {
             timeout,
             deadline,
         };
-        // The same file `snapshot` keeps for DIR and URL: DIR by its canonical path (or its
-        // parent's, when DIR does not exist yet), as `snapshot` names it.
-        let stat_path = options.store_root.as_ref().map(|root| {
-            let canonical = std::fs::canonicalize(&dir).unwrap_or_else(|_| {
-                match (dir.parent().map(std::fs::canonicalize), dir.file_name()) {
-                    (Some(Ok(parent)), Some(name)) => parent.join(name),
-                    _ => dir.clone(),
-                }
-            });
-            crate::layout::Layout::new(root).snapshot_stat(&canonical, &url.to_string())
-        });
         Ok(Self {
             dir,
             url,

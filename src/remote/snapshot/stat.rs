@@ -351,3 +351,55 @@ mod tests {
         }
     }
 }
+
+/// What a restore from a fallback key left for the exact key's next snapshot
+/// (`<stat cache>.seed`, JSON): the key and the snapshot it restored, whose packs that snapshot
+/// copies into the exact key on the server and builds on (docs/DESIGN.md, "Fallback keys").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Seed {
+    /// The fallback key restored from, e.g. `s3://bucket/main/node_modules`.
+    pub url: String,
+    /// The content digest of the snapshot restored.
+    pub digest: String,
+}
+
+impl Seed {
+    /// Where the note of the stat cache at `stat_path` is.
+    pub fn path(stat_path: &Path) -> std::path::PathBuf {
+        stat_path.with_extension("seed")
+    }
+
+    /// The note beside the stat cache at `stat_path`; missing or malformed is none.
+    pub fn load(stat_path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(Self::path(stat_path)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Records `seed` beside the stat cache at `stat_path` (`None` removes the note: DIR now
+    /// holds the exact key's own snapshot). Best effort: a failure only costs the next snapshot
+    /// a full upload.
+    pub fn record(stat_path: &Path, seed: Option<&Self>) {
+        let path = Self::path(stat_path);
+        let result = match seed {
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            Some(seed) => (|| {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                crate::fs::create_dir_all_durable(dir)?;
+                let mut file = tempfile::NamedTempFile::new_in(dir)?;
+                file.write_all(&serde_json::to_vec(seed).unwrap_or_default())?;
+                file.persist(&path).map_err(|e| e.error)?;
+                Ok(())
+            })(),
+        };
+        if let Err(e) = result {
+            tracing::warn!(
+                "could not record the fallback restore in {}: {e}; the next snapshot to the exact key \
+                 uploads the whole tree",
+                path.display()
+            );
+        }
+    }
+}

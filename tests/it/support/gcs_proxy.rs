@@ -404,3 +404,7 @@ fn write(
     ];
     (200, headers, Vec::new())
 }
+
+/// A service-account key that tells object_store to send no OAuth token (its emulator switch).
+pub const NO_OAUTH_KEY: &str =
+    r#"{"disable_oauth": true, "client_email": "", "private_key": "", "private_key_id": ""}"#;

@@ -12,6 +12,8 @@
 //!   off and every later request is dropped without an answer, as when a server dies.
 //! - fail parts: every multipart part upload gets `500 InternalError` (the upload started, and
 //!   fails midway).
+//! - deny writes: every PUT, POST and DELETE gets `403 AccessDenied` (credentials that may read
+//!   the bucket but not write it); [`TestS3::write_attempts`] counts the writes it saw.
 //!
 //! It counts the body bytes it received in PUTs and POSTs ([`TestS3::bytes_uploaded`]) and sent
 //! in successful GETs ([`TestS3::bytes_downloaded`]), from their `Content-Length`, so tests can
@@ -103,9 +105,12 @@ struct Faults {
     sent: AtomicUsize,
     dead: AtomicBool,
     fail_parts: AtomicBool,
+    deny_writes: AtomicBool,
     requests: AtomicUsize,
     /// Multipart part uploads received (failed or not).
     parts: AtomicUsize,
+    /// PUT, POST and DELETE requests received (denied or not).
+    writes: AtomicUsize,
     uploaded: AtomicU64,
     downloaded: AtomicU64,
 }
@@ -393,6 +398,18 @@ impl TestS3 {
         self.faults.fail_parts.store(on, Ordering::SeqCst);
     }
 
+    /// Answers every PUT, POST and DELETE with `403 AccessDenied` and an S3 XML error body, as
+    /// S3 does for credentials without `s3:PutObject`/`s3:DeleteObject`; reads still work.
+    pub fn deny_writes(&self, on: bool) {
+        self.faults.deny_writes.store(on, Ordering::SeqCst);
+    }
+
+    /// PUT, POST and DELETE requests received so far, denied or not (uploads, parts, pointer
+    /// updates, copies, deletes).
+    pub fn write_attempts(&self) -> usize {
+        self.faults.writes.load(Ordering::SeqCst)
+    }
+
     /// Body bytes received in PUT and POST requests so far (uploads, parts, small objects).
     pub fn bytes_uploaded(&self) -> u64 {
         self.faults.uploaded.load(Ordering::SeqCst)
@@ -484,7 +501,7 @@ fn settings(kind: Kind, endpoint: &str) -> RemoteSettings {
     let gcs = match kind {
         Kind::Gcs => GcsOverrides {
             base_url: Some(endpoint.to_owned()),
-            skip_signature: Some(true),
+            service_account_key: Some(crate::support::gcs_proxy::NO_OAUTH_KEY.to_owned()),
             allow_http: Some(true),
             ..GcsOverrides::default()
         },
@@ -571,9 +588,9 @@ fn is_part_upload<B>(req: &Request<B>) -> bool {
         })
 }
 
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>{message}</Message></Error>"
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
     );
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
@@ -591,6 +608,18 @@ async fn handle(
         // hyper closes the connection without an answer.
         return Err(HttpError::new("injected fault: the server died".into()));
     }
+    let write = [Method::PUT, Method::POST, Method::DELETE].contains(req.method());
+    if write {
+        faults.writes.fetch_add(1, Ordering::SeqCst);
+    }
+    if write && faults.deny_writes.load(Ordering::SeqCst) {
+        // Every client maps a 403 to "permission denied" by its status, whatever the body.
+        return Ok(error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Access Denied",
+        ));
+    }
     let part_upload = is_part_upload(&req);
     if part_upload {
         faults.parts.fetch_add(1, Ordering::SeqCst);
@@ -603,6 +632,7 @@ async fn handle(
     {
         return Ok(error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
             "injected fault",
         ));
     }
@@ -618,13 +648,19 @@ async fn handle(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match format!("{upstream}{path}").parse() {
         Ok(uri) => uri,
-        Err(e) => return Ok(error_response(StatusCode::BAD_REQUEST, &e.to_string())),
+        Err(e) => {
+            return Ok(error_response(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &e.to_string(),
+            ));
+        }
     };
     let response = match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => response.map(Body::from),
         Err(e) => {
             let message = format!("test proxy: backend {upstream} failed: {e}");
-            return Ok(error_response(StatusCode::BAD_GATEWAY, &message));
+            return Ok(error_response(StatusCode::BAD_GATEWAY, "InternalError", &message));
         }
     };
     if method != Method::GET || !response.status().is_success() {
