@@ -260,6 +260,12 @@ impl Layout {
             .join(&key.finalize().to_hex()[..32])
     }
 
+    /// The per-process counter journals, folded into the catalog by the next writer
+    /// (docs/DESIGN.md, "Counting hits without writing"); created when first needed.
+    pub fn stats_dir(&self) -> PathBuf {
+        self.base.join("stats")
+    }
+
     /// The SQLite catalog.
     pub fn catalog(&self) -> PathBuf {
         self.base.join("catalog.sqlite")

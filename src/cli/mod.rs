@@ -12,6 +12,7 @@ mod remote_gc;
 mod revalidate;
 mod share;
 mod snapshot;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,8 @@ pub enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Replace DIR atomically with the snapshot at --remote (DIR untouched on any failure).
     Restore(snapshot::RestoreArgs),
+    /// Hits, misses, builds, time saved and remote traffic, per entry and for the root.
+    Stats(stats::StatsArgs),
 }
 
 /// `warmcache activate`.
@@ -421,6 +424,7 @@ fn dispatch(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Command::Pull(args) => share::pull(cli, out, args),
         Command::Snapshot(args) => snapshot::run_snapshot(cli, out, args),
         Command::Restore(args) => snapshot::run_restore(cli, out, args),
+        Command::Stats(args) => stats::stats(cli, out, args),
     }
 }
 
