@@ -75,6 +75,7 @@ mod snapshot_uploads_only_the_change;
 mod staging_of_killed_process_swept_at_once;
 mod stale_while_revalidate;
 mod stale_while_revalidate_failures;
+mod stats_count_every_hit_of_concurrent_processes;
 mod stats_count_exactly_what_ensure_did;
 mod stats_survive_kill_9_during_a_fold;
 mod stats_time_saved_is_the_last_build_times_its_hits;
