@@ -48,7 +48,9 @@ fn concurrent_hits_are_all_counted_while_others_fold() {
             let start = std::time::Instant::now();
             let mut hits = 0;
             while start.elapsed() < std::time::Duration::from_millis(3500) {
-                let got = cache.ensure(&recipe, &warmcache::EnsureOptions::default()).unwrap();
+                let got = cache
+                    .ensure(&recipe, &warmcache::EnsureOptions::default())
+                    .unwrap();
                 assert_eq!(got.status, warmcache::EnsureStatus::Hit);
                 hits += 1;
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -71,7 +73,10 @@ fn concurrent_hits_are_all_counted_while_others_fold() {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 json_ok(&run(warmcache(&root).args(["stats", "--json"])));
                 std::fs::write(&file, format!("{i}")).unwrap();
-                ok(warmcache(&root).arg("import").arg(&file).args(["--name", "other"]));
+                ok(warmcache(&root)
+                    .arg("import")
+                    .arg(&file)
+                    .args(["--name", "other"]));
                 i += 1;
             }
         });
