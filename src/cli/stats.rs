@@ -93,7 +93,15 @@ fn label(value: &str) -> String {
 /// (`entry=""` for what belongs to no entry), so `sum by (root)` is the root's total.
 pub(super) fn prometheus(report: &StatsReport, all_entries: bool) -> String {
     type Get = fn(&Counts) -> String;
-    let families: [(&str, &str, Option<&str>, Vec<(Option<&str>, Get)>); 8] = [
+    /// A metric family: name, help, the extra label's key, and its samples (the extra label's
+    /// value and how to read the number).
+    type Family = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Vec<(Option<&'static str>, Get)>,
+    );
+    let families: [Family; 8] = [
         (
             "warmcache_hits_total",
             "ensure calls served the artifact of the current inputs without building.",

@@ -54,8 +54,7 @@ fn hits_succeed_and_stats_read_on_a_full_or_read_only_volume() {
     // before the disk filled); the full and read-only hits could not be written anywhere.
     let last = out
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .next_back()
+        .rfind(|l| l.starts_with('{'))
         .unwrap_or_else(|| panic!("no JSON:\n{out}"));
     let stats: serde_json::Value = serde_json::from_str(last).unwrap();
     let hits = stats["total"]["hits"].as_u64().unwrap();
