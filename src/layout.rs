@@ -87,6 +87,7 @@ impl Layout {
             self.trash_dir(),
             self.base.join("locks"),
             self.entry_locks_dir(),
+            self.stats_dir(),
         ]
     }
 
