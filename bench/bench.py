@@ -437,7 +437,11 @@ def bench_stats(ctx):
             f"| {n:,} | {med_p90(cli['off'])} | {med_p90(cli['on'])} | {c_on / c_off:.3f}× "
             f"| {l_off / 1000:.3f} ms | {l_on / 1000:.3f} ms | {l_on / l_off:.3f}× |"
         )
-    print("\nHits counted by `warmcache stats` afterwards: " + ", ".join(f"{n:,} inputs: {h:,}" for n, _, _, h in rows) + ".")
+    print(
+        "\nHits `warmcache stats` counted for the entry (one entry for both sizes, so cumulative): "
+        + ", ".join(f"after the {n:,}-input runs {h:,}" for n, _, _, h in rows)
+        + "."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
