@@ -130,7 +130,7 @@ impl Counts {
 /// One journal line: counts of one entry (`""`: the root itself, for what belongs to no entry)
 /// in one hour.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Delta {
+pub(crate) struct Delta {
     /// The start of the hour (unix ms, a multiple of [`HOUR_MS`]).
     pub hour: i64,
     /// The entry name, or `""` for the root.
@@ -152,7 +152,7 @@ pub fn disabled_by_env() -> bool {
 
 /// A process's counts not yet written to its journal, and its journal once opened.
 #[derive(Debug)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     dir: PathBuf,
     disabled: bool,
     pending: BTreeMap<(String, i64), Counts>,
@@ -237,7 +237,7 @@ impl Drop for Recorder {
 }
 
 /// The suffix of a journal file; files being created end in [`TMP_SUFFIX`] instead.
-pub const JOURNAL_SUFFIX: &str = ".journal";
+pub(crate) const JOURNAL_SUFFIX: &str = ".journal";
 const TMP_SUFFIX: &str = ".journal-new";
 
 /// Creates this process's journal: under a temporary name, locked (exclusive `flock`, held until
@@ -262,7 +262,7 @@ fn open_journal(dir: &Path) -> std::io::Result<File> {
 
 /// A journal found by a folder.
 #[derive(Debug)]
-pub struct JournalFile {
+pub(crate) struct JournalFile {
     /// Its file name (the catalog keeps how far it was folded under this name).
     pub name: String,
     /// Its path.
@@ -293,7 +293,7 @@ impl JournalFile {
 /// Reads every journal in `dir`, locking (and so marking dead) those whose writer is gone, and
 /// removes temporary files that a writer killed while creating its journal left over an hour ago.
 /// A missing directory holds no journals.
-pub fn read_journals(dir: &Path) -> std::io::Result<Vec<JournalFile>> {
+pub(crate) fn read_journals(dir: &Path) -> std::io::Result<Vec<JournalFile>> {
     let listing = match std::fs::read_dir(dir) {
         Ok(listing) => listing,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

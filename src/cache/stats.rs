@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Cache, CacheError};
-use crate::catalog::Folded;
 use crate::ids::EntryName;
 use crate::stats::{Counts, HOUR_MS, RETENTION_HOURS, hour_of, read_journals};
 
@@ -76,8 +75,9 @@ impl Cache {
 
     /// Folds every counter journal of the root into the catalog, in one transaction, then removes
     /// the journals of finished processes that are folded in full (docs/DESIGN.md, "Counting
-    /// hits without writing"). Fails on a read-only catalog.
-    pub fn fold_stats(&self) -> Result<Folded, CacheError> {
+    /// hits without writing"). Returns how many journal lines it added. Fails on a read-only
+    /// catalog.
+    pub fn fold_stats(&self) -> Result<u64, CacheError> {
         self.flush_stats();
         let dir = self.layout().stats_dir();
         let journals = read_journals(&dir).map_err(|e| annotate(e, "read the counter journals in", &dir))?;
@@ -90,7 +90,7 @@ impl Cache {
                 let _ = std::fs::remove_file(&journal.path);
             }
         }
-        Ok(folded)
+        Ok(folded.lines)
     }
 
     /// The counters of the root and of each entry (or of `name` only), over the hours since
@@ -123,9 +123,9 @@ impl Cache {
         }
         self.flush_stats();
         let catalog = self.catalog();
-        let mut by_entry = catalog.stats_by_entry(since_hour)?;
-        // What is still in journals (nothing, after a fold, but a live process's newest lines).
-        let offsets = catalog.stats_offsets()?;
+        // What is still in journals past the offsets (nothing, after a fold, but a live
+        // process's newest lines) is added to the counters read with those offsets.
+        let (mut by_entry, offsets) = catalog.stats_snapshot(since_hour)?;
         let dir = self.layout().stats_dir();
         let journals = read_journals(&dir).unwrap_or_default();
         let mut unfolded_lines = 0;

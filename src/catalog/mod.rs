@@ -22,7 +22,6 @@ mod records;
 mod stats;
 
 pub use records::{ArtifactRow, EntryRow, RootRow};
-pub use stats::Folded;
 
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);

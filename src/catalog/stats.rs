@@ -19,7 +19,7 @@ pub struct Folded {
     pub offsets: HashMap<String, u64>,
 }
 
-/// `hits = hits + ?2, ...` for every counter, in [`Counts::FIELDS`] order from `?first`.
+/// The counter columns, in [`Counts::FIELDS`] order.
 fn column_list() -> String {
     Counts::FIELDS.join(", ")
 }
@@ -66,6 +66,12 @@ impl Catalog {
             let mut folded = Folded::default();
             let mut build_ms: HashMap<String, u64> = HashMap::new();
             for journal in journals {
+                // Removed since it was read: whoever removed it had folded it in full and
+                // committed first (a journal is removed only after that), and its offset row may
+                // already be forgotten, so reading it again would count it twice.
+                if !journal.path.exists() {
+                    continue;
+                }
                 let from: i64 = tx
                     .query_row(
                         "SELECT folded FROM stats_journals WHERE name = ?1",
@@ -74,7 +80,14 @@ impl Catalog {
                     )
                     .optional()?
                     .unwrap_or(0);
-                let (deltas, end) = journal.deltas_from(from.max(0) as u64);
+                let from = from.max(0) as u64;
+                if journal.bytes.len() as u64 <= from {
+                    // Read before another fold went further: nothing new here, and the offset
+                    // must never move back.
+                    folded.offsets.insert(journal.name.clone(), from);
+                    continue;
+                }
+                let (deltas, end) = journal.deltas_from(from);
                 for mut delta in deltas {
                     if delta.counts.hits > 0 && !delta.entry.is_empty() {
                         let last = match build_ms.get(&delta.entry) {
@@ -108,16 +121,14 @@ impl Catalog {
                     statement.execute(params.as_slice())?;
                     folded.lines += 1;
                 }
-                if end as i64 != from {
+                if end > from {
                     tx.execute(
                         "INSERT INTO stats_journals (name, folded) VALUES (?1, ?2)
                          ON CONFLICT (name) DO UPDATE SET folded = excluded.folded",
                         params![journal.name, end as i64],
                     )?;
                 }
-                folded
-                    .offsets
-                    .insert(journal.name.clone(), end.max(from.max(0) as u64));
+                folded.offsets.insert(journal.name.clone(), end.max(from));
             }
             // The offsets of journals removed after an earlier fold. Gone for good: a journal's
             // name is never used again, so forgetting it can never make lines count twice.
@@ -135,6 +146,24 @@ impl Catalog {
             tx.execute("DELETE FROM stats WHERE hour > 0 AND hour < ?1", [cutoff])?;
             Ok(folded)
         })
+    }
+
+    /// The counters per entry from `since_hour` ([`Catalog::stats_by_entry`]) and how far each
+    /// journal was folded ([`Catalog::stats_offsets`]), read in one transaction so that a fold
+    /// committed in between cannot make them disagree.
+    #[allow(clippy::type_complexity)]
+    pub fn stats_snapshot(
+        &self,
+        since_hour: Option<i64>,
+    ) -> Result<(BTreeMap<String, Counts>, HashMap<String, u64>), CatalogError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.err("read the counters"))?;
+        let counts = self.stats_by_entry(since_hour)?;
+        let offsets = self.stats_offsets()?;
+        tx.finish().map_err(self.err("read the counters"))?;
+        Ok((counts, offsets))
     }
 
     /// How far each journal was folded, by file name.

@@ -66,20 +66,24 @@ fn concurrent_hits_are_all_counted_while_others_fold() {
                 })
             })
             .collect();
-        // Folders running all along: `stats` and imports (which fold when they finish).
-        s.spawn(|| {
-            let file = tmp.path().join("f.txt");
-            let mut i = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                json_ok(&run(warmcache(&root).args(["stats", "--json"])));
-                std::fs::write(&file, format!("{i}")).unwrap();
-                ok(warmcache(&root)
-                    .arg("import")
-                    .arg(&file)
-                    .args(["--name", "other"]));
-                i += 1;
-            }
-        });
+        // Folders running all along, racing each other: `stats`, and imports (which fold when
+        // they finish).
+        for folder in 0..2 {
+            let (root, done) = (&root, &done);
+            let file = tmp.path().join(format!("f{folder}.txt"));
+            s.spawn(move || {
+                let mut i = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    json_ok(&run(warmcache(root).args(["stats", "--json"])));
+                    std::fs::write(&file, format!("{folder} {i}")).unwrap();
+                    ok(warmcache(root)
+                        .arg("import")
+                        .arg(&file)
+                        .args(["--name", &format!("other{folder}")]));
+                    i += 1;
+                }
+            });
+        }
         for h in hitters {
             h.join().unwrap();
         }
