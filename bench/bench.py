@@ -2,7 +2,7 @@
 """warmcache benchmarks, side by side with what a user would run instead.
 
 Usage:  python3 bench/bench.py [SECTION ...] [--runs N] [--work DIR] [--quick]
-Sections: import, ensure, archive, activate, gc (default: all, in that order). Each prints
+Sections: import, ensure, stats, archive, activate, gc (default: all, in that order). Each prints
 Markdown tables for BENCHMARKS.md.
 
 Whole commands (imports, extractions, activations, gc) are timed N times (--runs, default 3),
@@ -130,12 +130,14 @@ def settle():
     subprocess.run(["sync"], check=True)
 
 
-def latencies(cmd, reps, shell=False, cwd=None, warmup=3):
+def latencies(cmd, reps, shell=False, cwd=None, warmup=3, env=None):
     """Runs a short command `reps` times (after a few untimed runs); returns seconds per run."""
     out = []
     for i in range(warmup + reps):
         start = time.perf_counter()
-        proc = subprocess.run(cmd, shell=shell, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.run(
+            cmd, shell=shell, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"benchmark command failed ({proc.returncode}): {cmd}\n{proc.stderr.decode()}")
@@ -144,9 +146,9 @@ def latencies(cmd, reps, shell=False, cwd=None, warmup=3):
     return out
 
 
-def run_json(cmd, cwd=None):
+def run_json(cmd, cwd=None, env=None):
     """Runs a command that prints one JSON object; returns it."""
-    proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {cmd}\n{proc.stderr.decode(errors='replace')}")
     return json.loads(proc.stdout)
@@ -380,6 +382,66 @@ def bench_ensure(ctx):
     for n in sizes:
         h = by_n[n][4]["hit"]["median_us"] / 1000
         print(f"- in-process hit under 1 ms with {n:,} inputs: {h:.3f} ms median — {'met' if h < 1 else 'NOT met'}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# stats: what counting costs a hit (docs/DESIGN.md, "Counting hits without writing")
+
+
+def bench_stats(ctx):
+    """Cache hits with counting on and off (WARMCACHE_STATS=off), same binary, same root, in
+    alternating blocks so that load drifts hit both sides alike."""
+    sizes = [100, 1000]
+    blocks = 4 if ctx.quick else 15
+    per_block = 10 if ctx.quick else 20
+    lib_reps = 200 if ctx.quick else 2000
+    lib_rounds = 1 if ctx.quick else 3
+    base = ctx.dir("ensure")
+    root = os.path.join(ctx.dir("stats"), "root")
+    rm(root)
+    on_env = {k: v for k, v in os.environ.items() if k != "WARMCACHE_STATS"}
+    off_env = dict(on_env, WARMCACHE_STATS="off")
+    rows = []
+    for n in sizes:
+        project = os.path.join(base, f"inputs-{n}")
+        make_inputs(project, n)
+        warm(os.path.join(project, "src"))
+        cmd = [BIN, "--root", root, "ensure", ENSURE_NAME]
+        run_json(cmd[:3] + ["--json"] + cmd[3:], cwd=project)
+        cli = {"on": [], "off": []}
+        for _ in range(blocks):
+            for side, env in (("off", off_env), ("on", on_env)):
+                cli[side] += latencies(cmd, per_block, cwd=project, env=env, warmup=1)
+        lib = {"on": [], "off": []}
+        for _ in range(lib_rounds):
+            for side, env in (("off", off_env), ("on", on_env)):
+                out = run_json(
+                    [BENCH_ENSURE, "--root", root, "--base", project, "--name", ENSURE_NAME, "--input", "src/**"]
+                    + ["--build", ENSURE_BUILD, "--reps", str(lib_reps), "--cold-reps", "1"],
+                    env=env,
+                )
+                lib[side].append(out["hit"]["median_us"])
+        # Fold what the hits counted (and check it was counted).
+        counted = run_json([BIN, "--root", root, "--json", "stats", ENSURE_NAME])
+        rows.append((n, cli, lib, counted["entries"][0]["hits"]))
+    print(f"\n### What counting costs a hit (median / p90; {blocks * per_block} CLI hits and {lib_rounds}×{lib_reps} in-process hits per side)\n")
+    print(
+        "| inputs | CLI hit, counting off | CLI hit, counting on | on ÷ off "
+        "| in-process hit, counting off | in-process hit, counting on | on ÷ off |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for n, cli, lib, _ in rows:
+        c_off, c_on = statistics.median(cli["off"]), statistics.median(cli["on"])
+        l_off, l_on = statistics.median(lib["off"]), statistics.median(lib["on"])
+        print(
+            f"| {n:,} | {med_p90(cli['off'])} | {med_p90(cli['on'])} | {c_on / c_off:.3f}× "
+            f"| {l_off / 1000:.3f} ms | {l_on / 1000:.3f} ms | {l_on / l_off:.3f}× |"
+        )
+    print(
+        "\nHits `warmcache stats` counted for the entry (one entry for both sizes, so cumulative): "
+        + ", ".join(f"after the {n:,}-input runs {h:,}" for n, _, _, h in rows)
+        + "."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -701,6 +763,7 @@ def bench_remote_section(ctx):
 SECTIONS = {
     "import": bench_import,
     "ensure": bench_ensure,
+    "stats": bench_stats,
     "archive": bench_archive,
     "activate": bench_activate,
     "gc": bench_gc,

@@ -87,6 +87,7 @@ impl Layout {
             self.trash_dir(),
             self.base.join("locks"),
             self.entry_locks_dir(),
+            self.stats_dir(),
         ]
     }
 
@@ -258,6 +259,12 @@ impl Layout {
         self.base
             .join("snapshot-stat")
             .join(&key.finalize().to_hex()[..32])
+    }
+
+    /// The per-process counter journals, folded into the catalog by the next writer
+    /// (docs/DESIGN.md, "Counting hits without writing"); created when first needed.
+    pub fn stats_dir(&self) -> PathBuf {
+        self.base.join("stats")
     }
 
     /// The SQLite catalog.

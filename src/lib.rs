@@ -27,6 +27,7 @@ pub mod progress;
 pub(crate) mod random;
 pub mod remote;
 pub(crate) mod shell;
+pub mod stats;
 pub(crate) mod store;
 pub mod units;
 

@@ -186,6 +186,10 @@ impl Cache {
     /// Collects garbage and, when asked, artifacts over the budgets. See the module docs for why
     /// this never pulls an artifact from under a reader that holds a lease or an entry.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport, GcError> {
+        if !options.dry_run {
+            // A collection writes the catalog: the counter journals are folded with it.
+            self.will_fold();
+        }
         // One collection at a time. A second one waits rather than giving up: the running one
         // may have decided before what this one was started for (the newest write over a
         // standing budget) existed.

@@ -101,6 +101,8 @@ impl Cache {
     /// to anything that is gone, so neither is ever served again. On a read-only cache it only
     /// reports.
     pub fn verify(&self, progress: &Progress) -> Result<VerifyReport, CacheError> {
+        // A repair writes the catalog: the counter journals are folded with it.
+        self.will_fold();
         let op = self.operation()?;
         let repair = self.read_only().is_none();
         let mut report = VerifyReport::default();

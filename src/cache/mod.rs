@@ -17,6 +17,7 @@ mod import;
 mod inspect;
 mod lease;
 mod share;
+mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub use import::{ImportError, ImportOptions, Imported, ModeRule};
 pub use inspect::{DamagedArtifact, EntryStatus, VerifyReport};
 pub use lease::Lease;
 pub use share::{IndexOutcome, Pulled, PushReport, RemoteActivity, ShareError, Sharing, degraded};
+pub use stats::{EntryStats, StatsReport};
 
 use crate::build::StatCache;
 use crate::catalog::{ArtifactRow, Catalog, CatalogError, EntryRow};
@@ -127,6 +129,18 @@ pub enum CacheError {
     /// Other I/O (the message names the path).
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// `stats --since` asked for more than the hourly counters keep.
+    #[error(
+        "cannot report the counts of the last {asked}: hourly counts are kept for {retention_days} \
+         days (older ones only in the totals); ask for at most {retention_days}d, or leave out \
+         --since for the totals"
+    )]
+    StatsWindow {
+        /// The window asked for.
+        asked: String,
+        /// How many days of hourly counts are kept.
+        retention_days: i64,
+    },
 }
 
 /// Settings of an open cache.
@@ -170,6 +184,26 @@ pub struct Cache {
     /// Per-entry stat caches of input files, kept in memory so that a long-running process
     /// re-fingerprints only what changed.
     stat_caches: Mutex<HashMap<EntryName, StatCache>>,
+    /// This process's counts on their way to its counter journal (docs/DESIGN.md, "Counting
+    /// hits without writing").
+    recorder: Mutex<crate::stats::Recorder>,
+    /// This process wrote the catalog (a build, an import, a collection): the journals are
+    /// folded into it when the cache is dropped.
+    fold_on_drop: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Cache {
+    /// Writes the pending counts to the journal and, when this process wrote the catalog anyway,
+    /// folds the journals into it (best effort: a count never fails an operation).
+    fn drop(&mut self) {
+        if self.fold_on_drop.load(std::sync::atomic::Ordering::Relaxed) && self.read_only().is_none() {
+            if let Err(e) = self.fold_stats() {
+                tracing::debug!("the counter journals were not folded: {e}");
+            }
+        } else {
+            self.flush_stats();
+        }
+    }
 }
 
 impl Cache {
@@ -225,12 +259,15 @@ impl Cache {
         layout.create().map_err(root_error)?;
         let store = Store::new(&layout).map_err(root_error)?;
         let catalog = Catalog::open(&layout.catalog())?;
+        let layout_stats = layout.stats_dir();
         Ok(Self {
             layout,
             store,
             catalog: Mutex::new(catalog),
             options,
             stat_caches: Mutex::new(HashMap::new()),
+            recorder: Mutex::new(crate::stats::Recorder::new(layout_stats)),
+            fold_on_drop: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -275,6 +312,11 @@ impl Cache {
         self.catalog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// This process's counts on their way to its journal.
+    pub(crate) fn recorder(&self) -> MutexGuard<'_, crate::stats::Recorder> {
+        self.recorder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The in-memory stat caches, by entry name.
     pub(crate) fn stat_caches(&self) -> MutexGuard<'_, HashMap<EntryName, StatCache>> {
         self.stat_caches.lock().unwrap_or_else(|p| p.into_inner())
@@ -311,6 +353,7 @@ impl Cache {
             accessed_at: now,
             identity: published.identity.clone(),
         };
+        self.will_fold();
         let mut catalog = self.catalog();
         match name {
             Some(name) => catalog.set_last_good(name, &row, fingerprint, source)?,

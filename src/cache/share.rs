@@ -175,6 +175,19 @@ fn push_artifact(
     artifact: &ArtifactId,
     sharing: &Sharing,
 ) -> Result<PushReport> {
+    let result = push_artifact_uncounted(cache, name, fingerprint, artifact, sharing);
+    cache.count_remote(name.as_str(), result.as_ref().map(|r| (0, r.uploaded_bytes)));
+    result
+}
+
+/// [`push_artifact`] without counting (docs/DESIGN.md, "Counting hits without writing").
+fn push_artifact_uncounted(
+    cache: &Cache,
+    name: &EntryName,
+    fingerprint: Option<&Fingerprint>,
+    artifact: &ArtifactId,
+    sharing: &Sharing,
+) -> Result<PushReport> {
     let remote = sharing.remote()?;
     let mut report = PushReport {
         url: sharing.url().to_string(),
@@ -321,6 +334,21 @@ fn write_archive(
 ///
 /// Callers that want at most one fetch at a time per entry hold its entry lock (`ensure` does).
 fn pull(
+    cache: &Cache,
+    name: &EntryName,
+    fingerprint: &Fingerprint,
+    sharing: &Sharing,
+) -> Result<Option<Pulled>> {
+    let result = pull_uncounted(cache, name, fingerprint, sharing);
+    let bytes = result
+        .as_ref()
+        .map(|p| (p.as_ref().map_or(0, |p| p.downloaded_bytes), 0));
+    cache.count_remote(name.as_str(), bytes);
+    result
+}
+
+/// [`pull`] without counting.
+fn pull_uncounted(
     cache: &Cache,
     name: &EntryName,
     fingerprint: &Fingerprint,

@@ -19,6 +19,7 @@ mod collect;
 mod entries;
 mod open;
 mod records;
+mod stats;
 
 pub use records::{ArtifactRow, EntryRow, RootRow};
 
@@ -90,6 +91,30 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (path, artifact)
     );
     CREATE INDEX roots_artifact ON roots(artifact);",
+    // 4: counters per entry and hour, how far each counter journal was folded, and each entry's
+    // last build duration (docs/DESIGN.md, "Counting hits without writing").
+    "CREATE TABLE stats (
+        entry TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0,
+        misses INTEGER NOT NULL DEFAULT 0,
+        stale_serves INTEGER NOT NULL DEFAULT 0,
+        builds_ok INTEGER NOT NULL DEFAULT 0,
+        builds_failed_transient INTEGER NOT NULL DEFAULT 0,
+        builds_failed_deterministic INTEGER NOT NULL DEFAULT 0,
+        builds_interrupted INTEGER NOT NULL DEFAULT 0,
+        build_ms INTEGER NOT NULL DEFAULT 0,
+        saved_ms INTEGER NOT NULL DEFAULT 0,
+        downloaded_bytes INTEGER NOT NULL DEFAULT 0,
+        uploaded_bytes INTEGER NOT NULL DEFAULT 0,
+        remote_errors INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (entry, hour)
+    );
+    CREATE TABLE stats_journals (
+        name TEXT PRIMARY KEY,
+        folded INTEGER NOT NULL
+    );
+    ALTER TABLE entries ADD COLUMN build_ms INTEGER;",
 ];
 
 /// Errors of the catalog. Each names the catalog file.

@@ -13,6 +13,7 @@ mod remote_gc;
 mod revalidate;
 mod share;
 mod snapshot;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +100,8 @@ pub enum Command {
     /// Replace DIR atomically with the snapshot at --remote, or at the first --fallback key holding
     /// one (DIR untouched on any failure).
     Restore(snapshot::RestoreArgs),
+    /// Hits, misses, builds, time saved and remote traffic, per entry and for the root.
+    Stats(stats::StatsArgs),
 }
 
 /// `warmcache activate`.
@@ -437,6 +440,7 @@ fn dispatch(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Command::Pull(args) => share::pull(cli, out, args),
         Command::Snapshot(args) => snapshot::run_snapshot(cli, out, args),
         Command::Restore(args) => snapshot::run_restore(cli, out, args),
+        Command::Stats(args) => stats::stats(cli, out, args),
     }
 }
 

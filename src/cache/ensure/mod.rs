@@ -371,6 +371,7 @@ impl Call<'_> {
         // Recorded beside the entry lock we hold, for the next holder if we are killed with our
         // supervisor (docs/DESIGN.md, "Nothing outlives its command").
         let record = RunRecord::new(self.cache.layout().entry_run_record(&self.recipe.name));
+        let ran = std::time::Instant::now();
         let outcome = run(
             self.recipe,
             &out,
@@ -378,6 +379,9 @@ impl Call<'_> {
             DEFAULT_TAIL_BYTES,
             Some(&record),
         );
+        let build_ms = u64::try_from(ran.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.cache
+            .count(self.recipe.name.as_str(), |c| c.build_ms += build_ms);
         if let Some(failure) = outcome.failure {
             drop(staged);
             return self.failed(&state, failure, &outcome.tail);
@@ -414,8 +418,20 @@ impl Call<'_> {
                 return self.failed(&state, failure, &outcome.tail);
             }
         };
+        // The hits counted so far saved the previous build's duration: fold them before this
+        // build's duration replaces it (docs/DESIGN.md, "Counting hits without writing").
+        if let Err(e) = self.cache.fold_stats() {
+            tracing::debug!("the counter journals were not folded: {e}");
+        }
         self.cache
             .record(&op, Some(&self.recipe.name), &published, Some(&self.fp), "build")?;
+        self.cache.count(self.recipe.name.as_str(), |c| c.builds_ok += 1);
+        if let Err(e) = self.cache.catalog().set_build_ms(&self.recipe.name, build_ms) {
+            tracing::warn!(
+                "the build duration of `{}` was not recorded: {e}",
+                self.recipe.name
+            );
+        }
         let state = self.state(&op)?;
         let built = self.serve(
             &op,
@@ -445,7 +461,10 @@ impl Call<'_> {
     /// writable, and that must not hide the failure itself) and serves the last good artifact as
     /// stale when there is one and the recipe allows it.
     fn failed(&self, state: &EntryState, failure: RunFailure, tail: &str) -> Result<Ensured, EnsureError> {
+        self.cache.will_fold();
         if let Some(signal) = failure.cause.interrupted() {
+            self.cache
+                .count(self.recipe.name.as_str(), |c| c.builds_interrupted += 1);
             // Not a failure of these inputs: recording it would block or delay the next call.
             return Err(EnsureError::Interrupted {
                 name: self.recipe.name.clone(),
@@ -462,6 +481,11 @@ impl Call<'_> {
             &self.recipe.backoff,
             random_jitter(),
         );
+        self.cache
+            .count(self.recipe.name.as_str(), |c| match record.kind {
+                FailureKind::Transient => c.builds_failed_transient += 1,
+                FailureKind::Deterministic => c.builds_failed_deterministic += 1,
+            });
         let op = self.cache.operation()?;
         if let Err(e) = self.cache.catalog().record_failure(&self.recipe.name, &record) {
             tracing::warn!("the failure of `{}` could not be recorded: {e}", self.recipe.name);
@@ -595,8 +619,23 @@ impl Cache {
                 continue;
             }
             call.report_warnings_of(&result);
+            self.count_ensure(&recipe.name, &result);
             return result;
         }
+    }
+
+    /// Counts one `ensure` call's outcome: a hit, or a miss (and a stale serve). A hit writes
+    /// only to this process's counter journal (docs/DESIGN.md, "Counting hits without writing").
+    fn count_ensure(&self, name: &EntryName, result: &Result<Ensured, EnsureError>) {
+        let status = result.as_ref().ok().map(|e| e.status);
+        self.count(name.as_str(), |c| match status {
+            Some(EnsureStatus::Hit) => c.hits += 1,
+            Some(EnsureStatus::Stale) => {
+                c.misses += 1;
+                c.stale_serves += 1;
+            }
+            Some(EnsureStatus::Built) | None => c.misses += 1,
+        });
     }
 
     /// The build behind a stale-while-revalidate result ([`Revalidation::Due`]), meant to run
