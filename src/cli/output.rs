@@ -23,6 +23,7 @@ pub(super) const SCHEMAS: &[(&str, u32)] = &[
     ("push", 1),
     ("restore", 1),
     ("snapshot", 1),
+    ("stats", 1),
     ("status", 1),
     ("verify", 1),
 ];

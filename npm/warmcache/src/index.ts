@@ -36,6 +36,7 @@ export const SCHEMA_VERSIONS = {
   push: 1,
   restore: 1,
   snapshot: 1,
+  stats: 1,
   status: 1,
   verify: 1,
 } as const;
