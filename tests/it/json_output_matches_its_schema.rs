@@ -153,6 +153,8 @@ fn every_local_command_prints_what_its_schema_says() {
     );
     assert!(!dry["removed"].as_array().unwrap().is_empty(), "{dry}");
     seen.json("gc", warmcache(&root).args(["gc", "--max-age", "30d"]), 0);
+    let stats = seen.json("stats", warmcache(&root).arg("stats"), 0);
+    assert!(stats.is_object(), "{stats}");
 
     // Usage errors: a missing argument, an unknown command, a bad value.
     for (label, args) in [
@@ -165,7 +167,7 @@ fn every_local_command_prints_what_its_schema_says() {
     }
 
     for name in [
-        "activate", "ensure", "error", "gc", "import", "path", "status", "verify",
+        "activate", "ensure", "error", "gc", "import", "path", "stats", "status", "verify",
     ] {
         assert!(
             seen.0.contains(&format!("warmcache.{name}/1")),
@@ -277,6 +279,47 @@ fn every_remote_command_prints_what_its_schema_says() {
         "restore, no snapshot, --strict",
         &mut restore(&root_b, &target, &none, &["--strict"]),
         1,
+    );
+    // A branch's first restore from main's key, and the snapshot it seeds (docs/DESIGN.md,
+    // "Fallback keys"); a read-only machine's snapshot and push ("Read-only writers").
+    let branch = server.url("branch");
+    let branch_dir = tmp.path().join("branch-tree");
+    let fell_back = seen.json(
+        "restore from a fallback",
+        &mut restore(&root_b, &branch_dir, &branch, &["--fallback", &key]),
+        0,
+    );
+    assert_eq!(fell_back["exact"], false, "{fell_back}");
+    let seeded = seen.json(
+        "snapshot seeded from a fallback",
+        s3(&root_b)
+            .arg("snapshot")
+            .arg(&branch_dir)
+            .args(["--remote", &branch]),
+        0,
+    );
+    assert!(seeded["seeded_from"].is_string(), "{seeded}");
+    assert_eq!(
+        seen.json(
+            "snapshot, read-only",
+            snap(&root_a, &tree, &[]).arg("--read-only"),
+            0
+        )["status"],
+        "read_only"
+    );
+    assert_eq!(
+        seen.json(
+            "push, read-only",
+            s3(&root_a).args([
+                "push",
+                "tree",
+                "--remote",
+                &server.url("elsewhere"),
+                "--read-only"
+            ]),
+            0
+        )["status"],
+        "read_only"
     );
     assert_eq!(
         seen.json("snapshot --force", &mut snap(&root_a, &small, &["--force"]), 0)["status"],
