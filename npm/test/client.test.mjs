@@ -64,6 +64,12 @@ test("ensure builds, then hits; results are the CLI's JSON", LONG, async (t) => 
   assert.equal(hit.status, "hit");
   assert.equal(hit.artifact, built.artifact);
   assert.ok(hit.lease_expires_at > Date.now());
+  const counted = await wc.stats("demo", { root, since: "1h" });
+  assert.equal(counted.schema, `warmcache.stats/${wc.SCHEMA_VERSIONS.stats}`);
+  assert.equal(counted.total.hits, 1);
+  assert.equal(counted.total.misses, 1);
+  assert.equal(counted.entries[0].name, "demo");
+  assert.equal(counted.entries[0].builds_ok, 1);
 });
 
 test("a stale result is a result with its warning, not an exception", LONG, async (t) => {

@@ -213,6 +213,35 @@ export interface StatusResult extends Warned {
   entries: EntryStatus[];
 }
 
+/** What `stats` counts, for the whole root or one entry (docs/json/stats.schema.json). */
+export interface StatsCounters {
+  hits: number;
+  misses: number;
+  stale_serves: number;
+  builds_ok: number;
+  builds_failed_transient: number;
+  builds_failed_deterministic: number;
+  builds_interrupted: number;
+  build_ms: number;
+  /** Building avoided: each hit counts its entry's last successful build time. */
+  saved_ms: number;
+  downloaded_bytes: number;
+  uploaded_bytes: number;
+  remote_errors: number;
+}
+
+/** `stats` result: the counters of the root and of each entry over the window. */
+export interface StatsResult extends Warned {
+  schema: SchemaId<"stats">;
+  root: string;
+  /** Start (unix ms) of the first hour counted with `since`; null: all time. */
+  since: number | null;
+  retention_hours: number;
+  total: StatsCounters;
+  entries: (StatsCounters & { name: string })[];
+  unfolded_lines: number;
+}
+
 /** `verify` result. */
 export interface VerifyResult extends Warned {
   schema: SchemaId<"verify">;
@@ -585,6 +614,14 @@ export function path(name: string, options: PathOptions = {}): Promise<PathResul
 /** Entries with their state, artifact and failures (one entry when `name` is given). */
 export function status(name?: string, options: CallOptions = {}): Promise<StatusResult> {
   return run<StatusResult>(name === undefined ? ["status"] : ["status", name], options);
+}
+
+/** Hit, miss, build and transfer counts of the root and its entries (one entry when `name` is
+ * given), over the last `since` (`"24h"`, `"7d"`) or all time. */
+export function stats(name?: string, options: CallOptions & { since?: string } = {}): Promise<StatsResult> {
+  const args = name === undefined ? ["stats"] : ["stats", name];
+  if (options.since !== undefined) args.push("--since", options.since);
+  return run<StatsResult>(args, options);
 }
 
 /** Re-hashes every artifact; damaged ones are quarantined. */
