@@ -53,7 +53,12 @@ fn an_unchanged_tree_uploads_no_pack() {
     );
 
     // Self-contained: MAIN's objects gone, EXACT restores on another machine.
-    std::fs::remove_dir_all(server.object_path("main")).unwrap();
+    let main_objects = server.list_objects("main");
+    assert!(!main_objects.is_empty());
+    for key in main_objects.keys() {
+        server.delete_object(key);
+    }
+    assert_eq!(server.list_objects("main").len(), 0);
     let elsewhere = tmp.path().join("elsewhere");
     let again = json_ok(&restore(
         &server,
