@@ -8,7 +8,7 @@
 use crate::support;
 use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{restore, snapshot};
-use crate::support::{describe_tree, json_ok};
+use crate::support::{describe_tree, json_ok, stderr};
 
 /// Bytes of file content in the tree, for the comparisons below.
 fn tree_bytes(report: &serde_json::Value) -> u64 {
@@ -53,7 +53,12 @@ fn an_unchanged_tree_uploads_no_pack() {
     );
 
     // Self-contained: MAIN's objects gone, EXACT restores on another machine.
-    std::fs::remove_dir_all(server.object_path("main")).unwrap();
+    let main_objects = server.list_objects("main");
+    assert!(!main_objects.is_empty());
+    for key in main_objects.keys() {
+        server.delete_object(key);
+    }
+    assert_eq!(server.list_objects("main").len(), 0);
     let elsewhere = tmp.path().join("elsewhere");
     let again = json_ok(&restore(
         &server,
@@ -107,4 +112,39 @@ fn a_changed_tree_uploads_a_delta_on_the_copied_packs() {
         &[],
     ));
     assert_eq!(describe_tree(&elsewhere), describe_tree(&dir));
+}
+
+/// The seed's first write is a server-side copy: credentials that may not write make it the one
+/// refused write of the process, reported as such ("access denied", `"status": "read_only"`),
+/// and the exact key is left empty.
+#[test]
+fn a_denied_seed_copy_is_a_read_only_snapshot() {
+    let server = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let main = support::make_tree(&tmp.path().join("main"), 20, 4096, 1);
+    json_ok(&snapshot(&server, &tmp.path().join("ci"), &main, "main/nm", &[]));
+    let root = tmp.path().join("branch-machine");
+    let dir = tmp.path().join("dir");
+    let main_url = server.url("main/nm");
+    json_ok(&restore(
+        &server,
+        &root,
+        &dir,
+        "branch/nm",
+        &["--fallback", &main_url],
+    ));
+
+    server.deny_writes(true);
+    let writes = server.write_attempts();
+    let out = snapshot(&server, &root, &dir, "branch/nm", &[]);
+    let report = json_ok(&out);
+    assert_eq!(report["status"], "read_only", "{report}");
+    assert_eq!(
+        server.write_attempts() - writes,
+        1,
+        "one refused copy, then nothing more"
+    );
+    let err = stderr(&out);
+    assert!(err.contains("copy refused (access denied)"), "{err}");
+    assert_eq!(server.list_objects("branch"), Default::default());
 }

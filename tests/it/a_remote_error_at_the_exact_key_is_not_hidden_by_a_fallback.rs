@@ -18,7 +18,7 @@ fn a_damaged_exact_key_is_reported_and_dir_is_untouched() {
     let branch = support::make_tree(&tmp.path().join("branch"), 25, 4096, 2);
     json_ok(&snapshot(&server, &writer, &main, "main/nm", &[]));
     json_ok(&snapshot(&server, &writer, &branch, "branch/nm", &[]));
-    std::fs::write(server.object_path("branch/nm/pointer.json"), b"{ damaged").unwrap();
+    server.put_object("branch/nm/pointer.json", b"{ damaged");
 
     let root = tmp.path().join("cache");
     let dir = support::make_tree(&tmp.path().join("dir"), 3, 100, 3);

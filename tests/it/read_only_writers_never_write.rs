@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use crate::support::machine::Machine;
-use crate::support::s3_server::{BUCKET, TestS3};
+use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{objects, snapshot};
 use crate::support::{self, json_exit, json_ok, stderr};
 
@@ -47,7 +47,10 @@ fn check(way: Way) {
     let snapshotted = support::describe_tree(&tree);
 
     let config = match way {
-        Way::Config => format!("{CONFIG}\n[remote]\nurl = \"s3://{BUCKET}/shared\"\nread_only = true\n"),
+        Way::Config => format!(
+            "{CONFIG}\n[remote]\nurl = \"{}\"\nread_only = true\n",
+            server.url("shared")
+        ),
         _ => CONFIG.to_owned(),
     };
     let machine = Machine::new(&config, &[("src/app.txt", "v1")]);
@@ -78,7 +81,7 @@ fn check(way: Way) {
     assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
 
     // ensure --push builds, and pushes nothing, without a warning.
-    let shared = format!("s3://{BUCKET}/shared");
+    let shared = server.url("shared");
     let mut cmd = machine.cmd(&server);
     let out = support::run(
         read_only(&mut cmd, way).args(["ensure", "app", "--push", "--remote", &shared, "--json"]),

@@ -6,7 +6,7 @@
 //! url` key only, and `--fallback` replaces it.
 
 use crate::support::machine::Machine;
-use crate::support::s3_server::{BUCKET, TestS3};
+use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{restore, snapshot};
 use crate::support::{self, describe_tree, json_exit, json_ok, stderr};
 
@@ -96,7 +96,10 @@ fn the_config_files_fallbacks_apply_to_its_own_key() {
     json_ok(&snapshot(&server, &tmp.path().join("w"), &main, "main/nm", &[]));
     json_ok(&snapshot(&server, &tmp.path().join("w"), &other, "other/nm", &[]));
     let config = format!(
-        "[remote]\nurl = \"s3://{BUCKET}/branch/nm\"\nfallback = [\"s3://{BUCKET}/empty/nm\", \"s3://{BUCKET}/main/nm\"]\n"
+        "[remote]\nurl = \"{}\"\nfallback = [\"{}\", \"{}\"]\n",
+        server.url("branch/nm"),
+        server.url("empty/nm"),
+        server.url("main/nm"),
     );
     let machine = Machine::new(&config, &[]);
 

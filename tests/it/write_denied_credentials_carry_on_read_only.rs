@@ -1,6 +1,7 @@
 //! Credentials that may read the bucket but not write it (every write answered `403
-//! AccessDenied`, as S3 does without `s3:PutObject`): the first refused write is reported once,
-//! naming the bucket and the fix, and the process carries on read-only: `snapshot` says
+//! AccessDenied`, as S3 does without `s3:PutObject` and Azure without a data-writer role): the
+//! first refused write is reported once, naming the bucket and the fix for the backend's own
+//! permission model, and the process carries on read-only: `snapshot` says
 //! `"status": "read_only"` and exits 0 (1 with `--strict`), having provoked exactly one 403;
 //! `ensure --push` builds and skips its push with that one warning, even with `--strict`;
 //! every later write of the process, through any client of that bucket, is not attempted.
@@ -9,12 +10,22 @@ use bytes::Bytes;
 use warmcache::remote::{Remote, RemoteUrl};
 
 use crate::support;
+use crate::support::backend::Kind;
 use crate::support::machine::Machine;
-use crate::support::s3_server::{BUCKET, TestS3};
+use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{objects, restore, snapshot};
 use crate::support::{json_ok, stderr};
 
 const KEY: &str = "ci/node_modules";
+
+/// The permission the write-denied message names for the backend the test runs on.
+fn write_permission(server: &TestS3) -> &'static str {
+    match server.kind() {
+        Kind::S3s | Kind::Moto => "s3:PutObject",
+        Kind::Azurite => "Storage Blob Data Contributor",
+        Kind::Gcs => "roles/storage.objectUser",
+    }
+}
 
 #[test]
 fn snapshot_reports_it_once_and_writes_nothing() {
@@ -42,8 +53,11 @@ fn snapshot_reports_it_once_and_writes_nothing() {
         2,
         "one warning, one status line: {err}"
     );
-    assert!(err.contains(&format!("bucket `{BUCKET}`")), "{err}");
-    assert!(err.contains("s3:PutObject") && err.contains("read_only"), "{err}");
+    assert!(err.contains(&format!("bucket `{}`", server.bucket())), "{err}");
+    assert!(
+        err.contains(write_permission(&server)) && err.contains("read_only"),
+        "{err}"
+    );
 
     let writes = server.write_attempts();
     let out = snapshot(&server, &root, &tree, KEY, &["--strict"]);
@@ -92,7 +106,7 @@ fn ensure_builds_and_skips_its_push_with_one_warning() {
         assert_eq!(err.matches("access denied").count(), 1, "reported once: {err}");
         assert!(!err.contains("warning:"), "a second report: {err}");
         assert!(
-            err.contains("access denied") && err.contains("s3:PutObject"),
+            err.contains("access denied") && err.contains(write_permission(&server)),
             "{err}"
         );
     }
@@ -116,7 +130,7 @@ fn no_write_is_attempted_after_the_first_refusal() {
         .put_if("denied/b", Bytes::from_static(b"two"), None)
         .unwrap_err();
     assert!(err.is_read_only(), "{err}");
-    assert!(err.to_string().contains("s3:PutObject"), "{err}");
+    assert!(err.to_string().contains(write_permission(&server)), "{err}");
     assert!(second.delete("denied/a").unwrap_err().is_read_only());
     assert_eq!(
         server.write_attempts(),
