@@ -1,8 +1,10 @@
 //! The storage server of the remote tests: the backend `WARMCACHE_TEST_BACKEND` selects
 //! ([`super::backend`]; by default `s3s` over `s3s-fs` in a temporary directory, in this
 //! process), behind a loopback reverse proxy on 127.0.0.1 with an ephemeral port that injects
-//! faults the tests switch on and off at runtime. Clients (the library, child `warmcache`
-//! processes) only ever see the proxy, so every fault test runs on every backend:
+//! faults the tests switch on and off at runtime (on `gcs`, in front of the translating proxy of
+//! [`super::gcs_proxy`], which is in front of fake-gcs-server). Clients (the library, child
+//! `warmcache` processes) only ever see the fault proxy, so every fault test runs on every
+//! backend:
 //!
 //! - down: the listening socket is closed and open connections are dropped (connection refused);
 //! - stall: GET responses send their headers and a little of the body, then nothing;
