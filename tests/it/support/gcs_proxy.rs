@@ -5,7 +5,9 @@
 //! the XML API's reads (GET and HEAD with ranges, ETag and `x-goog-generation`, and the
 //! `list-type=2` listing) but answers its uploads (`PUT /bucket/key`) with 400 "invalid
 //! uploadType" (fsouza/fake-gcs-server#331), has no XML multipart upload, and ignores
-//! `ifGenerationMatch` on the uploads it does accept. The proxy therefore:
+//! `ifGenerationMatch` on the uploads it does accept. It sits behind the fault-injecting test
+//! server when `WARMCACHE_TEST_BACKEND=gcs` (see `backend`), and alone in front of the
+//! emulator in tests/it/remote_on_gcs.rs. The proxy therefore:
 //!
 //! - passes every read (GET, HEAD, listing) through unchanged: object_store parses the
 //!   emulator's own answers;
@@ -15,6 +17,8 @@
 //! - implements the XML multipart upload (initiate, parts, complete, abort) by holding the parts
 //!   in memory and uploading the assembled object in one media upload at completion;
 //! - turns `DELETE /bucket/key` into the JSON API's delete;
+//! - does the XML API's server-side copy (`PUT` with `x-goog-copy-source`, which the emulator
+//!   would store as an empty upload) by reading the source and uploading it to the target;
 //! - enforces `x-goog-if-generation-match` itself (0: the object must not exist; N: its
 //!   generation must be N), answering 412 otherwise: it checks the generation and uploads while
 //!   holding one lock for all writes, which is as atomic as GCS's own check for writers that all
@@ -285,6 +289,17 @@ fn serve(state: &State, mut stream: TcpStream) -> std::io::Result<()> {
             let etag = vec![("etag".to_owned(), format!("\"part-{id}-{number}\""))];
             respond(&mut stream, 200, &etag, b"", None)
         }
+        "PUT" if is_object && request.header("x-goog-copy-source").is_some() => {
+            let source = request.header("x-goog-copy-source").unwrap_or_default();
+            let (status, headers, body) = copy(
+                state,
+                source,
+                &bucket,
+                &key,
+                request.header("x-goog-if-generation-match"),
+            );
+            respond(&mut stream, status, &headers, &body, None)
+        }
         "PUT" if is_object => {
             let (status, headers, body) = write(
                 state,
@@ -358,6 +373,27 @@ fn serve(state: &State, mut stream: TcpStream) -> std::io::Result<()> {
             )
         }
     }
+}
+
+/// A server-side copy (the XML API's `PUT` with `x-goog-copy-source: BUCKET/KEY`, each part
+/// percent-encoded), which the emulator would take for an upload of an empty body: reads the
+/// source and writes it to `bucket`/`key` as [`write`] does (precondition included). A missing
+/// source is a 404, as on GCS.
+fn copy(
+    state: &State,
+    source: &str,
+    bucket: &str,
+    key: &str,
+    if_generation: Option<&str>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let source = source.trim_start_matches('/');
+    let (from_bucket, from_key) = source.split_once('/').unwrap_or((source, ""));
+    let target = format!("/{}/{}", encode(&decode(from_bucket)), encode(&decode(from_key)));
+    let read = upstream(state.upstream, "GET", &target, &[], b"");
+    if read.status() != 200 {
+        return (read.status(), Vec::new(), read.body);
+    }
+    write(state, bucket, key, if_generation, &read.body)
 }
 
 /// One object write: checks `x-goog-if-generation-match` and uploads, under the write lock.

@@ -1,8 +1,10 @@
 //! The storage server of the remote tests: the backend `WARMCACHE_TEST_BACKEND` selects
 //! ([`super::backend`]; by default `s3s` over `s3s-fs` in a temporary directory, in this
 //! process), behind a loopback reverse proxy on 127.0.0.1 with an ephemeral port that injects
-//! faults the tests switch on and off at runtime. Clients (the library, child `warmcache`
-//! processes) only ever see the proxy, so every fault test runs on every backend:
+//! faults the tests switch on and off at runtime (on `gcs`, in front of the translating proxy of
+//! [`super::gcs_proxy`], which is in front of fake-gcs-server). Clients (the library, child
+//! `warmcache` processes) only ever see the fault proxy, so every fault test runs on every
+//! backend:
 //!
 //! - down: the listening socket is closed and open connections are dropped (connection refused);
 //! - stall: GET responses send their headers and a little of the body, then nothing;
@@ -67,6 +69,7 @@ use tokio::task::JoinHandle;
 use warmcache::remote::{AzureOverrides, GcsOverrides, Remote, RemoteSettings, RemoteUrl, S3Overrides};
 
 use super::backend::{self, Kind};
+use super::gcs_proxy::{GcsProxy, NO_OAUTH_KEY};
 
 /// Access key the server accepts.
 pub const ACCESS_KEY: &str = "WARMCACHETESTKEY";
@@ -92,6 +95,8 @@ pub struct TestS3 {
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// The in-process backend's files (`s3s` only).
     root: Option<tempfile::TempDir>,
+    /// The translating proxy between the fault proxy and fake-gcs-server (`gcs` only).
+    _gcs_proxy: Option<GcsProxy>,
 }
 
 #[derive(Default)]
@@ -126,6 +131,7 @@ impl TestS3 {
             .enable_all()
             .build()
             .unwrap();
+        let mut gcs_proxy = None;
         let (upstream, bucket, root) = match kind {
             Kind::S3s => {
                 let root = tempfile::tempdir().unwrap();
@@ -143,16 +149,18 @@ impl TestS3 {
                 let bucket = azurite.fresh_bucket(backend::create_azure_container);
                 (azurite.endpoint.clone(), bucket, None)
             }
-            // Refused before anything starts: with the settings below, the client still asks the
-            // cloud metadata server (a link-local address, never a test's target) for a token
-            // before it uploads, and fake-gcs-server 1.54 serves no XML API upload. Both need
-            // fixing before this backend runs (README, "Tests"); `backend::fake_gcs` and
-            // `backend::create_gcs_bucket` start the emulator and make the bucket then.
-            Kind::Gcs => panic!(
-                "WARMCACHE_TEST_BACKEND=gcs is not usable yet: the GCS client asks the metadata \
-                 server for a token before uploading even with skip_signature, and \
-                 fake-gcs-server 1.54 serves no XML API upload; see README, \"Tests\""
-            ),
+            // The emulator serves the XML API's reads only: the translating proxy in front of it
+            // does the writes (see `gcs_proxy`). One per test, so the multipart uploads it
+            // holds in memory end with the test.
+            Kind::Gcs => {
+                let gcs = backend::fake_gcs();
+                let bucket = gcs.fresh_bucket(backend::create_gcs_bucket);
+                let emulator = gcs.endpoint.trim_start_matches("http://").parse().unwrap();
+                let proxy = GcsProxy::start(emulator);
+                let upstream = proxy.base_url();
+                gcs_proxy = Some(proxy);
+                (upstream, bucket, None)
+            }
         };
         let listener = runtime.block_on(bind("127.0.0.1:0".parse().unwrap()));
         let addr = listener.local_addr().unwrap();
@@ -170,6 +178,7 @@ impl TestS3 {
             accept: Mutex::new(None),
             connections: Arc::default(),
             root,
+            _gcs_proxy: gcs_proxy,
         };
         server.serve(listener);
         server
@@ -222,7 +231,9 @@ impl TestS3 {
         if self.kind == Kind::Gcs {
             return vec![
                 ("GOOGLE_BASE_URL", self.endpoint()),
-                ("GOOGLE_SKIP_SIGNATURE", "true".to_owned()),
+                // Not GOOGLE_SKIP_SIGNATURE: with it the client still asks the cloud metadata
+                // server (a link-local address) for a token; this key sends none.
+                ("GOOGLE_SERVICE_ACCOUNT_KEY", NO_OAUTH_KEY.to_owned()),
                 ("GOOGLE_ALLOW_HTTP", "true".to_owned()),
             ];
         }
@@ -276,7 +287,7 @@ impl TestS3 {
             let store = GoogleCloudStorageBuilder::new()
                 .with_bucket_name(&self.bucket)
                 .with_base_url(&self.upstream)
-                .with_skip_signature(true)
+                .with_service_account_key(NO_OAUTH_KEY)
                 .with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true")
                 .build()
                 .unwrap();
@@ -501,7 +512,7 @@ fn settings(kind: Kind, endpoint: &str) -> RemoteSettings {
     let gcs = match kind {
         Kind::Gcs => GcsOverrides {
             base_url: Some(endpoint.to_owned()),
-            service_account_key: Some(crate::support::gcs_proxy::NO_OAUTH_KEY.to_owned()),
+            service_account_key: Some(NO_OAUTH_KEY.to_owned()),
             allow_http: Some(true),
             ..GcsOverrides::default()
         },
