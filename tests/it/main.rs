@@ -52,8 +52,6 @@ mod remote_ensure_pulls_instead_of_building;
 mod remote_gc_deletes_only_what_stayed_unreachable_for_the_grace;
 mod remote_gc_racing_snapshots_and_restores_loses_nothing;
 mod remote_gc_refuses_what_it_cannot_read;
-mod remote_on_azure;
-mod remote_on_gcs;
 mod remote_push_pull;
 mod remote_transport;
 mod restore_advisory;

@@ -1,12 +1,14 @@
-//! The remote transport against a real S3 server (s3s + s3s-fs in-process) with injected faults:
-//! verified round trips, no overwrites, compare-and-swap pointers, and bounded, loud failure
-//! when the server is down, stalls, errors or corrupts data.
+//! The remote transport against the test server of the selected backend (S3, Azure or GCS behind
+//! the fault-injecting proxy): verified round trips, no overwrites, compare-and-swap pointers,
+//! a wrong key told from an outage, and bounded, loud failure when the server is down, stalls,
+//! errors or corrupts data.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use crate::support::backend::Kind;
 use crate::support::s3_server::TestS3;
 use bytes::Bytes;
 use rand::RngCore;
@@ -107,6 +109,32 @@ fn missing_objects_are_none_or_not_found() {
     let err = remote.get_to_file("nope", &dest, None, &NoProgress).unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert!(!dest.exists());
+}
+
+/// A wrong key is `Denied` (its message names the fix), not an outage that would be retried and
+/// open the breaker; on the backends that check keys (s3s and Azurite; moto and fake-gcs-server
+/// accept any).
+#[test]
+fn a_wrong_key_is_denied_not_an_outage() {
+    let server = TestS3::start();
+    let mut settings = server.settings();
+    match server.kind() {
+        Kind::S3s => settings.s3.secret_access_key = Some("not-the-secret-key".to_owned()),
+        // Well-formed (base64), but not the account's key.
+        Kind::Azurite => {
+            settings.azure.access_key = Some("d3Jvbmcga2V5IGZvciBkZXZzdG9yZWFjY291bnQx".to_owned())
+        }
+        Kind::Moto | Kind::Gcs => {
+            eprintln!(
+                "a_wrong_key_is_denied_not_an_outage: skipped on {}: the emulator checks no keys",
+                server.kind().name()
+            );
+            return;
+        }
+    }
+    let err = remote(&server, settings).head("anything").unwrap_err();
+    assert!(matches!(err, RemoteError::Denied { .. }), "{err}");
+    assert!(!err.is_outage(), "{err}");
 }
 
 #[test]

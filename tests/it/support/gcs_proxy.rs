@@ -6,8 +6,7 @@
 //! `list-type=2` listing) but answers its uploads (`PUT /bucket/key`) with 400 "invalid
 //! uploadType" (fsouza/fake-gcs-server#331), has no XML multipart upload, and ignores
 //! `ifGenerationMatch` on the uploads it does accept. It sits behind the fault-injecting test
-//! server when `WARMCACHE_TEST_BACKEND=gcs` (see `backend`), and alone in front of the
-//! emulator in tests/it/remote_on_gcs.rs. The proxy therefore:
+//! server when `WARMCACHE_TEST_BACKEND=gcs` (see `backend`). The proxy therefore:
 //!
 //! - passes every read (GET, HEAD, listing) through unchanged: object_store parses the
 //!   emulator's own answers;
