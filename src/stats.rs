@@ -51,11 +51,12 @@ pub struct Counts {
     pub build_ms: u64,
     /// Milliseconds of building avoided: each hit counts the duration of the entry's last build.
     pub saved_ms: u64,
-    /// Bytes downloaded from a remote (pulls, restores).
+    /// Bytes downloaded from a remote (pulls).
     pub downloaded_bytes: u64,
-    /// Bytes uploaded to a remote (pushes, snapshots).
+    /// Bytes uploaded to a remote (pushes).
     pub uploaded_bytes: u64,
-    /// Remote operations that failed (and were reported, degraded or not).
+    /// Remote operations that failed (and were reported, degraded or not); a write refused on a
+    /// read-only machine is not one.
     pub remote_errors: u64,
 }
 

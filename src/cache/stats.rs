@@ -175,13 +175,18 @@ impl Cache {
 
 /// An error that may be the remote's fault (counted as a remote error) or a local one (not).
 pub(crate) trait RemoteFailure {
-    /// Whether the remote failed (not the local cache).
+    /// Whether the remote failed (not the local cache, and not a write this machine may not
+    /// make).
     fn is_remote(&self) -> bool;
 }
 
 impl RemoteFailure for super::ShareError {
     fn is_remote(&self) -> bool {
-        !self.is_local()
+        // A write refused because the machine is read-only (docs/DESIGN.md, "Read-only writers")
+        // is the setting at work, not a failing remote: counting it would make every push of a
+        // read-only machine an error on the dashboard.
+        let read_only = matches!(self, super::ShareError::Remote(e) if e.is_read_only());
+        !self.is_local() && !read_only
     }
 }
 

@@ -98,6 +98,11 @@ fn check(way: Way) {
     let mut cmd = machine.cmd(&server);
     let out = support::run(read_only(&mut cmd, way).args(["push", "app", "--remote", &shared, "--strict"]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // Writes refused by the setting are not counted as remote errors.
+    let stats = json_ok(&support::run(
+        machine.cmd(&server).args(["stats", "app", "--json"]),
+    ));
+    assert_eq!(stats["total"]["remote_errors"], 0, "{stats}");
 
     // gc --remote: refused, naming the setting.
     let mut cmd = machine.cmd(&server);
