@@ -271,9 +271,10 @@ pub fn run_restore(cli: &Cli, out: &Output, args: &RestoreArgs) -> Result<()> {
                 "`{dir}` not restored, running cold (it was left untouched): {e}"
             ));
             if e.is_damage() {
+                let key = e.fallback_key().map_or_else(|| url.to_string(), str::to_owned);
                 out.warn(&format!(
-                    "the snapshot at {url} is damaged; replace it from a good copy of the tree with \
-                     `warmcache snapshot DIR --remote {url} --force` (a full pack that shares \
+                    "the snapshot at {key} is damaged; replace it from a good copy of the tree with \
+                     `warmcache snapshot DIR --remote {key} --force` (a full pack that shares \
                      nothing with the damaged one)"
                 ));
             }

@@ -51,3 +51,43 @@ fn a_damaged_exact_key_is_reported_and_dir_is_untouched() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(describe_tree(&dir), before);
 }
+
+/// A damaged fallback stops the search too, and the repair the warning names is that key's: the
+/// exact key holds nothing, and a `snapshot --force` there would only hide the fallback.
+#[test]
+fn a_damaged_fallback_is_the_key_the_warning_says_to_repair() {
+    let server = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let main = support::make_tree(&tmp.path().join("main"), 20, 4096, 1);
+    json_ok(&snapshot(
+        &server,
+        &tmp.path().join("writer"),
+        &main,
+        "main/nm",
+        &[],
+    ));
+    server.put_object("main/nm/pointer.json", b"{ damaged");
+
+    let dir = tmp.path().join("dir");
+    let main_url = server.url("main/nm");
+    let out = restore(
+        &server,
+        &tmp.path().join("cache"),
+        &dir,
+        "branch/nm",
+        &["--fallback", &main_url],
+    );
+    let report = json_ok(&out);
+    assert_eq!(report["status"], "degraded", "{report}");
+    assert!(!dir.exists());
+    let warning = stderr(&out);
+    assert!(
+        warning.contains(&format!("the snapshot at {main_url} is damaged"))
+            && warning.contains(&format!("--remote {main_url} --force")),
+        "{warning}"
+    );
+    assert!(
+        !warning.contains(&format!("--remote {} --force", server.url("branch/nm"))),
+        "{warning}"
+    );
+}

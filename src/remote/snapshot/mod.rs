@@ -418,6 +418,10 @@ pub enum SnapshotError {
         remote_bytes: u64,
         remote_host: String,
     },
+    /// A fallback key failed (docs/DESIGN.md, "Fallback keys"): the search stopped there, and
+    /// the message names that key, not the exact one, so that the key to repair is the right one.
+    #[error("at the fallback key {key}: {source}")]
+    AtFallback { key: String, source: Box<SnapshotError> },
     /// Another writer moved the pointer meanwhile (strict mode).
     #[error(
         "{url}: another snapshot was published while this one was uploading ({winner}); the pointer \
@@ -434,6 +438,9 @@ impl SnapshotError {
     /// Whether the remote's data is damaged or altered (as opposed to unreachable or slow), so
     /// that only replacing the snapshot (`snapshot --force` from a good tree) repairs the key.
     pub fn is_damage(&self) -> bool {
+        if let Self::AtFallback { source, .. } = self {
+            return source.is_damage();
+        }
         matches!(
             self,
             Self::BadObject { .. }
@@ -445,12 +452,28 @@ impl SnapshotError {
     /// Whether the snapshot wrote nothing because the remote is read-only (configured, or the
     /// credentials may not write): docs/DESIGN.md, "Read-only writers".
     pub fn is_read_only(&self) -> bool {
-        matches!(self, Self::Remote(e) if e.is_read_only())
+        match self {
+            Self::AtFallback { source, .. } => source.is_read_only(),
+            Self::Remote(e) => e.is_read_only(),
+            _ => false,
+        }
+    }
+
+    /// The fallback key at fault when the error is one of a fallback key (the exact key's
+    /// otherwise).
+    pub fn fallback_key(&self) -> Option<&str> {
+        match self {
+            Self::AtFallback { key, .. } => Some(key),
+            _ => None,
+        }
     }
 
     /// Whether this is a problem with the local directory (always reported as an error) rather
     /// than with the remote or its data (advisory: a warning unless `--strict`).
     pub fn is_local(&self) -> bool {
+        if let Self::AtFallback { source, .. } = self {
+            return source.is_local();
+        }
         matches!(
             self,
             Self::DirMissing { .. }

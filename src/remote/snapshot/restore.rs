@@ -110,7 +110,16 @@ pub fn restore(
             strict: false,
             ..options.clone()
         };
-        let run = Restore::new(dir.clone(), key, &attempt, deadline, stat_path.clone())?;
+        // An error at a fallback key names that key: it is the one to repair.
+        let at_key = |e: SnapshotError| match i {
+            0 => e,
+            _ if e.is_local() => e,
+            _ => SnapshotError::AtFallback {
+                key: key.to_string(),
+                source: Box::new(e),
+            },
+        };
+        let run = Restore::new(dir.clone(), key, &attempt, deadline, stat_path.clone()).map_err(at_key)?;
         let mut tried = RestoreReport {
             status: RestoreStatus::Restored,
             url: url.to_string(),
@@ -118,7 +127,7 @@ pub fn restore(
             exact: i == 0,
             ..report.clone()
         };
-        let status = run.run(exists, &attempt, &progress, &mut tried)?;
+        let status = run.run(exists, &attempt, &progress, &mut tried).map_err(at_key)?;
         tried.status = status;
         report = tried;
         if status == RestoreStatus::NoSnapshot {
