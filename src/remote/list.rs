@@ -7,15 +7,19 @@ use super::client::{ObjectMeta, ObjectVersion, Remote};
 use super::error::RemoteError;
 
 impl Remote {
-    /// The objects whose keys start with `prefix/`, at most `limit` of them (in the store's
-    /// order, which S3 defines as by key). Bounded in time like every operation, and in memory
+    /// The objects whose keys start with `prefix/` (the whole bucket when `prefix` is empty: a
+    /// key at the bucket's root), at most `limit` of them (in the store's order, which S3 defines
+    /// as by key). Bounded in time like every operation, and in memory
     /// by `limit`: callers use it to look for a few small objects, never to walk a bucket.
     pub fn list(&self, prefix: &str, limit: usize) -> Result<Vec<ObjectMeta>, RemoteError> {
-        let path = self.path(prefix)?;
+        let path = match prefix {
+            "" => None,
+            _ => Some(self.path(prefix)?),
+        };
         let target = self.describe(prefix);
         let store = &self.inner.store;
         self.run("list", &target, self.deadline(), async {
-            let mut stream = store.list(Some(&path));
+            let mut stream = store.list(path.as_ref());
             let mut out = Vec::new();
             while out.len() < limit
                 && let Some(item) = stream.next().await

@@ -129,3 +129,33 @@ fn the_config_files_fallbacks_apply_to_its_own_key() {
     assert_eq!(json_ok(&out)["status"], "no-snapshot", "{}", stderr(&out));
     assert!(!dir3.exists());
 }
+
+/// A key at the bucket's root (`s3://bucket`) with no snapshot is "no snapshot yet" like any
+/// other key, so the fallback is tried (it was a "the key is empty" error).
+#[test]
+fn an_empty_key_at_the_buckets_root_falls_through() {
+    let server = TestS3::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let main = support::make_tree(&tmp.path().join("main"), 20, 4096, 1);
+    json_ok(&snapshot(
+        &server,
+        &tmp.path().join("writer"),
+        &main,
+        "main/nm",
+        &[],
+    ));
+    let root_url = format!("{}://{}", server.kind().scheme(), server.bucket());
+    let dir = tmp.path().join("dir");
+    let mut cmd = support::warmcache_s3(&server, &tmp.path().join("cache"));
+    cmd.arg("restore").arg(&dir).args([
+        "--remote",
+        &root_url,
+        "--fallback",
+        &server.url("main/nm"),
+        "--json",
+    ]);
+    let report = json_ok(&support::run(&mut cmd));
+    assert_eq!(report["status"], "restored", "{report}");
+    assert_eq!(report["matched"], server.url("main/nm").as_str(), "{report}");
+    assert_eq!(describe_tree(&dir), describe_tree(&main));
+}
