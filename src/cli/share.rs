@@ -235,14 +235,14 @@ pub(super) fn read_only(
     strict: bool,
     what: &str,
 ) -> Result<()> {
-    let message = format!("{what}: nothing was written to {}: {err}", sharing.url());
+    let message = format!("{what} to {}: {err}", sharing.url());
     if strict {
         bail!(message);
     }
     out.warn(&message);
     out.result(
         &json!({ "status": "read_only", "url": sharing.url().to_string(), "warning": message }),
-        || format!("read-only: nothing written to {}", sharing.url()),
+        || format!("read-only: not pushed to {}", sharing.url()),
     );
     Ok(())
 }

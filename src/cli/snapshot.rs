@@ -128,17 +128,14 @@ pub fn run_snapshot(cli: &Cli, out: &Output, args: &SnapshotArgs) -> Result<()> 
         Ok(report) => report,
         Err(e) if e.is_read_only() => {
             // docs/DESIGN.md, "Read-only writers": advisory (exit 0) unless --strict.
-            let message = format!(
-                "snapshot of `{}` not uploaded, nothing was written to the remote: {e}",
-                args.dir.display()
-            );
+            let message = format!("snapshot of `{}` not uploaded: {e}", args.dir.display());
             if args.strict {
                 anyhow::bail!(message);
             }
             out.warn(&message);
             out.result(
                 &json!({ "status": "read_only", "dir": args.dir, "url": url.to_string(), "warning": message }),
-                || format!("read-only: nothing uploaded to {url}"),
+                || format!("read-only: not uploaded to {url}"),
             );
             return Ok(());
         }

@@ -307,15 +307,18 @@ impl Remote {
         self.check_writable(op, target)?;
         match self.run(op, target, deadline, fut) {
             Err(RemoteError::Denied { target, op, detail }) => {
-                if self.inner.breaker.deny_writes(&detail) {
+                let reason = if self.inner.breaker.deny_writes(&detail) {
                     tracing::warn!(
                         "{target}: {op} refused (access denied): these credentials may read bucket `{}` \
                          but not write it; carrying on read-only, nothing more will be written to it by \
                          this process; {WRITE_FIX}",
                         self.inner.bucket
                     );
-                }
-                let reason = self.read_only_reason().unwrap_or_default();
+                    // The warning just gave the fix; the error of this write does not repeat it.
+                    format!("access denied, so this process carries on read-only ({detail})")
+                } else {
+                    self.read_only_reason().unwrap_or_default()
+                };
                 Err(RemoteError::ReadOnly { target, op, reason })
             }
             other => other,

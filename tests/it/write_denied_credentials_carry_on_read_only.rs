@@ -58,6 +58,11 @@ fn snapshot_reports_it_once_and_writes_nothing() {
         err.contains(write_permission(&server)) && err.contains("read_only"),
         "{err}"
     );
+    assert_eq!(
+        err.matches(write_permission(&server)).count(),
+        1,
+        "the fix is told once: {err}"
+    );
 
     let writes = server.write_attempts();
     let out = snapshot(&server, &root, &tree, KEY, &["--strict"]);

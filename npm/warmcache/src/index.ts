@@ -373,7 +373,7 @@ export interface SnapshotDegraded extends Warned {
 }
 
 /** `snapshot`/`push` on a read-only machine (`readOnly`, `[remote] read_only`, or credentials
- * that may not write): nothing was written to the remote. */
+ * that may not write): nothing was published. */
 export interface ReadOnly extends Warned {
   status: "read_only";
   url: string;
