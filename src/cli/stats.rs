@@ -71,10 +71,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     // node_exporter's collector reads only `*.prom`: the temporary name never ends so.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".warmcache-stats-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".warmcache-stats-").suffix(".tmp");
+    // A temporary file is private (0600), but node_exporter reads this one as its own user: it
+    // gets the mode of any new file (0666 less the umask, which `open` applies).
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

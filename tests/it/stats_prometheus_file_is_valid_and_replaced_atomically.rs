@@ -116,6 +116,12 @@ fn the_metrics_parse_and_the_file_is_renamed_into_place() {
         held.push(old);
     }
     assert_eq!(list(&dir), vec!["warmcache.prom".to_string()]);
+    // Readable by node_exporter's own user: the mode any new file gets here (not a temporary
+    // file's private 0600).
+    let probe = tmp.path().join("probe");
+    std::fs::write(&probe, "").unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&file), mode(&probe), "the metrics file's mode");
     // Without FILE, the same text on stdout.
     let text = ok(warmcache(&root).args(["stats", "--prometheus"]));
     parse(&(text + "\n"));
