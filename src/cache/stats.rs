@@ -23,7 +23,8 @@ pub struct EntryStats {
 /// What [`Cache::stats`] reports.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StatsReport {
-    /// The cache root.
+    /// The cache root, canonical: it labels the root's series (Prometheus `root`), which must
+    /// not depend on how the root was named (`--root ../cache` from another directory).
     pub root: std::path::PathBuf,
     /// The start of the first hour counted (unix ms), with `since`; `None`: since the start.
     pub since: Option<i64>,
@@ -163,7 +164,7 @@ impl Cache {
             .map(|(name, counts)| EntryStats { name, counts })
             .collect();
         Ok(StatsReport {
-            root: self.root().to_path_buf(),
+            root: std::fs::canonicalize(self.root()).unwrap_or_else(|_| self.root().to_path_buf()),
             since: since_hour,
             retention_hours: RETENTION_HOURS,
             total,

@@ -122,6 +122,16 @@ fn the_metrics_parse_and_the_file_is_renamed_into_place() {
     std::fs::write(&probe, "").unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
     assert_eq!(mode(&file), mode(&probe), "the metrics file's mode");
+    // The root's label is the root however it is named (here relative, from another directory).
+    let relative = std::path::Path::new("..").join(root.file_name().unwrap());
+    let report = json_ok(&run(warmcache(&relative)
+        .current_dir(&dir)
+        .args(["stats", "--json"])));
+    assert_eq!(
+        report["root"],
+        std::fs::canonicalize(&root).unwrap().to_str().unwrap(),
+        "{report}"
+    );
     // Without FILE, the same text on stdout.
     let text = ok(warmcache(&root).args(["stats", "--prometheus"]));
     parse(&(text + "\n"));
