@@ -70,30 +70,35 @@ pub struct RestoreArgs {
 
 /// The URL from the flag or environment, else from `warmcache.toml`, with the transfer settings,
 /// the configured timeout, and the configured fallback keys: `[remote] fallback` applies only
-/// when the key is `[remote] url` of the same file (docs/DESIGN.md, "Fallback keys"), since
-/// they were written for that key; another key restored with them would put another tree in DIR.
+/// when the key is `[remote] url` of the same file, however it was given (docs/DESIGN.md,
+/// "Fallback keys"), since they were written for that key; another key restored with them would
+/// put another tree in DIR.
 fn remote_url(
     cli: &Cli,
     flag: Option<&RemoteUrl>,
 ) -> Result<(RemoteUrl, RemoteSettings, Option<Duration>, Vec<RemoteUrl>)> {
     let remote = super::context::configured_remote()?;
-    let mut fallbacks = Vec::new();
-    let url =
-        match (flag, &remote) {
-            (Some(url), _) => url.clone(),
-            (None, Some(remote)) => {
-                for fallback in &remote.fallback {
-                    fallbacks.push(RemoteUrl::parse(fallback).with_context(|| {
-                        format!("`[remote] fallback` entry `{fallback}` in warmcache.toml")
-                    })?);
-                }
-                RemoteUrl::parse(&remote.url).context("`[remote] url` in warmcache.toml")?
-            }
-            (None, None) => anyhow::bail!(
-                "no remote given: pass --remote s3://bucket/prefix/KEY, set WARMCACHE_REMOTE, or add \
+    let url = match (flag, &remote) {
+        (Some(url), _) => url.clone(),
+        (None, Some(remote)) => RemoteUrl::parse(&remote.url).context("`[remote] url` in warmcache.toml")?,
+        (None, None) => anyhow::bail!(
+            "no remote given: pass --remote s3://bucket/prefix/KEY, set WARMCACHE_REMOTE, or add \
              `[remote] url = \"s3://...\"` to a warmcache.toml"
-            ),
-        };
+        ),
+    };
+    let mut fallbacks = Vec::new();
+    // The file's fallbacks were written for its own key, whether the file names it or
+    // --remote/WARMCACHE_REMOTE names it again.
+    if let Some(remote) = &remote
+        && RemoteUrl::parse(&remote.url).is_ok_and(|own| own == url)
+    {
+        for fallback in &remote.fallback {
+            fallbacks.push(
+                RemoteUrl::parse(fallback)
+                    .with_context(|| format!("`[remote] fallback` entry `{fallback}` in warmcache.toml"))?,
+            );
+        }
+    }
     let settings = super::context::remote_settings(cli, remote.as_ref());
     Ok((url, settings, remote.and_then(|r| r.timeout), fallbacks))
 }

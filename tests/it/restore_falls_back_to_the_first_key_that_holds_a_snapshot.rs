@@ -128,6 +128,15 @@ fn the_config_files_fallbacks_apply_to_its_own_key() {
     ]));
     assert_eq!(json_ok(&out)["status"], "no-snapshot", "{}", stderr(&out));
     assert!(!dir3.exists());
+
+    // The file's own key named again by --remote is still that key: its fallbacks apply.
+    let dir4 = tmp.path().join("dir4");
+    let out = support::run(machine.cmd(&server).arg("restore").arg(&dir4).args([
+        "--remote",
+        &server.url("branch/nm"),
+        "--json",
+    ]));
+    assert_eq!(json_ok(&out)["matched"], server.url("main/nm").as_str());
 }
 
 /// A key at the bucket's root (`s3://bucket`) with no snapshot is "no snapshot yet" like any
