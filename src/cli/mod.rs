@@ -63,7 +63,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "WARMCACHE_REMOTE_READ_ONLY",
-        value_parser = clap::builder::BoolishValueParser::new(),
+        value_parser = parse_read_only,
         default_missing_value = "true",
         num_args = 0,
         default_value = "false"
@@ -323,6 +323,21 @@ fn parse_link_mode(s: &str) -> Result<LinkMode, String> {
 /// An input glob checked by the recipe's own rule, so a bad one is a usage error.
 fn parse_input_glob(s: &str) -> Result<String, String> {
     warmcache::build::check_input_glob(s).map(|()| s.to_string())
+}
+
+/// `--read-only`'s value, mostly from WARMCACHE_REMOTE_READ_ONLY: clap's own yes/no parser
+/// names only the flag when it refuses a value, which leaves a user who set the variable looking
+/// for a flag they never passed.
+fn parse_read_only(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "`{s}` is not yes or no (from WARMCACHE_REMOTE_READ_ONLY or --read-only=): use 1, true, \
+             yes or on to make the remote read-only, 0, false, no or off (or unset the variable) \
+             not to"
+        )),
+    }
 }
 
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {

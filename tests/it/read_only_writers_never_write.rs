@@ -152,3 +152,25 @@ fn with_the_environment() {
 fn with_the_config_file() {
     check(Way::Config);
 }
+
+/// A value of WARMCACHE_REMOTE_READ_ONLY that is neither yes nor no is a usage error that names
+/// the variable (not only the flag the user never passed), and nothing runs.
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = support::run(
+        support::warmcache(&tmp.path().join("cache"))
+            .env("WARMCACHE_REMOTE_READ_ONLY", "maybe")
+            .args(["status", "--json"]),
+    );
+    let report = json_exit(&out, 2);
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("WARMCACHE_REMOTE_READ_ONLY") && error.contains("maybe"),
+        "{report}"
+    );
+    assert!(
+        !tmp.path().join("cache").exists(),
+        "a refused command created the cache"
+    );
+}
