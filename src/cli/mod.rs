@@ -333,9 +333,8 @@ fn parse_read_only(s: &str) -> Result<bool, String> {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
         _ => Err(format!(
-            "`{s}` is not yes or no (from WARMCACHE_REMOTE_READ_ONLY or --read-only=): use 1, true, \
-             yes or on to make the remote read-only, 0, false, no or off (or unset the variable) \
-             not to"
+            "WARMCACHE_REMOTE_READ_ONLY=`{s}` is not yes or no: use 1, true, yes or on to make the \
+             remote read-only, 0, false, no or off (or unset the variable) not to"
         )),
     }
 }
