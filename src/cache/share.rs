@@ -189,6 +189,10 @@ fn push_artifact_uncounted(
     sharing: &Sharing,
 ) -> Result<PushReport> {
     let remote = sharing.remote()?;
+    // A push on a read-only machine stops before its first request, as a snapshot does: it
+    // could only read, and would then report an outage instead of the setting
+    // (docs/DESIGN.md, "Read-only writers").
+    remote.check_writable("push", &sharing.url().to_string())?;
     let mut report = PushReport {
         url: sharing.url().to_string(),
         name: name.clone(),

@@ -281,7 +281,7 @@ impl Remote {
     }
 
     /// Refuses a write `op` on `target` when the remote is read-only, before any request.
-    pub(super) fn check_writable(&self, op: &'static str, target: &str) -> Result<()> {
+    pub fn check_writable(&self, op: &'static str, target: &str) -> Result<()> {
         match self.read_only_reason() {
             Some(reason) => Err(RemoteError::ReadOnly {
                 target: target.to_owned(),

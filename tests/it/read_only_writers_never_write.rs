@@ -136,6 +136,12 @@ fn check(way: Way) {
     assert_eq!(json_ok(&out)["status"], "restored");
     assert_eq!(server.write_attempts(), writes);
     assert_eq!(support::describe_tree(&restored), snapshotted);
+
+    // A push makes no request at all, so a remote that is down changes nothing to what it says.
+    server.set_down(true);
+    let mut cmd = machine.cmd(&server);
+    let out = support::run(read_only(&mut cmd, way).args(["push", "app", "--remote", &shared, "--json"]));
+    assert_eq!(json_ok(&out)["status"], "read_only", "{}", stderr(&out));
 }
 
 #[test]
