@@ -141,6 +141,12 @@ pub(crate) struct Delta {
     pub counts: Counts,
 }
 
+/// Replaces the metrics file `path` with `text` in one rename (so a collector never reads half
+/// of it), with the mode of any new file so that the collector's own user can read it.
+pub fn write_metrics(path: &Path, text: &str) -> std::io::Result<()> {
+    crate::fs::write_atomic(path, text.as_bytes())
+}
+
 /// The start of the hour holding `ms`.
 pub fn hour_of(ms: i64) -> i64 {
     ms.div_euclid(HOUR_MS) * HOUR_MS
@@ -256,7 +262,7 @@ fn open_journal(dir: &Path) -> std::io::Result<File> {
         .append(true)
         .create_new(true)
         .open(&tmp)?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    file.try_lock()?;
     std::fs::rename(&tmp, dir.join(format!("{name}{JOURNAL_SUFFIX}")))?;
     Ok(file)
 }
@@ -325,8 +331,12 @@ pub(crate) fn read_journals(dir: &Path) -> std::io::Result<Vec<JournalFile>> {
             Err(e) => return Err(e),
         };
         // Its writer holds an exclusive lock for as long as it may append.
-        let dead = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
-        if dead && !same_file(&file, &path) {
+        let dead = file.try_lock().is_ok();
+        let still_there = || match (file.metadata(), std::fs::metadata(&path)) {
+            (Ok(open), Ok(named)) => crate::fs::same_file(&open, &named),
+            _ => false,
+        };
+        if dead && !still_there() {
             // Another folder removed it after folding it in full, between our open and lock.
             continue;
         }
@@ -341,15 +351,6 @@ pub(crate) fn read_journals(dir: &Path) -> std::io::Result<Vec<JournalFile>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Whether the open `file` is still the one at `path` (not removed or replaced).
-fn same_file(file: &File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

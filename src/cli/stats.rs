@@ -1,7 +1,6 @@
 //! `warmcache stats`: the counters that prove the cache works, as a table, one JSON object, or
 //! the node_exporter textfile-collector format (docs/DESIGN.md, "Counting hits without writing").
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -52,7 +51,7 @@ pub(super) fn stats(cli: &Cli, out: &Output, args: &StatsArgs) -> Result<()> {
         Some(_) if to_stdout => print!("{}", prometheus(&report, args.name.is_none())),
         Some(path) => {
             let text = prometheus(&report, args.name.is_none());
-            write_atomic(path, text.as_bytes())
+            warmcache::stats::write_metrics(path, &text)
                 .with_context(|| format!("could not write the metrics to `{}`", path.display()))?;
             let metrics = text.lines().filter(|l| !l.starts_with('#')).count();
             out.result(&json!({ "prometheus": path, "samples": metrics }), || {
@@ -61,26 +60,6 @@ pub(super) fn stats(cli: &Cli, out: &Output, args: &StatsArgs) -> Result<()> {
         }
         None => out.result(&json!(report), || table(&report)),
     }
-    Ok(())
-}
-
-/// Replaces `path` with `bytes` in one rename, so node_exporter never reads half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    // node_exporter's collector reads only `*.prom`: the temporary name never ends so.
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".warmcache-stats-").suffix(".tmp");
-    // A temporary file is private (0600), but node_exporter reads this one as its own user: it
-    // gets the mode of any new file (0666 less the umask, which `open` applies).
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut tmp = builder.tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 

@@ -9,10 +9,22 @@ use super::durable::fsync_dir;
 
 /// Writes `contents` to `path` atomically and durably: a temporary file in the same directory,
 /// fsync, rename over `path`, fsync the directory. Readers see the old or the new bytes, never a
-/// mix.
+/// mix. The file gets the mode of any new file (0666 less the umask), not a temporary file's
+/// private 0600: other users' tools read these files (a metrics collector, a backup's
+/// CACHEDIR.TAG check). The temporary name starts with a dot and ends in `.tmp`, so a collector
+/// that reads `*.prom` files never sees it.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(parent)
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.suffix(".tmp");
+    // `open` applies the umask to the mode asked for.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder
+        .tempfile_in(parent)
         .map_err(|e| annotate(e, "create a temporary file in", parent))?;
     tmp.write_all(contents)
         .map_err(|e| annotate(e, "write", tmp.path()))?;

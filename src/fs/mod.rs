@@ -45,6 +45,22 @@ pub use rename::{exchange, rename_noreplace, rename_with_retry};
 pub use staging::{Staged, StagingArea, SweepReport, unique_name};
 pub use walk::{disk_usage, walk_sorted};
 
+/// Whether two files' metadata are of the same file (device and inode), e.g. an open handle's
+/// and its path's, to tell a file still at its path from one removed or replaced since it was
+/// opened.
+#[cfg(unix)]
+pub fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// See the Unix version.
+#[cfg(not(unix))]
+pub fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    // Without inode numbers, trust the name; a file open elsewhere cannot be removed there.
+    true
+}
+
 /// Wraps an `io::Error` with the operation and path, keeping its kind.
 pub fn annotate(err: io::Error, op: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("failed to {op} `{}`: {err}", path.display()))

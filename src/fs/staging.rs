@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use fs_err as fs;
 
-use super::annotate;
 use super::perms::remove_tree;
+use super::{annotate, same_file};
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
@@ -182,18 +182,6 @@ fn lock_fresh(lock_path: &Path) -> io::Result<Option<File>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(annotate(e, "stat", lock_path)),
     }
-}
-
-#[cfg(unix)]
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
-#[cfg(not(unix))]
-fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
-    // Without inode numbers, trust the name; a sweeper cannot remove a file open elsewhere there.
-    true
 }
 
 /// A reserved staging path. Dropping it removes whatever is at the path and releases the lock,
