@@ -136,10 +136,8 @@ pub fn restore(
             continue;
         }
         if let Some(stat_path) = &stat_path {
-            let seed = (i > 0).then(|| stat::Seed {
-                url: key.to_string(),
-                digest: report.digest.clone().unwrap_or_default(),
-            });
+            let seed =
+                (i > 0).then(|| stat::Seed::new(key.to_string(), report.digest.clone().unwrap_or_default()));
             stat::Seed::record(stat_path, seed.as_ref());
         }
         break;

@@ -357,22 +357,39 @@ mod tests {
 /// copies into the exact key on the server and builds on (docs/DESIGN.md, "Fallback keys").
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seed {
+    /// The note's format ([`SEED_VERSION`]); a note of another version is no note.
+    pub version: u32,
     /// The fallback key restored from, e.g. `s3://bucket/main/node_modules`.
     pub url: String,
     /// The content digest of the snapshot restored.
     pub digest: String,
 }
 
+/// The format of the [`Seed`] note.
+pub const SEED_VERSION: u32 = 1;
+
 impl Seed {
+    /// The note of a restore of the snapshot `digest` from the fallback key `url`.
+    pub fn new(url: String, digest: String) -> Self {
+        Self {
+            version: SEED_VERSION,
+            url,
+            digest,
+        }
+    }
+
     /// Where the note of the stat cache at `stat_path` is.
     pub fn path(stat_path: &Path) -> std::path::PathBuf {
         stat_path.with_extension("seed")
     }
 
-    /// The note beside the stat cache at `stat_path`; missing or malformed is none.
+    /// The note beside the stat cache at `stat_path`; missing, malformed or of another version
+    /// is none.
     pub fn load(stat_path: &Path) -> Option<Self> {
         let bytes = std::fs::read(Self::path(stat_path)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        serde_json::from_slice::<Self>(&bytes)
+            .ok()
+            .filter(|seed| seed.version == SEED_VERSION)
     }
 
     /// Records `seed` beside the stat cache at `stat_path` (`None` removes the note: DIR now
@@ -385,14 +402,10 @@ impl Seed {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             },
-            Some(seed) => (|| {
-                let dir = path.parent().unwrap_or(Path::new("."));
-                crate::fs::create_dir_all_durable(dir)?;
-                let mut file = tempfile::NamedTempFile::new_in(dir)?;
-                file.write_all(&serde_json::to_vec(seed).unwrap_or_default())?;
-                file.persist(&path).map_err(|e| e.error)?;
-                Ok(())
-            })(),
+            Some(seed) => path
+                .parent()
+                .map_or(Ok(()), crate::fs::create_dir_all_durable)
+                .and_then(|()| crate::fs::write_atomic(&path, &serde_json::to_vec(seed).unwrap_or_default())),
         };
         if let Err(e) = result {
             tracing::warn!(
@@ -401,5 +414,30 @@ impl Seed {
                 path.display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::*;
+
+    #[test]
+    fn a_note_of_another_version_is_no_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let stat_path = dir.path().join("k.stat");
+        let seed = Seed::new("s3://b/main/nm".into(), "d".repeat(64));
+        Seed::record(&stat_path, Some(&seed));
+        assert_eq!(Seed::load(&stat_path), Some(seed));
+        let newer = r#"{"version": 2, "url": "s3://b/main/nm", "digest": "x"}"#;
+        std::fs::write(Seed::path(&stat_path), newer).unwrap();
+        assert_eq!(Seed::load(&stat_path), None);
+        std::fs::write(
+            Seed::path(&stat_path),
+            r#"{"url": "s3://b/main/nm", "digest": "x"}"#,
+        )
+        .unwrap();
+        assert_eq!(Seed::load(&stat_path), None, "a note without a version");
+        Seed::record(&stat_path, None);
+        assert!(!Seed::path(&stat_path).exists());
     }
 }
