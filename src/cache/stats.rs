@@ -2,7 +2,7 @@
 //! writing"): counts go to this process's journal (a hit never writes the catalog) and are folded
 //! into the catalog by the next operation that writes it anyway.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ impl Cache {
     }
 
     /// Counts a remote transfer's bytes (`(downloaded, uploaded)`), or a remote error.
-    pub(crate) fn count_remote<E: RemoteFailure>(&self, entry: &str, result: Result<(u64, u64), &E>) {
+    pub(crate) fn count_remote(&self, entry: &str, result: Result<(u64, u64), &super::ShareError>) {
         match result {
             Ok((down, up)) => {
                 if down > 0 || up > 0 {
@@ -57,7 +57,7 @@ impl Cache {
                     });
                 }
             }
-            Err(e) if e.is_remote() => self.count(entry, |c| c.remote_errors += 1),
+            Err(e) if is_remote_failure(e) => self.count(entry, |c| c.remote_errors += 1),
             Err(_) => {}
         }
     }
@@ -81,7 +81,8 @@ impl Cache {
     pub fn fold_stats(&self) -> Result<u64, CacheError> {
         self.flush_stats();
         let dir = self.layout().stats_dir();
-        let journals = read_journals(&dir).map_err(|e| annotate(e, "read the counter journals in", &dir))?;
+        let journals = read_journals(&dir)
+            .map_err(|e| CacheError::Io(crate::fs::annotate(e, "read the counter journals in", &dir)))?;
         let folded = self.catalog().fold_stats(&dir, &journals, self.now_ms())?;
         for journal in &journals {
             // Only a journal whose writer is gone (we hold its lock), folded to its last whole
@@ -130,7 +131,7 @@ impl Cache {
         let dir = self.layout().stats_dir();
         let journals = read_journals(&dir).unwrap_or_default();
         let mut unfolded_lines = 0;
-        let mut saved: BTreeMap<String, u64> = BTreeMap::new();
+        let mut build_ms = HashMap::new();
         for journal in &journals {
             let (deltas, _) = journal.deltas_from(offsets.get(&journal.name).copied().unwrap_or(0));
             for mut delta in deltas {
@@ -138,17 +139,7 @@ impl Cache {
                 if since_hour.is_some_and(|h| delta.hour < h) {
                     continue;
                 }
-                if delta.counts.hits > 0 && !delta.entry.is_empty() {
-                    let last = match saved.get(&delta.entry) {
-                        Some(ms) => *ms,
-                        None => {
-                            let ms = catalog.build_ms(&delta.entry)?.unwrap_or(0);
-                            saved.insert(delta.entry.clone(), ms);
-                            ms
-                        }
-                    };
-                    delta.counts.saved_ms += delta.counts.hits.saturating_mul(last);
-                }
+                catalog.credit_saved(&mut build_ms, &mut delta)?;
                 by_entry.entry(delta.entry).or_default().add(&delta.counts);
             }
         }
@@ -174,26 +165,11 @@ impl Cache {
     }
 }
 
-/// An error that may be the remote's fault (counted as a remote error) or a local one (not).
-pub(crate) trait RemoteFailure {
-    /// Whether the remote failed (not the local cache, and not a write this machine may not
-    /// make).
-    fn is_remote(&self) -> bool;
-}
-
-impl RemoteFailure for super::ShareError {
-    fn is_remote(&self) -> bool {
-        // A write refused because the machine is read-only (docs/DESIGN.md, "Read-only writers")
-        // is the setting at work, not a failing remote: counting it would make every push of a
-        // read-only machine an error on the dashboard.
-        let read_only = matches!(self, super::ShareError::Remote(e) if e.is_read_only());
-        !self.is_local() && !read_only
-    }
-}
-
-fn annotate(e: std::io::Error, op: &str, path: &std::path::Path) -> CacheError {
-    CacheError::Io(std::io::Error::new(
-        e.kind(),
-        format!("failed to {op} `{}`: {e}", path.display()),
-    ))
+/// Whether `e` counts as a remote error: the remote failed, not the local cache, and not a
+/// write refused because the machine is read-only (docs/DESIGN.md, "Read-only writers"), which
+/// is the setting at work: counting it would make every push of a read-only machine an error on
+/// the dashboard.
+fn is_remote_failure(e: &super::ShareError) -> bool {
+    let read_only = matches!(e, super::ShareError::Remote(e) if e.is_read_only());
+    !e.is_local() && !read_only
 }

@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Catalog, CatalogError};
 use crate::ids::EntryName;
-use crate::stats::{Counts, HOUR_MS, JournalFile, RETENTION_HOURS, hour_of};
+use crate::stats::{Counts, Delta, HOUR_MS, JournalFile, RETENTION_HOURS, hour_of};
 
 /// What a fold did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -22,6 +22,49 @@ pub struct Folded {
 /// The counter columns, in [`Counts::FIELDS`] order.
 fn column_list() -> String {
     Counts::FIELDS.join(", ")
+}
+
+/// `SUM(column)` of each counter column, in [`Counts::FIELDS`] order.
+fn sum_list() -> String {
+    Counts::FIELDS
+        .iter()
+        .map(|c| format!("SUM({c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Credits each hit of `delta` with the duration of its entry's last successful build, the time
+/// the hit saved, reading that duration once per entry (`memo`). The one rule for time saved,
+/// for a fold and for the counts still in journals alike.
+fn credit_saved(
+    conn: &rusqlite::Connection,
+    memo: &mut HashMap<String, u64>,
+    delta: &mut Delta,
+) -> rusqlite::Result<()> {
+    if delta.counts.hits == 0 || delta.entry.is_empty() {
+        return Ok(());
+    }
+    let last = match memo.get(&delta.entry) {
+        Some(ms) => *ms,
+        None => {
+            let ms: Option<i64> = conn
+                .query_row(
+                    "SELECT build_ms FROM entries WHERE name = ?1",
+                    [&delta.entry],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            let ms = ms.unwrap_or(0).max(0) as u64;
+            memo.insert(delta.entry.clone(), ms);
+            ms
+        }
+    };
+    delta.counts.saved_ms = delta
+        .counts
+        .saved_ms
+        .saturating_add(delta.counts.hits.saturating_mul(last));
+    Ok(())
 }
 
 impl Catalog {
@@ -52,11 +95,7 @@ impl Catalog {
              ON CONFLICT (entry, hour) DO UPDATE SET {updates}"
         );
         let cutoff = hour_of(now_ms) - RETENTION_HOURS * HOUR_MS;
-        let sums = Counts::FIELDS
-            .iter()
-            .map(|c| format!("SUM({c})"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let sums = sum_list();
         let rollup = format!(
             "INSERT INTO stats (entry, hour, {columns})
              SELECT entry, 0, {sums} FROM stats WHERE hour > 0 AND hour < ?1 GROUP BY entry
@@ -89,28 +128,7 @@ impl Catalog {
                 }
                 let (deltas, end) = journal.deltas_from(from);
                 for mut delta in deltas {
-                    if delta.counts.hits > 0 && !delta.entry.is_empty() {
-                        let last = match build_ms.get(&delta.entry) {
-                            Some(ms) => *ms,
-                            None => {
-                                let ms: Option<i64> = tx
-                                    .query_row(
-                                        "SELECT build_ms FROM entries WHERE name = ?1",
-                                        [&delta.entry],
-                                        |r| r.get(0),
-                                    )
-                                    .optional()?
-                                    .flatten();
-                                let ms = ms.unwrap_or(0).max(0) as u64;
-                                build_ms.insert(delta.entry.clone(), ms);
-                                ms
-                            }
-                        };
-                        delta.counts.saved_ms = delta
-                            .counts
-                            .saved_ms
-                            .saturating_add(delta.counts.hits.saturating_mul(last));
-                    }
+                    credit_saved(tx, &mut build_ms, &mut delta)?;
                     let mut values: Vec<i64> = vec![];
                     for v in delta.counts.values() {
                         values.push(i64::try_from(v).unwrap_or(i64::MAX));
@@ -188,11 +206,7 @@ impl Catalog {
     /// (all, including bucket 0 of older counts, without one).
     pub fn stats_by_entry(&self, since_hour: Option<i64>) -> Result<BTreeMap<String, Counts>, CatalogError> {
         let err = self.err("read the counters");
-        let sums = Counts::FIELDS
-            .iter()
-            .map(|c| format!("SUM({c})"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let sums = sum_list();
         let mut statement = self
             .conn
             .prepare(&format!(
@@ -228,14 +242,13 @@ impl Catalog {
             .map_err(self.err("record a build's duration"))
     }
 
-    /// The duration of `name`'s last successful build (ms), if recorded.
-    pub fn build_ms(&self, name: &str) -> Result<Option<u64>, CatalogError> {
-        self.conn
-            .query_row("SELECT build_ms FROM entries WHERE name = ?1", [name], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
-            .optional()
-            .map(|v| v.flatten().map(|ms| ms.max(0) as u64))
-            .map_err(self.err("read a build's duration"))
+    /// Credits each hit of `delta` with the time it saved ([`credit_saved`]), for counts read
+    /// from journals but not folded.
+    pub(crate) fn credit_saved(
+        &self,
+        memo: &mut HashMap<String, u64>,
+        delta: &mut Delta,
+    ) -> Result<(), CatalogError> {
+        credit_saved(&self.conn, memo, delta).map_err(self.err("read a build's duration"))
     }
 }
