@@ -73,14 +73,7 @@ pub fn snapshot(
     // A read-only machine writes nothing: say so before reading the tree or the remote
     // (docs/DESIGN.md, "Read-only writers"). Credentials found unable to write later stop the
     // snapshot at its first write, in the client.
-    if let Some(reason) = remote.read_only_reason() {
-        return Err(RemoteError::ReadOnly {
-            target: url.to_string(),
-            op: "snapshot",
-            reason,
-        }
-        .into());
-    }
+    remote.check_writable("snapshot", &url.to_string())?;
     // Read first: the version read here is what the final conditional put is checked against,
     // so anything another machine publishes while we hash and upload is detected.
     let (before, before_version) = timed(&mut phases.remote_ms, || read_pointer(&remote, url))?;
