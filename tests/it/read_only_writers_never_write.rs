@@ -6,21 +6,12 @@
 
 use std::process::Command;
 
-use crate::support::machine::Machine;
+use crate::support::machine::{APP_CONFIG, Machine};
 use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{objects, snapshot};
 use crate::support::{self, json_exit, json_ok, stderr};
 
 const KEY: &str = "ci/node_modules";
-
-const CONFIG: &str = r#"
-[entry.app]
-inputs = ["src/*"]
-build = """
-echo built >> "$COUNTER_FILE"
-cp src/app.txt "$WARMCACHE_OUT"
-"""
-"#;
 
 /// How a machine is made read-only.
 #[derive(Clone, Copy, Debug)]
@@ -48,10 +39,10 @@ fn check(way: Way) {
 
     let config = match way {
         Way::Config => format!(
-            "{CONFIG}\n[remote]\nurl = \"{}\"\nread_only = true\n",
+            "{APP_CONFIG}\n[remote]\nurl = \"{}\"\nread_only = true\n",
             server.url("shared")
         ),
-        _ => CONFIG.to_owned(),
+        _ => APP_CONFIG.to_owned(),
     };
     let machine = Machine::new(&config, &[("src/app.txt", "v1")]);
     let before = objects(&server);

@@ -11,7 +11,7 @@ use warmcache::remote::{Remote, RemoteUrl};
 
 use crate::support;
 use crate::support::backend::Kind;
-use crate::support::machine::Machine;
+use crate::support::machine::{APP_CONFIG, Machine};
 use crate::support::s3_server::TestS3;
 use crate::support::snapshots::{objects, restore, snapshot};
 use crate::support::{json_ok, stderr};
@@ -78,20 +78,11 @@ fn snapshot_reports_it_once_and_writes_nothing() {
     );
 }
 
-const CONFIG: &str = r#"
-[entry.app]
-inputs = ["src/*"]
-build = """
-echo built >> "$COUNTER_FILE"
-cp src/app.txt "$WARMCACHE_OUT"
-"""
-"#;
-
 #[test]
 fn ensure_builds_and_skips_its_push_with_one_warning() {
     let server = TestS3::start();
     server.deny_writes(true);
-    let machine = Machine::new(CONFIG, &[("src/app.txt", "v1")]);
+    let machine = Machine::new(APP_CONFIG, &[("src/app.txt", "v1")]);
     let url = server.url("shared");
     for strict in [false, true] {
         let writes = server.write_attempts();

@@ -7,6 +7,17 @@ use std::process::Command;
 use super::s3_server::TestS3;
 use super::warmcache_s3;
 
+/// A `warmcache.toml` with one recipe, `app`, whose builder copies `src/app.txt` to the output
+/// and appends to the machine's counter file (so [`Machine::builds`] counts its runs).
+pub const APP_CONFIG: &str = r#"
+[entry.app]
+inputs = ["src/*"]
+build = """
+echo built >> "$COUNTER_FILE"
+cp src/app.txt "$WARMCACHE_OUT"
+"""
+"#;
+
 /// One simulated machine for the remote tests: its own cache root and checkout (with a
 /// `warmcache.toml`), and a counter file that the recipes' builders append to.
 pub struct Machine {
